@@ -1,0 +1,209 @@
+//! Running one hook process: directly (no shell), in its own process group, with the decision
+//! on stdin, its output logged line by line and a bounded tail kept, and its whole process group
+//! killed when it runs past its timeout.
+
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// How much of each output stream the job journal keeps.
+pub const TAIL_BYTES: usize = 4096;
+/// Output lines longer than this are cut in the log (the tail still sees every byte).
+const LOG_LINE_BYTES: usize = 1024;
+/// After SIGTERM to a timed-out group, how long before SIGKILL.
+const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// Variables a hook must not inherit from the daemon: they belong to systemd's conversation
+/// with the daemon itself.
+const SCRUBBED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "LISTEN_PID",
+    "LISTEN_FDS",
+    "LISTEN_FDNAMES",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "VISUTILITY_FAULT_INJECTION",
+];
+
+pub struct HookRun {
+    pub command: Vec<String>,
+    pub env: Vec<(&'static str, String)>,
+    pub stdin: Vec<u8>,
+    pub timeout: Duration,
+    pub model_id: String,
+    pub job_id: u64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum HookEnd {
+    Exited(i32),
+    Signaled(i32),
+    TimedOut,
+    /// It never ran: missing, not executable, ...
+    SpawnFailed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct HookOutcome {
+    pub end: HookEnd,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    pub duration: Duration,
+}
+
+impl HookOutcome {
+    pub fn spawn_failed(error: String) -> HookOutcome {
+        HookOutcome {
+            end: HookEnd::SpawnFailed(error),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            duration: Duration::ZERO,
+        }
+    }
+
+    pub fn success(&self) -> bool {
+        self.end == HookEnd::Exited(0)
+    }
+}
+
+/// Starts the hook; returns its process group id and a future that resolves when it ended.
+pub fn spawn(
+    run: HookRun,
+) -> std::io::Result<(i32, impl std::future::Future<Output = HookOutcome> + use<>)> {
+    let mut cmd = tokio::process::Command::new(&run.command[0]);
+    cmd.args(&run.command[1..])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    for (k, v) in &run.env {
+        cmd.env(k, v);
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn()?;
+    let pid = child.id().map(|p| p as i32).unwrap_or(0);
+    let mut stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let fut = async move {
+        let input = run.stdin;
+        let writer = tokio::spawn(async move {
+            if let Some(s) = stdin.as_mut() {
+                // A hook that does not read its stdin closes the pipe: that is its right.
+                let _ = s.write_all(&input).await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let out = tokio::spawn(collect(stdout, run.model_id.clone(), run.job_id, "stdout"));
+        let err = tokio::spawn(collect(stderr, run.model_id.clone(), run.job_id, "stderr"));
+        let end = match tokio::time::timeout(run.timeout, child.wait()).await {
+            Ok(Ok(status)) => match (status.code(), status.signal()) {
+                (Some(code), _) => HookEnd::Exited(code),
+                (None, Some(sig)) => HookEnd::Signaled(sig),
+                (None, None) => HookEnd::Exited(-1),
+            },
+            Ok(Err(e)) => HookEnd::SpawnFailed(format!("cannot wait for the hook: {e}")),
+            Err(_) => {
+                tracing::warn!(model_id = %run.model_id, job_id = run.job_id, timeout_s = run.timeout.as_secs(), "hook timed out; killing its process group");
+                kill_group(pid, libc::SIGTERM);
+                if tokio::time::timeout(KILL_GRACE, child.wait())
+                    .await
+                    .is_err()
+                {
+                    kill_group(pid, libc::SIGKILL);
+                    let _ = child.wait().await;
+                }
+                // Whatever else is left in the group (a grandchild that ignored SIGTERM).
+                kill_group(pid, libc::SIGKILL);
+                HookEnd::TimedOut
+            }
+        };
+        writer.abort();
+        // A grandchild may hold the pipes open after the hook itself exited: wait briefly for
+        // the output, never for the grandchild.
+        let grab = |h: tokio::task::JoinHandle<String>| async move {
+            match tokio::time::timeout(Duration::from_millis(500), h).await {
+                Ok(Ok(s)) => s,
+                _ => String::new(),
+            }
+        };
+        let stdout_tail = grab(out).await;
+        let stderr_tail = grab(err).await;
+        HookOutcome {
+            end,
+            stdout_tail,
+            stderr_tail,
+            duration: started.elapsed(),
+        }
+    };
+    Ok((pid, fut))
+}
+
+/// Sends `signal` to the process group `pgid`. Errors (the group is gone) are expected.
+pub fn kill_group(pgid: i32, signal: i32) {
+    if pgid > 1 {
+        // SAFETY: killpg has no memory-safety preconditions; a stale pgid at worst fails.
+        unsafe {
+            libc::killpg(pgid, signal);
+        }
+    }
+}
+
+/// Whether any process of the group `pgid` is still alive.
+pub fn group_alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence and permission.
+    pgid > 1 && unsafe { libc::killpg(pgid, 0) } == 0
+}
+
+/// Reads a stream to its end in bounded memory: each line is logged (cut at
+/// `LOG_LINE_BYTES`), and the last `TAIL_BYTES` are returned.
+async fn collect<R: AsyncRead + Unpin>(
+    r: Option<R>,
+    model_id: String,
+    job_id: u64,
+    stream: &'static str,
+) -> String {
+    let Some(mut r) = r else { return String::new() };
+    let mut buf = vec![0u8; 8192];
+    let mut tail: Vec<u8> = Vec::with_capacity(TAIL_BYTES * 2);
+    let mut line: Vec<u8> = Vec::new();
+    let mut line_cut = false;
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let chunk = &buf[..n];
+        tail.extend_from_slice(chunk);
+        if tail.len() > TAIL_BYTES * 2 {
+            tail.drain(..tail.len() - TAIL_BYTES);
+        }
+        for &b in chunk {
+            if b == b'\n' {
+                log_line(&model_id, job_id, stream, &line, line_cut);
+                line.clear();
+                line_cut = false;
+            } else if line.len() < LOG_LINE_BYTES {
+                line.push(b);
+            } else {
+                line_cut = true;
+            }
+        }
+    }
+    if !line.is_empty() {
+        log_line(&model_id, job_id, stream, &line, line_cut);
+    }
+    let start = tail.len().saturating_sub(TAIL_BYTES);
+    String::from_utf8_lossy(&tail[start..]).into_owned()
+}
+
+fn log_line(model_id: &str, job_id: u64, stream: &'static str, line: &[u8], cut: bool) {
+    let text = String::from_utf8_lossy(line);
+    tracing::info!(model_id, job_id, stream, cut, "hook: {text}");
+}

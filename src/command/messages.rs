@@ -1,0 +1,66 @@
+//! The closed set of messages the [`super::CommandActor`] handles.
+
+use std::sync::Arc;
+
+use actix::Message;
+
+use crate::config::HooksConfig;
+use crate::policy::Action;
+
+use super::{CommandError, HookOutcome, RunnerStatus};
+
+/// A policy (or an operator) asks for a retrain of a model.
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct Decision {
+    pub model_id: Arc<str>,
+    pub policy: String,
+    pub action: Action,
+    pub reason: String,
+    /// The event that caused it, as the hook reads it on stdin.
+    pub event: serde_json::Value,
+    pub at: f64,
+    /// An operator's `trigger`: bypasses cooldown and budget, not pause.
+    pub manual: bool,
+}
+
+/// An operator's `trigger`: like a decision, answered with the job id it created.
+#[derive(Message)]
+#[rtype(result = "Result<u64, CommandError>")]
+pub struct Trigger(pub Decision);
+
+/// A hook process ended (or could not start).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct HookFinished {
+    pub job_id: u64,
+    pub outcome: HookOutcome,
+}
+
+/// `pause` / `resume`: persisted per model.
+#[derive(Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct SetPaused {
+    pub model_id: String,
+    pub paused: bool,
+}
+
+/// Counts and per-model runner state, for `status` and `models`.
+#[derive(Message)]
+#[rtype(result = "RunnerStatus")]
+pub struct GetStatus;
+
+/// The config was reloaded.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Reconfigure(pub Arc<HooksConfig>);
+
+/// The daemon is stopping: stop running hooks and mark their jobs interrupted.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;
+
+/// Watchdog heartbeat.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Ping;

@@ -1,0 +1,896 @@
+//! Configuration: raw TOML is parsed into a table, then validated into a [`Config`].
+//!
+//! Validation walks the table key by key and collects every problem with its key path
+//! (`hooks.full.timeout_s: expected a positive integer`), so that `check-config` can show them
+//! all at once; unknown keys are errors too, because a misspelt key silently ignored is a
+//! policy that never fires.
+//!
+//! Paths come from systemd's environment (`$CONFIGURATION_DIRECTORY`, `$STATE_DIRECTORY`,
+//! `$RUNTIME_DIRECTORY`) when it is set, else from the `directories` crate, so that
+//! `visutility daemon` with no arguments works for an unprivileged user. Every look-up goes
+//! through an [`Env`] so tests can inject a root.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::policy::detect::{DetectorParams, KINDS};
+use crate::policy::{Action, PolicyKind, PolicySpec};
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub hooks: HooksConfig,
+    pub models: Vec<ModelRule>,
+    /// Where the config came from (`None`: built-in defaults).
+    pub source: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub control_socket: PathBuf,
+    pub state_dir: PathBuf,
+    pub flush_interval_ms: u64,
+    pub max_line_bytes: usize,
+    pub max_models: usize,
+    pub max_connections: usize,
+    /// Connections silent this long are closed; 0 keeps them forever.
+    pub idle_timeout_s: u64,
+    pub log_level: Option<String>,
+    /// Extra uids and gids allowed on the control socket (root and our own uid always are).
+    pub control_allow: Vec<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HooksConfig {
+    pub max_concurrent: usize,
+    pub cooldown_s: u64,
+    pub retries: u32,
+    pub retry_backoff_s: f64,
+    pub dry_run: bool,
+    pub on_interrupted: OnInterrupted,
+    /// 0 means no budget.
+    pub max_jobs_per_day: u32,
+    pub full: Option<HookSpec>,
+    pub fine_tune: Option<HookSpec>,
+    pub escalate: Option<HookSpec>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInterrupted {
+    Retry,
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HookSpec {
+    /// Program and arguments, run directly (never through a shell).
+    pub command: Vec<String>,
+    pub timeout_s: u64,
+}
+
+impl HooksConfig {
+    pub fn hook(&self, action: Action) -> Option<&HookSpec> {
+        match action {
+            Action::Full => self.full.as_ref(),
+            Action::FineTune => self.fine_tune.as_ref(),
+        }
+    }
+}
+
+/// Which policies apply to the models whose id matches `pattern`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelRule {
+    pub pattern: String,
+    pub reset_on_retrain: bool,
+    pub warmup_events: u64,
+    pub loop_window_s: u64,
+    pub policies: Vec<PolicySpec>,
+}
+
+impl Config {
+    /// The rule for `model_id`: the first whose glob matches.
+    pub fn rule_for(&self, model_id: &str) -> Option<&ModelRule> {
+        self.models
+            .iter()
+            .find(|r| glob_match(&r.pattern, model_id))
+    }
+
+    /// Built-in defaults for `env`: a static threshold and a drift window for every model,
+    /// no hooks.
+    pub fn defaults(env: &Env) -> Config {
+        Config::from_table(&toml::Table::new(), env).expect("the built-in defaults are valid")
+    }
+
+    /// Parses and validates `text`.
+    pub fn from_toml(text: &str, env: &Env) -> Result<Config, ConfigError> {
+        let table: toml::Table = text.parse().map_err(ConfigError::Parse)?;
+        Config::from_table(&table, env).map_err(ConfigError::Invalid)
+    }
+
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path, env: &Env) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut config = Config::from_toml(&text, env)?;
+        config.source = Some(path.to_owned());
+        Ok(config)
+    }
+
+    /// The config the daemon runs with: `explicit` if given, else the first of the look-up
+    /// order of the contract that exists, else the built-in defaults.
+    pub fn discover(explicit: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
+        match explicit.map(Path::to_owned).or_else(|| env.config_file()) {
+            Some(path) => Config::load(&path, env),
+            None => Ok(Config::defaults(env)),
+        }
+    }
+
+    fn from_table(table: &toml::Table, env: &Env) -> Result<Config, Vec<KeyError>> {
+        let mut errors = Vec::new();
+        let mut root = Walker::new(table, String::new(), &mut errors);
+        let daemon_t = root.table("daemon");
+        let hooks_t = root.table("hooks");
+        let models_v = root.array("models");
+        root.finish();
+
+        let daemon = {
+            let mut w = Walker::new(&daemon_t, "daemon".into(), &mut errors);
+            let runtime = env.runtime_dir();
+            let d = DaemonConfig {
+                socket: w
+                    .path("socket")
+                    .unwrap_or_else(|| runtime.join("ingest.sock")),
+                control_socket: w
+                    .path("control_socket")
+                    .unwrap_or_else(|| runtime.join("control.sock")),
+                state_dir: w.path("state_dir").unwrap_or_else(|| env.state_dir()),
+                flush_interval_ms: w.int("flush_interval_ms", 1, 3_600_000).unwrap_or(200),
+                max_line_bytes: w.int("max_line_bytes", 64, 64 << 20).unwrap_or(65536) as usize,
+                max_models: w.int("max_models", 1, 10_000_000).unwrap_or(10_000) as usize,
+                max_connections: w.int("max_connections", 1, 1_000_000).unwrap_or(1024) as usize,
+                idle_timeout_s: w.int("idle_timeout_s", 0, 86_400 * 365).unwrap_or(0),
+                log_level: w.string("log_level"),
+                control_allow: w
+                    .int_array("control_allow", 0, u32::MAX as u64)
+                    .map(|v| v.into_iter().map(|x| x as u32).collect())
+                    .unwrap_or_default(),
+            };
+            w.finish();
+            d
+        };
+
+        let hooks = {
+            let mut w = Walker::new(&hooks_t, "hooks".into(), &mut errors);
+            let on_interrupted = match w.string("on_interrupted").as_deref() {
+                None | Some("retry") => OnInterrupted::Retry,
+                Some("drop") => OnInterrupted::Drop,
+                Some(other) => {
+                    w.error(
+                        "on_interrupted",
+                        format!("expected \"retry\" or \"drop\", got {other:?}"),
+                    );
+                    OnInterrupted::Retry
+                }
+            };
+            let hook = |w: &mut Walker, key: &str| -> Option<HookSpec> {
+                let t = w.opt_table(key)?;
+                let mut hw = Walker::new(&t, format!("{}.{key}", w.prefix), w.errors);
+                let command = hw.string_array("command");
+                let timeout_s = hw.int("timeout_s", 1, 86_400 * 30).unwrap_or(3600);
+                hw.finish();
+                match command {
+                    None => {
+                        w.error(
+                            &format!("{key}.command"),
+                            "missing; expected an array of strings".into(),
+                        );
+                        None
+                    }
+                    Some(c) if c.is_empty() || c[0].is_empty() => {
+                        w.error(&format!("{key}.command"), "must name a program".into());
+                        None
+                    }
+                    Some(command) => Some(HookSpec { command, timeout_s }),
+                }
+            };
+            let full = hook(&mut w, "full");
+            let fine_tune = hook(&mut w, "fine_tune");
+            let escalate = hook(&mut w, "escalate");
+            let h = HooksConfig {
+                max_concurrent: w.int("max_concurrent", 1, 1024).unwrap_or(1) as usize,
+                cooldown_s: w.int("cooldown_s", 0, 86_400 * 365).unwrap_or(3600),
+                retries: w.int("retries", 0, 100).unwrap_or(2) as u32,
+                retry_backoff_s: w.float("retry_backoff_s", 0.0, 86_400.0).unwrap_or(30.0),
+                dry_run: w.bool("dry_run").unwrap_or(false),
+                on_interrupted,
+                max_jobs_per_day: w.int("max_jobs_per_day", 0, 1_000_000).unwrap_or(0) as u32,
+                full,
+                fine_tune,
+                escalate,
+            };
+            w.finish();
+            h
+        };
+
+        let models = match models_v {
+            None => vec![ModelRule::default_rule()],
+            Some(items) => {
+                let mut rules = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let prefix = format!("models[{i}]");
+                    let Some(t) = item.as_table() else {
+                        errors.push(KeyError::new(prefix, "expected a table"));
+                        continue;
+                    };
+                    if let Some(rule) = parse_rule(t, prefix, &mut errors) {
+                        rules.push(rule);
+                    }
+                }
+                rules
+            }
+        };
+
+        if errors.is_empty() {
+            Ok(Config {
+                daemon,
+                hooks,
+                models,
+                source: None,
+            })
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// A short human summary (what `check-config` prints).
+    pub fn summary(&self) -> String {
+        let mut s = String::new();
+        let src = self
+            .source
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|| "built-in defaults".into());
+        s.push_str(&format!("config: {src}\n"));
+        s.push_str(&format!(
+            "ingest socket: {}\n",
+            self.daemon.socket.display()
+        ));
+        s.push_str(&format!(
+            "control socket: {}\n",
+            self.daemon.control_socket.display()
+        ));
+        s.push_str(&format!("state dir: {}\n", self.daemon.state_dir.display()));
+        for (name, hook) in [
+            ("full", &self.hooks.full),
+            ("fine_tune", &self.hooks.fine_tune),
+            ("escalate", &self.hooks.escalate),
+        ] {
+            match hook {
+                Some(h) => s.push_str(&format!(
+                    "hook {name}: {} (timeout {} s)\n",
+                    h.command.join(" "),
+                    h.timeout_s
+                )),
+                None => s.push_str(&format!(
+                    "hook {name}: none (decisions are recorded only)\n"
+                )),
+            }
+        }
+        for rule in &self.models {
+            let names: Vec<String> = rule
+                .policies
+                .iter()
+                .map(|p| format!("{} ({})", p.name, p.kind.kind_name()))
+                .collect();
+            s.push_str(&format!(
+                "models {:?}: {}\n",
+                rule.pattern,
+                names.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+impl ModelRule {
+    fn default_rule() -> ModelRule {
+        ModelRule {
+            pattern: "*".into(),
+            reset_on_retrain: true,
+            warmup_events: 0,
+            loop_window_s: 0,
+            policies: vec![
+                PolicySpec {
+                    name: "static_threshold".into(),
+                    kind: PolicyKind::StaticThreshold {
+                        max_drift: Some(0.3),
+                        min_accuracy: Some(0.9),
+                    },
+                    metric: "drift_score".into(),
+                    action: Action::Full,
+                    for_events: 1,
+                },
+                PolicySpec {
+                    name: "drift_window".into(),
+                    kind: PolicyKind::DriftWindow {
+                        window: 500,
+                        threshold: 0.3,
+                    },
+                    metric: "drift_score".into(),
+                    action: Action::Full,
+                    for_events: 1,
+                },
+            ],
+        }
+    }
+}
+
+fn parse_rule(t: &toml::Table, prefix: String, errors: &mut Vec<KeyError>) -> Option<ModelRule> {
+    let mut w = Walker::new(t, prefix.clone(), errors);
+    let pattern = w.string("match").unwrap_or_else(|| "*".into());
+    let reset_on_retrain = w.bool("reset_on_retrain").unwrap_or(true);
+    let warmup_events = w.int("warmup_events", 0, u32::MAX as u64).unwrap_or(0);
+    let loop_window_s = w.int("loop_window_s", 0, 86_400 * 365).unwrap_or(0);
+    let policies_v = w.array("policies");
+    w.finish();
+    let mut policies = Vec::new();
+    let mut names = BTreeSet::new();
+    for (j, item) in policies_v.unwrap_or_default().iter().enumerate() {
+        let p = format!("{prefix}.policies[{j}]");
+        let Some(pt) = item.as_table() else {
+            errors.push(KeyError::new(p, "expected a table"));
+            continue;
+        };
+        if let Some(spec) = parse_policy(pt, &p, errors) {
+            if !names.insert(spec.name.clone()) {
+                errors.push(KeyError::new(
+                    format!("{p}.name"),
+                    format!("duplicate policy name {:?} in this model rule", spec.name),
+                ));
+            }
+            policies.push(spec);
+        }
+    }
+    Some(ModelRule {
+        pattern,
+        reset_on_retrain,
+        warmup_events,
+        loop_window_s,
+        policies,
+    })
+}
+
+fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Option<PolicySpec> {
+    // Common keys are taken out; what remains belongs to the kind.
+    let mut rest = t.clone();
+    let mut w = Walker::new(t, prefix.to_owned(), errors);
+    let kind = w.string("kind");
+    let name = w.string("name");
+    let metric = w.string("metric");
+    let action_s = w.string("action");
+    let for_events = w.int("for_events", 1, 1_000_000).unwrap_or(1) as u32;
+    for k in ["kind", "name", "metric", "action", "for_events"] {
+        rest.remove(k);
+    }
+    let action = match action_s.as_deref() {
+        None => Action::Full,
+        Some(s) => match Action::parse(s) {
+            Some(a) => a,
+            None => {
+                w.error(
+                    "action",
+                    format!("expected \"full\" or \"fine_tune\", got {s:?}"),
+                );
+                Action::Full
+            }
+        },
+    };
+    let Some(kind) = kind else {
+        w.error("kind", "missing".into());
+        return None;
+    };
+    if let Some(n) = &name
+        && (n.is_empty() || n.len() > 64)
+    {
+        w.error("name", "must be 1 to 64 characters".into());
+    }
+    let mut kw = Walker::new(&rest, prefix.to_owned(), w.errors);
+    let (pk, default_metric) = match kind.as_str() {
+        "static_threshold" => {
+            let max_drift = kw.float("max_drift", f64::MIN, f64::MAX);
+            let min_accuracy = kw.float("min_accuracy", f64::MIN, f64::MAX);
+            kw.finish();
+            if max_drift.is_none() && min_accuracy.is_none() {
+                errors.push(KeyError::new(
+                    prefix.to_owned(),
+                    "static_threshold needs max_drift or min_accuracy",
+                ));
+            }
+            (
+                PolicyKind::StaticThreshold {
+                    max_drift,
+                    min_accuracy,
+                },
+                "drift_score",
+            )
+        }
+        "drift_window" => {
+            let window = kw.int("window", 1, 1_000_000).unwrap_or(500) as usize;
+            let threshold = kw.float("threshold", f64::MIN, f64::MAX).unwrap_or(0.3);
+            kw.finish();
+            (PolicyKind::DriftWindow { window, threshold }, "drift_score")
+        }
+        k if KINDS.contains(&k) => {
+            let value = toml::Value::Table(rest);
+            match DetectorParams::parse(k, value) {
+                Ok(Some(params)) => {
+                    if let Err(e) = params.validate() {
+                        errors.push(KeyError::new(format!("{prefix}.{}", e.key), e.message));
+                    }
+                    let metric = if params.has_warning() {
+                        "error"
+                    } else {
+                        "value"
+                    };
+                    (PolicyKind::Detector(params), metric)
+                }
+                Ok(None) => unreachable!("KINDS lists only detector kinds"),
+                Err(e) => {
+                    errors.push(KeyError::new(
+                        prefix.to_owned(),
+                        e.to_string().trim().to_owned(),
+                    ));
+                    return None;
+                }
+            }
+        }
+        other => {
+            let mut all: Vec<&str> = vec!["static_threshold", "drift_window"];
+            all.extend_from_slice(KINDS);
+            errors.push(KeyError::new(
+                format!("{prefix}.kind"),
+                format!(
+                    "unknown policy kind {other:?}; expected one of {}",
+                    all.join(", ")
+                ),
+            ));
+            return None;
+        }
+    };
+    Some(PolicySpec {
+        name: name.unwrap_or_else(|| kind.clone()),
+        kind: pk,
+        metric: metric.unwrap_or_else(|| default_metric.to_owned()),
+        action,
+        for_events,
+    })
+}
+
+/// A problem with one key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyError {
+    pub path: String,
+    pub message: String,
+}
+
+impl KeyError {
+    fn new(path: String, message: impl Into<String>) -> Self {
+        KeyError {
+            path,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid TOML")]
+    Parse(#[source] toml::de::Error),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<KeyError>),
+}
+
+/// Takes keys out of one table, type-checks them, and reports what is left as unknown.
+struct Walker<'a> {
+    table: &'a toml::Table,
+    seen: BTreeSet<String>,
+    prefix: String,
+    errors: &'a mut Vec<KeyError>,
+}
+
+impl<'a> Walker<'a> {
+    fn new(table: &'a toml::Table, prefix: String, errors: &'a mut Vec<KeyError>) -> Self {
+        Walker {
+            table,
+            seen: BTreeSet::new(),
+            prefix,
+            errors,
+        }
+    }
+
+    fn key_path(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    fn error(&mut self, key: &str, message: String) {
+        let path = self.key_path(key);
+        self.errors.push(KeyError { path, message });
+    }
+
+    fn get(&mut self, key: &str) -> Option<&'a toml::Value> {
+        self.seen.insert(key.to_owned());
+        self.table.get(key)
+    }
+
+    fn typed<T>(
+        &mut self,
+        key: &str,
+        what: &str,
+        f: impl FnOnce(&toml::Value) -> Option<T>,
+    ) -> Option<T> {
+        let v = self.get(key)?;
+        let r = f(v);
+        if r.is_none() {
+            self.error(key, format!("expected {what}, got {}", v.type_str()));
+        }
+        r
+    }
+
+    fn string(&mut self, key: &str) -> Option<String> {
+        self.typed(key, "a string", |v| v.as_str().map(str::to_owned))
+    }
+
+    fn path(&mut self, key: &str) -> Option<PathBuf> {
+        let s = self.string(key)?;
+        if s.is_empty() {
+            self.error(key, "must not be empty".into());
+            return None;
+        }
+        Some(PathBuf::from(s))
+    }
+
+    fn bool(&mut self, key: &str) -> Option<bool> {
+        self.typed(key, "a boolean", toml::Value::as_bool)
+    }
+
+    fn int(&mut self, key: &str, min: u64, max: u64) -> Option<u64> {
+        let v = self.typed(key, "an integer", toml::Value::as_integer)?;
+        if v < 0 || (v as u64) < min || (v as u64) > max {
+            self.error(key, format!("must be between {min} and {max}, got {v}"));
+            return None;
+        }
+        Some(v as u64)
+    }
+
+    fn float(&mut self, key: &str, min: f64, max: f64) -> Option<f64> {
+        let v = self.typed(key, "a number", |v| {
+            v.as_float().or_else(|| v.as_integer().map(|i| i as f64))
+        })?;
+        if !v.is_finite() || v < min || v > max {
+            self.error(
+                key,
+                format!("must be a finite number between {min} and {max}, got {v}"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    fn string_array(&mut self, key: &str) -> Option<Vec<String>> {
+        self.typed(key, "an array of strings", |v| {
+            v.as_array()?
+                .iter()
+                .map(|x| x.as_str().map(str::to_owned))
+                .collect()
+        })
+    }
+
+    fn int_array(&mut self, key: &str, min: u64, max: u64) -> Option<Vec<u64>> {
+        let v = self.typed(key, "an array of integers", |v| {
+            v.as_array()?
+                .iter()
+                .map(|x| x.as_integer())
+                .collect::<Option<Vec<i64>>>()
+        })?;
+        if v.iter()
+            .any(|&x| x < 0 || (x as u64) < min || (x as u64) > max)
+        {
+            self.error(key, format!("every item must be between {min} and {max}"));
+            return None;
+        }
+        Some(v.into_iter().map(|x| x as u64).collect())
+    }
+
+    /// A sub-table; missing is an empty table.
+    fn table(&mut self, key: &str) -> toml::Table {
+        self.opt_table(key).unwrap_or_default()
+    }
+
+    fn opt_table(&mut self, key: &str) -> Option<toml::Table> {
+        self.typed(key, "a table", |v| v.as_table().cloned())
+    }
+
+    fn array(&mut self, key: &str) -> Option<Vec<toml::Value>> {
+        self.typed(key, "an array of tables", |v| v.as_array().cloned())
+    }
+
+    /// Reports every key that nobody took.
+    fn finish(self) {
+        for key in self.table.keys() {
+            if !self.seen.contains(key) {
+                let path = if self.prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.prefix)
+                };
+                self.errors.push(KeyError::new(path, "unknown key"));
+            }
+        }
+    }
+}
+
+/// Where the process finds things: systemd's variables, the user's directories, root or not.
+/// Tests build one by hand; the daemon uses [`Env::from_process`].
+#[derive(Debug, Clone, Default)]
+pub struct Env {
+    pub configuration_directory: Option<PathBuf>,
+    pub state_directory: Option<PathBuf>,
+    pub runtime_directory: Option<PathBuf>,
+    pub is_root: bool,
+    /// The user's config, state and runtime dirs from `directories`.
+    pub user_config_dir: Option<PathBuf>,
+    pub user_state_dir: Option<PathBuf>,
+    pub user_runtime_dir: Option<PathBuf>,
+    /// Where `/etc/visutility/config.toml` lives (`/` outside tests).
+    pub root: PathBuf,
+}
+
+impl Env {
+    pub fn from_process() -> Env {
+        // systemd passes colon-separated lists when a unit names several directories; ours
+        // names one, and the first is the one we own.
+        let first = |var: &str| {
+            std::env::var_os(var)
+                .and_then(|v| {
+                    v.to_str()
+                        .map(|s| s.split(':').next().unwrap_or("").to_owned())
+                })
+                .filter(|s| !s.is_empty())
+                .map(PathBuf::from)
+        };
+        let dirs = directories::ProjectDirs::from("", "", "visutility");
+        Env {
+            configuration_directory: first("CONFIGURATION_DIRECTORY"),
+            state_directory: first("STATE_DIRECTORY"),
+            runtime_directory: first("RUNTIME_DIRECTORY"),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            is_root: unsafe { libc::geteuid() } == 0,
+            user_config_dir: dirs.as_ref().map(|d| d.config_dir().to_owned()),
+            user_state_dir: dirs.as_ref().map(|d| {
+                d.state_dir()
+                    .unwrap_or_else(|| d.data_local_dir())
+                    .to_owned()
+            }),
+            user_runtime_dir: dirs
+                .as_ref()
+                .and_then(|d| d.runtime_dir().map(Path::to_owned)),
+            root: PathBuf::from("/"),
+        }
+    }
+
+    /// The config file of the contract's look-up order, if one exists.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        let mut candidates = Vec::new();
+        if let Some(d) = &self.configuration_directory {
+            candidates.push(d.join("config.toml"));
+        }
+        if self.is_root {
+            candidates.push(self.root.join("etc/visutility/config.toml"));
+        }
+        if let Some(d) = &self.user_config_dir {
+            candidates.push(d.join("config.toml"));
+        }
+        candidates.into_iter().find(|p| p.is_file())
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_directory
+            .clone()
+            .or_else(|| self.user_state_dir.clone())
+            .unwrap_or_else(|| self.root.join("var/lib/visutility"))
+    }
+
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.runtime_directory
+            .clone()
+            .or_else(|| self.user_runtime_dir.clone())
+            // Without XDG_RUNTIME_DIR (a plain su session) the state dir is the private place
+            // we know we may write to.
+            .unwrap_or_else(|| self.state_dir().join("run"))
+    }
+}
+
+/// Shell-style glob on model ids: `*` any run of characters, `?` one character.
+pub fn glob_match(pattern: &str, s: &str) -> bool {
+    let (p, s) = (pattern.as_bytes(), s.as_bytes());
+    let (mut pi, mut si) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while si < s.len() {
+        if pi < p.len() && (p[pi] == b'?' || p[pi] == s[si]) {
+            pi += 1;
+            si += 1;
+        } else if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, si));
+            pi += 1;
+        } else if let Some((sp, ss)) = star {
+            pi = sp + 1;
+            si = ss + 1;
+            star = Some((sp, ss + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == b'*')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Env {
+        Env {
+            state_directory: Some("/tmp/v/state".into()),
+            runtime_directory: Some("/tmp/v/run".into()),
+            ..Env::default()
+        }
+    }
+
+    #[test]
+    fn defaults_have_threshold_and_window_for_every_model() {
+        let c = Config::defaults(&env());
+        let rule = c.rule_for("anything-at-all").unwrap();
+        let kinds: Vec<_> = rule.policies.iter().map(|p| p.kind.kind_name()).collect();
+        assert_eq!(kinds, ["static_threshold", "drift_window"]);
+        assert_eq!(c.daemon.socket, PathBuf::from("/tmp/v/run/ingest.sock"));
+        assert!(c.hooks.full.is_none());
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_path() {
+        let text = r#"
+            [daemon]
+            max_modles = 3
+            flush_interval_ms = -1
+            [hooks]
+            full = { command = [], timeout_s = 5 }
+            [[models]]
+            match = "a*"
+            [[models.policies]]
+            kind = "adwin"
+            delta = 0.01
+            wat = 1
+            [[models.policies]]
+            kind = "nope"
+        "#;
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, &env()) else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"daemon.max_modles"), "{paths:?}");
+        assert!(paths.contains(&"daemon.flush_interval_ms"), "{paths:?}");
+        assert!(paths.contains(&"hooks.full.command"), "{paths:?}");
+        assert!(paths.contains(&"models[0].policies[0]"), "{paths:?}");
+        assert!(paths.contains(&"models[0].policies[1].kind"), "{paths:?}");
+        let adwin = errs
+            .iter()
+            .find(|e| e.path == "models[0].policies[0]")
+            .unwrap();
+        assert!(adwin.message.contains("wat"), "{}", adwin.message);
+    }
+
+    #[test]
+    fn contract_example_is_valid() {
+        let text = r#"
+[daemon]
+socket = "/run/visutility/ingest.sock"
+control_socket = "/run/visutility/control.sock"
+state_dir = "/var/lib/visutility"
+flush_interval_ms = 200
+max_line_bytes = 65536
+max_models = 10000
+
+[hooks]
+max_concurrent = 1
+cooldown_s = 3600
+retries = 2
+full      = { command = ["/usr/lib/visutility/hooks/full-retrain"], timeout_s = 7200 }
+fine_tune = { command = ["/usr/lib/visutility/hooks/fine-tune"],    timeout_s = 900 }
+
+[[models]]
+match = "*"
+reset_on_retrain = true
+
+[[models.policies]]
+kind = "static_threshold"
+max_drift = 0.3
+min_accuracy = 0.9
+
+[[models.policies]]
+kind = "drift_window"
+window = 500
+threshold = 0.3
+
+[[models.policies]]
+name = "errors"
+kind = "adwin"
+metric = "error"
+delta = 0.002
+action = "full"
+"#;
+        let c = Config::from_toml(text, &env()).unwrap();
+        assert_eq!(c.hooks.full.as_ref().unwrap().timeout_s, 7200);
+        let p = &c.models[0].policies[2];
+        assert_eq!((p.name.as_str(), p.metric.as_str()), ("errors", "error"));
+    }
+
+    #[test]
+    fn config_lookup_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let sysd = dir.path().join("sysd");
+        let etc = dir.path().join("etc/visutility");
+        let user = dir.path().join("user");
+        for d in [&sysd, &etc, &user] {
+            std::fs::create_dir_all(d).unwrap();
+            std::fs::write(d.join("config.toml"), "").unwrap();
+        }
+        let mut e = Env {
+            configuration_directory: Some(sysd.clone()),
+            is_root: true,
+            user_config_dir: Some(user.clone()),
+            root: dir.path().to_owned(),
+            ..Env::default()
+        };
+        assert_eq!(e.config_file(), Some(sysd.join("config.toml")));
+        e.configuration_directory = None;
+        assert_eq!(e.config_file(), Some(etc.join("config.toml")));
+        e.is_root = false;
+        assert_eq!(e.config_file(), Some(user.join("config.toml")));
+        e.user_config_dir = None;
+        assert_eq!(e.config_file(), None);
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*", "x"));
+        assert!(glob_match("fraud-*", "fraud-v3"));
+        assert!(!glob_match("fraud-*", "spam-v1"));
+        assert!(glob_match("a?c*", "abcdef"));
+        assert!(glob_match("*-v?", "x-y-v3"));
+        assert!(!glob_match("", "x"));
+    }
+}

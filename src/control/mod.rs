@@ -1,0 +1,364 @@
+//! The control socket: the operator's view and levers (`status`, `models`, `history`,
+//! `trigger`, `reset`, `pause`, `resume`, `metrics`).
+//!
+//! Framing: one JSON request line, one JSON reply line, then the server closes.
+//!
+//! ```text
+//! -> {"cmd": "history", "model": "fraud-v3", "limit": 50}
+//! <- {"ok": true, "data": [...]}          or   {"ok": false, "error": "..."}
+//! ```
+//!
+//! Every connection's peer credentials (SO_PEERCRED) are checked first: root, the daemon's
+//! own uid, and the uids or gids listed in `daemon.control_allow` are served; anyone else is
+//! refused and the attempt is logged.
+
+pub mod metrics;
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix::Addr;
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::sync::watch;
+
+use crate::command::{CommandActor, Decision, GetStatus, SetPaused, Trigger};
+use crate::ingest::{IngestStats, SocketFile};
+use crate::model::registry::Registry;
+use crate::model::{ModelView, ResetPolicies, Snapshot};
+use crate::policy::Action;
+use crate::store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot connect to the control socket {path} (is the daemon running?)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("control socket i/o failed")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon sent an unreadable reply")]
+    Reply(#[from] serde_json::Error),
+    #[error("{0}")]
+    Refused(String),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    Models,
+    History {
+        #[serde(default)]
+        model: Option<String>,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
+    Trigger {
+        model: String,
+        action: String,
+    },
+    Reset {
+        model: String,
+    },
+    Pause {
+        model: String,
+    },
+    Resume {
+        model: String,
+    },
+    Metrics,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// Sends one request and returns the reply's `data`.
+pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| ControlError::Connect {
+            path: path.display().to_string(),
+            source,
+        })?;
+    let (rd, mut wr) = stream.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    wr.write_all(&line).await?;
+    let mut reply = String::new();
+    BufReader::new(rd).read_line(&mut reply).await?;
+    let v: serde_json::Value = serde_json::from_str(&reply)?;
+    if v.get("ok").and_then(|o| o.as_bool()) == Some(true) {
+        Ok(v.get("data").cloned().unwrap_or(serde_json::Value::Null))
+    } else {
+        Err(ControlError::Refused(
+            v.get("error")
+                .and_then(|e| e.as_str())
+                .unwrap_or("refused")
+                .to_owned(),
+        ))
+    }
+}
+
+/// Events-per-second over the last minute: one sample of the accepted counter per second.
+#[derive(Default)]
+pub struct Rate {
+    samples: Mutex<VecDeque<(Instant, u64)>>,
+}
+
+impl Rate {
+    pub fn sample(&self, total: u64) {
+        let mut s = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        s.push_back((Instant::now(), total));
+        while s.len() > 61 {
+            s.pop_front();
+        }
+    }
+
+    pub fn per_second(&self) -> f64 {
+        let s = self
+            .samples
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match (s.front(), s.back()) {
+            (Some(a), Some(b)) if b.0 > a.0 => (b.1 - a.1) as f64 / (b.0 - a.0).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// What the control server needs.
+#[derive(Clone)]
+pub struct ControlCtx {
+    pub registry: Registry,
+    pub store: Store,
+    pub commander: Addr<CommandActor>,
+    pub stats: Arc<IngestStats>,
+    pub rate: Arc<Rate>,
+    pub started: Instant,
+    pub allow: Arc<Vec<u32>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+pub async fn serve(socket: SocketFile, ctx: ControlCtx) {
+    let mut shutdown = ctx.shutdown.clone();
+    loop {
+        let (stream, _) = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|s| *s) => break,
+            a = socket.listener.accept() => match a {
+                Ok(s) => s,
+                Err(error) => {
+                    tracing::warn!(error = %error, "control accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let c = ctx.clone();
+        actix::spawn(async move {
+            if let Err(error) = handle(stream, &c).await {
+                tracing::debug!(error = %error, "control connection failed");
+            }
+        });
+    }
+}
+
+/// The peer's uid and gid.
+fn peer_cred(stream: &UnixStream) -> std::io::Result<(u32, u32)> {
+    let cred = stream.peer_cred()?;
+    Ok((cred.uid(), cred.gid()))
+}
+
+async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError> {
+    let (uid, gid) = peer_cred(&stream)?;
+    // SAFETY: geteuid cannot fail.
+    let me = unsafe { libc::geteuid() };
+    let allowed = uid == 0 || uid == me || ctx.allow.contains(&uid) || ctx.allow.contains(&gid);
+    let (rd, mut wr) = stream.into_split();
+    if !allowed {
+        tracing::warn!(uid, gid, "control request refused: peer not allowed");
+        wr.write_all(
+            b"{\"ok\":false,\"error\":\"permission denied: not allowed on the control socket\"}\n",
+        )
+        .await?;
+        return Ok(());
+    }
+    let mut line = String::new();
+    let mut rd = BufReader::new(rd).take(64 * 1024);
+    tokio::time::timeout(Duration::from_secs(10), rd.read_line(&mut line))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
+    let reply = match serde_json::from_str::<Request>(&line) {
+        Ok(req) => match answer(req, ctx).await {
+            Ok(data) => serde_json::json!({"ok": true, "data": data}),
+            Err(e) => serde_json::json!({"ok": false, "error": e}),
+        },
+        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+    };
+    let mut out = serde_json::to_vec(&reply)?;
+    out.push(b'\n');
+    wr.write_all(&out).await?;
+    Ok(())
+}
+
+/// Views of every model: live actors answer for themselves, the rest come from the store.
+pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
+    let mut views = Vec::new();
+    let live = ctx.registry.all();
+    for (_, addr) in &live {
+        if let Ok(v) = addr.send(Snapshot).await {
+            views.push(v);
+        }
+    }
+    for (id, rec) in ctx.store.models().filter_map(Result::ok) {
+        if !live.iter().any(|(l, _)| **l == *id) {
+            views.push(ModelView::from_record(
+                &id,
+                &rec,
+                ctx.registry.rule_for(&id).as_deref(),
+            ));
+        }
+    }
+    views.sort_by(|a, b| a.model_id.cmp(&b.model_id));
+    views
+}
+
+async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, String> {
+    let v = match req {
+        Request::Status => {
+            let runner = ctx
+                .commander
+                .send(GetStatus)
+                .await
+                .map_err(|e| e.to_string())?;
+            serde_json::json!({
+                "version": env!("CARGO_PKG_VERSION"),
+                "uptime_s": ctx.started.elapsed().as_secs_f64(),
+                "models": ctx.store.model_count().max(ctx.registry.len()),
+                "models_loaded": ctx.registry.len(),
+                "events_per_second": ctx.rate.per_second(),
+                "events_accepted": ctx.stats.accepted.load(Ordering::Relaxed),
+                "lines_rejected": ctx.stats.rejected.load(Ordering::Relaxed),
+                "connections": ctx.stats.connections.load(Ordering::Relaxed),
+                "jobs_running": runner.running,
+                "jobs_queued": runner.queued,
+                "paused": runner.paused,
+                "store_bytes": ctx.store.size_on_disk(),
+                "state_dir": ctx.store.path().display().to_string(),
+            })
+        }
+        Request::Models => {
+            let runner = ctx
+                .commander
+                .send(GetStatus)
+                .await
+                .map_err(|e| e.to_string())?;
+            let views = model_views(ctx).await;
+            let arr: Vec<serde_json::Value> = views
+                .into_iter()
+                .map(|v| {
+                    let paused = runner.paused.contains(&v.model_id);
+                    let mut j = serde_json::to_value(&v).unwrap_or_default();
+                    j["paused"] = paused.into();
+                    j
+                })
+                .collect();
+            serde_json::Value::Array(arr)
+        }
+        Request::History { model, limit } => {
+            let jobs = ctx
+                .store
+                .jobs(model.as_deref(), limit)
+                .map_err(|e| e.to_string())?;
+            serde_json::Value::Array(jobs.iter().map(job_json).collect())
+        }
+        Request::Trigger { model, action } => {
+            crate::protocol::validate_model_id(&model).map_err(|e| e.detail)?;
+            let action = Action::parse(&action)
+                .ok_or_else(|| format!("unknown action {action:?}; expected full or fine_tune"))?;
+            let job_id = ctx
+                .commander
+                .send(Trigger(Decision {
+                    model_id: model.as_str().into(),
+                    policy: "manual".into(),
+                    action,
+                    reason: "triggered by an operator".into(),
+                    event: serde_json::Value::Null,
+                    at: crate::command::now(),
+                    manual: true,
+                }))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            serde_json::json!({"job_id": job_id})
+        }
+        Request::Reset { model } => {
+            let (_, addr) = ctx
+                .registry
+                .get_or_create(&model)
+                .map_err(|e| e.to_string())?;
+            addr.send(ResetPolicies { warmup: false })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            serde_json::json!({"model_id": model, "reset": true})
+        }
+        Request::Pause { model } | Request::Resume { model } if model.is_empty() => {
+            return Err("model id must not be empty".into());
+        }
+        Request::Pause { model } => set_paused(ctx, model, true).await?,
+        Request::Resume { model } => set_paused(ctx, model, false).await?,
+        Request::Metrics => serde_json::Value::String(metrics::render(ctx).await),
+    };
+    Ok(v)
+}
+
+async fn set_paused(
+    ctx: &ControlCtx,
+    model: String,
+    paused: bool,
+) -> Result<serde_json::Value, String> {
+    crate::protocol::validate_model_id(&model).map_err(|e| e.detail)?;
+    ctx.commander
+        .send(SetPaused {
+            model_id: model.clone(),
+            paused,
+        })
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    Ok(serde_json::json!({"model_id": model, "paused": paused}))
+}
+
+pub fn job_json(j: &crate::store::Job) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": j.job_id,
+        "model_id": j.model_id,
+        "action": j.action.as_str(),
+        "policy": j.policy,
+        "reason": j.reason,
+        "state": j.state.as_str(),
+        "attempts": j.attempts,
+        "exit_code": j.exit_code,
+        "signal": j.signal,
+        "created": j.created,
+        "started": j.started,
+        "ended": j.ended,
+        "note": j.note,
+        "command": j.command,
+        "stdout_tail": j.stdout_tail,
+        "stderr_tail": j.stderr_tail,
+        "transitions": j.transitions.iter().map(|(s, t)| serde_json::json!({"state": s.as_str(), "at": t})).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,340 @@
+//! Wires the daemon together: store, actors, sockets, signals. Start and reload share one
+//! path ([`apply_config`]); shutdown is: stop accepting, let connections dispatch what they
+//! read, drain every model's mailbox with a barrier, stop hooks, flush, remove the sockets.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use tokio::sync::watch;
+
+use crate::command::{self, CommandActor};
+use crate::config::{Config, ConfigError, Env};
+use crate::control::{self, ControlCtx, Rate};
+use crate::ingest::{self, ConnSettings, IngestCtx, IngestError, IngestStats, SocketFile};
+use crate::model::registry::Registry;
+use crate::model::{Barrier, Ping as ModelPing};
+use crate::shutdown::{self, SignalTo};
+use crate::store::{Store, StoreError};
+use crate::systemd;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create the state directory {path}")]
+    StateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Socket(#[from] IngestError),
+    #[error("cannot listen for signals")]
+    Signals(#[source] std::io::Error),
+    #[error("cannot start the runtime")]
+    Runtime(#[source] std::io::Error),
+}
+
+/// How the daemon was started, so a reload reads the same place.
+pub struct Launch {
+    pub config: Config,
+    pub config_path: Option<PathBuf>,
+    pub env: Env,
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(launch: Launch) -> Result<(), DaemonError> {
+    let config = launch.config;
+    let state_dir = config.daemon.state_dir.clone();
+    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
+        path: state_dir.clone(),
+        source,
+    })?;
+    let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
+    let store = Store::open(&state_dir, config.daemon.flush_interval_ms)?;
+    let signals = shutdown::listen().map_err(DaemonError::Signals)?;
+    let fault_injection = std::env::var_os("VISUTILITY_FAULT_INJECTION").is_some_and(|v| v == "1");
+
+    let system = System::new();
+    let result = system.block_on(serve(
+        Arc::new(config),
+        launch.config_path,
+        launch.env,
+        store.clone(),
+        signals,
+        fault_injection,
+    ));
+    // Whatever happened, make what was written durable.
+    if let Err(error) = store.flush_sync() {
+        tracing::error!(error = %error, "final flush of the state store failed");
+    }
+    result
+}
+
+async fn serve(
+    config: Arc<Config>,
+    config_path: Option<PathBuf>,
+    env: Env,
+    store: Store,
+    mut signals: tokio::sync::mpsc::UnboundedReceiver<SignalTo>,
+    fault_injection: bool,
+) -> Result<(), DaemonError> {
+    let started = Instant::now();
+    let models_arbiter = Arbiter::new();
+    let registry = Registry::new(
+        config.clone(),
+        store.clone(),
+        models_arbiter.handle(),
+        fault_injection,
+    );
+    let commander = CommandActor::new(
+        Arc::new(config.hooks.clone()),
+        store.clone(),
+        registry.clone(),
+    )
+    .start();
+    registry.set_commander(commander.clone());
+
+    let ingest_socket = match systemd::take_listener("ingest")
+        .map_err(|e| IngestError::Inherited(std::io::Error::other(e)))?
+    {
+        Some(l) => {
+            tracing::info!("using the ingest socket passed by systemd");
+            SocketFile::inherited(l)?
+        }
+        None => SocketFile::bind(&config.daemon.socket, 0o660)?,
+    };
+    let control_socket = SocketFile::bind(&config.daemon.control_socket, 0o600)?;
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (settings_tx, settings_rx) = watch::channel(conn_settings(&config));
+    let stats = Arc::new(IngestStats::default());
+    let rate = Arc::new(Rate::default());
+
+    let ingest_ctx = IngestCtx {
+        registry: registry.clone(),
+        store: store.clone(),
+        stats: stats.clone(),
+        settings: settings_rx,
+        shutdown: shutdown_rx.clone(),
+    };
+    let ingest_task = actix::spawn(ingest::serve(
+        ingest_socket,
+        ingest_ctx,
+        config.daemon.max_connections,
+    ));
+    let control_task = actix::spawn(control::serve(
+        control_socket,
+        ControlCtx {
+            registry: registry.clone(),
+            store: store.clone(),
+            commander: commander.clone(),
+            stats: stats.clone(),
+            rate: rate.clone(),
+            started,
+            allow: Arc::new(config.daemon.control_allow.clone()),
+            shutdown: shutdown_rx.clone(),
+        },
+    ));
+
+    // Once a second: the events-per-second sample and the systemd status line.
+    {
+        let stats = stats.clone();
+        let rate = rate.clone();
+        let registry = registry.clone();
+        let mut shutdown = shutdown_rx.clone();
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    _ = tick.tick() => {}
+                }
+                rate.sample(stats.accepted.load(std::sync::atomic::Ordering::Relaxed));
+                n += 1;
+                if n % 10 == 0 {
+                    systemd::notify_status(&format!(
+                        "{} models, {:.0} events/s",
+                        registry.len(),
+                        rate.per_second()
+                    ));
+                }
+            }
+        });
+    }
+
+    if let Some(interval) = systemd::watchdog_interval() {
+        let commander = commander.clone();
+        let registry = registry.clone();
+        let socket = config.daemon.socket.clone();
+        let mut shutdown = shutdown_rx.clone();
+        actix::spawn(async move {
+            let mut tick = tokio::time::interval(interval);
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    _ = tick.tick() => {}
+                }
+                if heartbeat(&commander, &registry, &socket).await {
+                    systemd::notify_watchdog();
+                } else {
+                    tracing::error!("watchdog heartbeat failed; not pinging systemd");
+                }
+            }
+        });
+    }
+
+    tracing::info!(
+        socket = %config.daemon.socket.display(),
+        control_socket = %config.daemon.control_socket.display(),
+        state_dir = %store.path().display(),
+        models = store.model_count(),
+        "ready"
+    );
+    systemd::notify_ready();
+
+    let mut config = config;
+    loop {
+        match signals.recv().await {
+            Some(SignalTo::Reload) => {
+                systemd::notify_reloading();
+                match Config::discover(config_path.as_deref(), &env) {
+                    Ok(new) => {
+                        let new = Arc::new(new);
+                        warn_restart_only(&config, &new);
+                        registry.reconfigure(new.clone());
+                        commander.do_send(command::Reconfigure(Arc::new(new.hooks.clone())));
+                        let _ = settings_tx.send(conn_settings(&new));
+                        config = new;
+                        tracing::info!("config reloaded");
+                    }
+                    Err(error) => {
+                        let error = match &error {
+                            ConfigError::Invalid(_) => format!("{error}"),
+                            other => format!(
+                                "{other}: {}",
+                                std::error::Error::source(other)
+                                    .map(|s| s.to_string())
+                                    .unwrap_or_default()
+                            ),
+                        };
+                        tracing::error!(error = %error, "config reload failed; keeping the running config");
+                    }
+                }
+                systemd::notify_ready();
+            }
+            Some(SignalTo::Shutdown(sig)) => {
+                tracing::info!(signal = sig, "shutting down");
+                break;
+            }
+            None => break,
+        }
+    }
+
+    systemd::notify_stopping();
+    let _ = shutdown_tx.send(true);
+    let _ = ingest_task.await;
+    let _ = control_task.await;
+    // Every batch already sent is applied before its actor answers the barrier.
+    for (id, addr) in registry.all() {
+        match tokio::time::timeout(Duration::from_secs(10), addr.send(Barrier)).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::error!(model_id = %id, error = %error, "model not persisted at shutdown")
+            }
+            _ => tracing::error!(model_id = %id, "model actor did not drain at shutdown"),
+        }
+    }
+    let _ = commander.send(command::Shutdown).await;
+    if let Err(error) = store.flush().await {
+        tracing::error!(error = %error, "flush at shutdown failed");
+    }
+    models_arbiter.stop();
+    tracing::info!("stopped");
+    System::current().stop();
+    Ok(())
+}
+
+fn conn_settings(config: &Config) -> ConnSettings {
+    ConnSettings {
+        max_line_bytes: config.daemon.max_line_bytes,
+        idle_timeout: (config.daemon.idle_timeout_s > 0)
+            .then(|| Duration::from_secs(config.daemon.idle_timeout_s)),
+    }
+}
+
+fn warn_restart_only(old: &Config, new: &Config) {
+    let d = (&old.daemon, &new.daemon);
+    for (key, changed) in [
+        ("daemon.socket", d.0.socket != d.1.socket),
+        (
+            "daemon.control_socket",
+            d.0.control_socket != d.1.control_socket,
+        ),
+        ("daemon.state_dir", d.0.state_dir != d.1.state_dir),
+        (
+            "daemon.max_connections",
+            d.0.max_connections != d.1.max_connections,
+        ),
+        (
+            "daemon.flush_interval_ms",
+            d.0.flush_interval_ms != d.1.flush_interval_ms,
+        ),
+    ] {
+        if changed {
+            tracing::warn!(key, "this setting changes only at the next restart");
+        }
+    }
+}
+
+/// One round trip through the ingest socket, the command actor and the model actors.
+async fn heartbeat(
+    commander: &Addr<CommandActor>,
+    registry: &Registry,
+    socket: &std::path::Path,
+) -> bool {
+    let t = Duration::from_secs(5);
+    let ingest_ok = async {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let s = tokio::net::UnixStream::connect(socket).await.ok()?;
+        let (rd, mut wr) = s.into_split();
+        wr.write_all(b"{\"op\":\"ping\"}\n").await.ok()?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(rd)
+            .read_line(&mut line)
+            .await
+            .ok()?;
+        line.contains("\"ok\":true").then_some(())
+    };
+    if tokio::time::timeout(t, ingest_ok)
+        .await
+        .ok()
+        .flatten()
+        .is_none()
+    {
+        return false;
+    }
+    if tokio::time::timeout(t, commander.send(command::Ping))
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .is_none()
+    {
+        return false;
+    }
+    for (_, addr) in registry.all() {
+        if tokio::time::timeout(t, addr.send(ModelPing))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .is_none()
+        {
+            return false;
+        }
+    }
+    true
+}

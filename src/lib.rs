@@ -1,0 +1,44 @@
+//! visutility watches machine-learning models in production and retrains them when they go bad.
+//!
+//! # Layout
+//!
+//! A map of the country, not an atlas:
+//!
+//! - [`config`]: raw TOML is parsed, then validated into a [`config::Config`]; paths come from
+//!   systemd's environment or the `directories` crate.
+//! - [`protocol`]: the ingest wire format (newline-delimited JSON) and its framing, nothing else.
+//! - [`ingest`]: the Unix socket listener and one task per connection. Lines are decoded,
+//!   grouped per model and sent to model actors in batches.
+//! - [`model`]: one supervised actor per `model_id`, wrapping the model's policy state.
+//! - [`policy`]: pure decision logic (thresholds, windows, streaming detectors in
+//!   [`policy::detect`]).
+//! - [`command`]: the hook runner: one actor that turns decisions into jobs and runs the
+//!   operator's retrain scripts with timeouts, cooldowns and retries.
+//! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
+//! - [`store`]: the only module that knows sled and bincode; versioned records and migrations.
+//! - [`daemon`]: wires the actors together; start and reload share one path.
+//! - [`shutdown`]: Unix signals mapped to a closed enum.
+//! - [`systemd`]: readiness notification and socket activation.
+//! - [`backtest`]: offline replay of recorded events through the same policy code.
+//!
+//! # Architecture invariants
+//!
+//! - Only `store` touches sled and bincode.
+//! - `policy` does no I/O and reads time only through its `now` argument.
+//! - Each actor's messages are a closed set in one file (`messages.rs` beside it).
+//! - A hostile line can only ever produce an error reply for that line: decoding never panics,
+//!   and a model's actor only ever sees that model's events.
+
+pub mod backtest;
+pub mod cli;
+pub mod command;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod ingest;
+pub mod model;
+pub mod policy;
+pub mod protocol;
+pub mod shutdown;
+pub mod store;
+pub mod systemd;

@@ -1,0 +1,443 @@
+//! One supervised actor per model: it wraps the model's policy state, applies batches of
+//! events, turns policy signals into decisions for the command actor, and persists its state.
+//!
+//! Supervision: actix's `Supervisor` restarts an actor only when its context stops, never on a
+//! panic. So policy code runs under `catch_unwind`, and any failure (an error or a panic) becomes
+//! an explicit `ctx.stop()`; `restarting()` then reloads the state from the store. Events applied
+//! since the last write are lost with the failed state, so the next barrier reports an error
+//! instead of a false "durable".
+//!
+//! Persistence is coalesced: a batch marks the state dirty and schedules one write after
+//! `flush_interval`; a barrier writes at once. Durability (fsync) is the store's flush.
+
+pub mod messages;
+pub mod registry;
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use serde::Serialize;
+
+use crate::command::CommandActor;
+use crate::command::messages::Decision;
+use crate::config::ModelRule;
+use crate::policy::detect::Signal;
+use crate::policy::{Obs, PolicyState, bind_states};
+use crate::store::{DecisionRecord, ModelRecord, Store, StoreError};
+
+pub use messages::*;
+
+/// How many recent values the sparklines keep.
+const RECENT: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot persist the model's state")]
+    Store(#[from] StoreError),
+    #[error(
+        "the model's actor failed and was restarted from its last persisted state; events since then were lost"
+    )]
+    Restarted,
+    #[error("injected fault")]
+    Injected,
+}
+
+/// What the control socket shows of a model.
+#[derive(Debug, Clone, Serialize)]
+pub struct ModelView {
+    pub model_id: String,
+    pub events: u64,
+    pub last_seen: f64,
+    pub first_seen: f64,
+    pub decisions: u64,
+    pub last_decision: Option<DecisionView>,
+    pub restarts: u64,
+    pub warmup_left: u64,
+    pub policies: Vec<PolicyView>,
+    pub recent_drift: Vec<f32>,
+    pub recent_accuracy: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DecisionView {
+    pub at: f64,
+    pub policy: String,
+    pub action: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyView {
+    pub name: String,
+    pub kind: String,
+    pub state: String,
+}
+
+impl ModelView {
+    /// The view of a persisted record (a model not loaded in this run).
+    pub fn from_record(model_id: &str, rec: &ModelRecord, rule: Option<&ModelRule>) -> ModelView {
+        let policies = match rule {
+            Some(rule) => rule
+                .policies
+                .iter()
+                .zip(bind_states(&rule.policies, rec.policies.clone()))
+                .map(|(spec, st)| PolicyView {
+                    name: spec.name.clone(),
+                    kind: spec.kind.kind_name().into(),
+                    state: st.summary(spec),
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        ModelView {
+            model_id: model_id.to_owned(),
+            events: rec.events,
+            last_seen: rec.last_seen,
+            first_seen: rec.first_seen,
+            decisions: rec.decisions,
+            last_decision: rec.last_decision.as_ref().map(|d| DecisionView {
+                at: d.at,
+                policy: d.policy.clone(),
+                action: d.action.as_str().into(),
+                reason: d.reason.clone(),
+            }),
+            restarts: 0,
+            warmup_left: rec.warmup_left,
+            policies,
+            recent_drift: rec.recent_drift.iter().copied().collect(),
+            recent_accuracy: rec.recent_accuracy.iter().copied().collect(),
+        }
+    }
+}
+
+pub struct ModelActor {
+    id: Arc<str>,
+    rule: Option<Arc<ModelRule>>,
+    record: ModelRecord,
+    store: Store,
+    commander: Addr<CommandActor>,
+    flush_interval: Duration,
+    /// The state changed since it was last written.
+    dirty: bool,
+    /// A delayed write is already scheduled.
+    write_scheduled: bool,
+    restarts: u64,
+    /// The actor failed since the last barrier: the next barrier must not claim durability.
+    lost: bool,
+    /// Tests only: events whose meta asks for a fault get one.
+    fault_injection: bool,
+}
+
+pub struct ModelSetup {
+    pub id: Arc<str>,
+    pub rule: Option<Arc<ModelRule>>,
+    pub store: Store,
+    pub commander: Addr<CommandActor>,
+    pub flush_interval: Duration,
+    pub fault_injection: bool,
+}
+
+impl ModelActor {
+    /// Builds the actor with its persisted state (or a fresh one).
+    pub fn new(setup: ModelSetup) -> Result<ModelActor, StoreError> {
+        let mut actor = ModelActor {
+            id: setup.id,
+            rule: setup.rule,
+            record: ModelRecord::default(),
+            store: setup.store,
+            commander: setup.commander,
+            flush_interval: setup.flush_interval,
+            dirty: false,
+            write_scheduled: false,
+            restarts: 0,
+            lost: false,
+            fault_injection: setup.fault_injection,
+        };
+        actor.reload()?;
+        Ok(actor)
+    }
+
+    /// Replaces the in-memory state with the persisted one.
+    fn reload(&mut self) -> Result<(), StoreError> {
+        let mut record = self.store.load_model(&self.id)?.unwrap_or_default();
+        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
+        record.policies = bind_states(specs, std::mem::take(&mut record.policies));
+        self.record = record;
+        self.dirty = false;
+        Ok(())
+    }
+
+    fn apply(&mut self, batch: &[Obs]) -> Result<(), ModelError> {
+        let Some(rule) = self.rule.clone() else {
+            for obs in batch {
+                self.count(obs);
+            }
+            return Ok(());
+        };
+        // At most one decision per action per batch goes to the command actor: a flapping
+        // metric must not flood it; every fire is still counted.
+        let mut sent = [false; 2];
+        for obs in batch {
+            if self.fault_injection {
+                inject_fault(obs)?;
+            }
+            self.count(obs);
+            for (spec, state) in rule.policies.iter().zip(self.record.policies.iter_mut()) {
+                let Some(fire) = state.observe(spec, obs, obs.ts) else {
+                    continue;
+                };
+                let Some(action) = fire.action.filter(|_| fire.signal == Signal::Drift) else {
+                    tracing::debug!(model_id = %self.id, policy = %spec.name, reason = %fire.reason, "warning");
+                    continue;
+                };
+                if self.record.warmup_left > 0 {
+                    continue;
+                }
+                self.record.decisions += 1;
+                self.record.last_decision = Some(DecisionRecord {
+                    at: obs.ts,
+                    policy: spec.name.clone(),
+                    action,
+                    reason: fire.reason.clone(),
+                });
+                let slot = action as usize;
+                if !sent[slot] {
+                    sent[slot] = true;
+                    tracing::info!(model_id = %self.id, policy = %spec.name, action = %action, reason = %fire.reason, "decision");
+                    self.commander.do_send(Decision {
+                        model_id: self.id.clone(),
+                        policy: spec.name.clone(),
+                        action,
+                        reason: fire.reason,
+                        event: obs_json(&self.id, obs),
+                        at: obs.ts,
+                        manual: false,
+                    });
+                }
+            }
+            self.record.warmup_left = self.record.warmup_left.saturating_sub(1);
+        }
+        Ok(())
+    }
+
+    fn count(&mut self, obs: &Obs) {
+        let r = &mut self.record;
+        if r.events == 0 {
+            r.first_seen = obs.ts;
+        }
+        r.events += 1;
+        r.last_seen = obs.ts;
+        push_recent(&mut r.recent_drift, obs.drift_score);
+        push_recent(&mut r.recent_accuracy, obs.accuracy);
+    }
+
+    fn write(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            self.store.save_model(&self.id, &self.record)?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    fn schedule_write(&mut self, ctx: &mut Context<Self>) {
+        if self.write_scheduled {
+            return;
+        }
+        self.write_scheduled = true;
+        ctx.run_later(self.flush_interval, |act, ctx| {
+            act.write_scheduled = false;
+            if let Err(error) = act.write() {
+                tracing::error!(model_id = %act.id, error = %error, "cannot persist model state; will retry");
+                act.schedule_write(ctx);
+            }
+        });
+    }
+
+    fn view(&self) -> ModelView {
+        let mut v = ModelView::from_record(&self.id, &self.record, None);
+        v.restarts = self.restarts;
+        if let Some(rule) = &self.rule {
+            v.policies = rule
+                .policies
+                .iter()
+                .zip(&self.record.policies)
+                .map(|(spec, st): (_, &PolicyState)| PolicyView {
+                    name: spec.name.clone(),
+                    kind: spec.kind.kind_name().into(),
+                    state: st.summary(spec),
+                })
+                .collect();
+        }
+        v
+    }
+}
+
+fn push_recent(q: &mut VecDeque<f32>, v: Option<f64>) {
+    if let Some(v) = v {
+        if q.len() >= RECENT {
+            q.pop_front();
+        }
+        q.push_back(v as f32);
+    }
+}
+
+/// The event as the hook sees it on stdin.
+fn obs_json(model_id: &str, obs: &Obs) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    m.insert("model_id".into(), model_id.into());
+    m.insert("ts".into(), obs.ts.into());
+    if let Some(v) = obs.drift_score {
+        m.insert("drift_score".into(), v.into());
+    }
+    if let Some(v) = obs.accuracy {
+        m.insert("accuracy".into(), v.into());
+    }
+    if let Some(v) = obs.error {
+        m.insert("error".into(), u8::from(v).into());
+    }
+    if let Some(v) = obs.value {
+        m.insert("value".into(), v.into());
+    }
+    if !obs.metrics.is_empty() {
+        let metrics = obs
+            .metrics
+            .iter()
+            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+            .collect();
+        m.insert("metrics".into(), serde_json::Value::Object(metrics));
+    }
+    if let Some(meta) = &obs.meta
+        && let Ok(v) = serde_json::from_str::<serde_json::Value>(meta)
+    {
+        m.insert("meta".into(), v);
+    }
+    serde_json::Value::Object(m)
+}
+
+/// Test seam: `{"meta": {"fault": "panic"}}` panics inside policy code, `"error"` fails.
+fn inject_fault(obs: &Obs) -> Result<(), ModelError> {
+    let Some(meta) = &obs.meta else { return Ok(()) };
+    if !meta.contains("fault") {
+        return Ok(());
+    }
+    match serde_json::from_str::<serde_json::Value>(meta)
+        .ok()
+        .and_then(|v| v.get("fault").and_then(|f| f.as_str().map(str::to_owned)))
+        .as_deref()
+    {
+        Some("panic") => panic!("injected panic in policy code"),
+        Some("error") => Err(ModelError::Injected),
+        _ => Ok(()),
+    }
+}
+
+impl Actor for ModelActor {
+    type Context = Context<Self>;
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        // One synchronous chance at shutdown: write what is dirty; the daemon flushes after.
+        if let Err(error) = self.write() {
+            tracing::error!(model_id = %self.id, error = %error, "cannot persist model state at stop");
+        }
+    }
+}
+
+impl Supervised for ModelActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.restarts += 1;
+        self.lost = true;
+        self.write_scheduled = false;
+        match self.reload() {
+            Ok(()) => {
+                tracing::warn!(model_id = %self.id, restarts = self.restarts, events = self.record.events, "model actor restarted from its persisted state")
+            }
+            Err(error) => {
+                tracing::error!(model_id = %self.id, error = %error, "model actor restarted but its state could not be reloaded; starting fresh")
+            }
+        }
+    }
+}
+
+impl Handler<ApplyBatch> for ModelActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ApplyBatch, ctx: &mut Context<Self>) {
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&msg.0)));
+        let error = match result {
+            Ok(Ok(())) => {
+                self.dirty = true;
+                self.schedule_write(ctx);
+                return;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into()),
+        };
+        tracing::error!(model_id = %self.id, error = %error, "model actor failed; restarting it from its persisted state");
+        // The supervisor restarts a stopped actor; restarting() reloads the state.
+        self.dirty = false;
+        ctx.stop();
+    }
+}
+
+impl Handler<Barrier> for ModelActor {
+    type Result = Result<(), ModelError>;
+
+    fn handle(&mut self, _msg: Barrier, _ctx: &mut Context<Self>) -> Self::Result {
+        if std::mem::take(&mut self.lost) {
+            return Err(ModelError::Restarted);
+        }
+        self.write()?;
+        Ok(())
+    }
+}
+
+impl Handler<Snapshot> for ModelActor {
+    type Result = MessageResult<Snapshot>;
+
+    fn handle(&mut self, _msg: Snapshot, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.view())
+    }
+}
+
+impl Handler<Reconfigure> for ModelActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) {
+        self.rule = msg.0;
+        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
+        self.record.policies = bind_states(specs, std::mem::take(&mut self.record.policies));
+        self.dirty = true;
+        self.schedule_write(ctx);
+    }
+}
+
+impl Handler<ResetPolicies> for ModelActor {
+    type Result = Result<(), ModelError>;
+
+    fn handle(&mut self, msg: ResetPolicies, _ctx: &mut Context<Self>) -> Self::Result {
+        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
+        self.record.policies = specs.iter().map(PolicyState::new).collect();
+        self.record.warmup_left = if msg.warmup {
+            self.rule.as_ref().map(|r| r.warmup_events).unwrap_or(0)
+        } else {
+            0
+        };
+        self.dirty = true;
+        self.write()?;
+        tracing::info!(model_id = %self.id, warmup = self.record.warmup_left, "policies reset");
+        Ok(())
+    }
+}
+
+impl Handler<Ping> for ModelActor {
+    type Result = ();
+
+    fn handle(&mut self, _msg: Ping, _ctx: &mut Context<Self>) {}
+}

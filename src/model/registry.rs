@@ -1,0 +1,150 @@
+//! The registry of live model actors: created on first sight, up to `max_models`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use actix::prelude::*;
+
+use crate::command::CommandActor;
+use crate::config::{Config, ModelRule};
+use crate::store::{Store, StoreError};
+
+use super::{ModelActor, ModelSetup, Reconfigure};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("max_models ({0}) reached; new model ids are refused")]
+    TooManyModels(usize),
+    #[error("cannot load the model's state")]
+    Store(#[from] StoreError),
+    #[error("the daemon is not ready")]
+    NotReady,
+}
+
+/// Shared by every connection and the control socket; cheap to clone.
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Mutex<Inner>>,
+    store: Store,
+    arbiter: ArbiterHandle,
+    fault_injection: bool,
+}
+
+struct Inner {
+    actors: HashMap<Arc<str>, Addr<ModelActor>>,
+    config: Arc<Config>,
+    /// Rules shared by the actors, one `Arc` per config rule.
+    rules: Vec<Arc<ModelRule>>,
+    commander: Option<Addr<CommandActor>>,
+}
+
+impl Registry {
+    /// Model actors run on `arbiter` (their own thread, so policy work and socket parsing use
+    /// both cores).
+    pub fn new(
+        config: Arc<Config>,
+        store: Store,
+        arbiter: ArbiterHandle,
+        fault_injection: bool,
+    ) -> Registry {
+        let rules = config.models.iter().cloned().map(Arc::new).collect();
+        Registry {
+            inner: Arc::new(Mutex::new(Inner {
+                actors: HashMap::new(),
+                config,
+                rules,
+                commander: None,
+            })),
+            store,
+            arbiter,
+            fault_injection,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the map inconsistent (inserts are
+        // single operations), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub fn set_commander(&self, addr: Addr<CommandActor>) {
+        self.lock().commander = Some(addr);
+    }
+
+    pub fn config(&self) -> Arc<Config> {
+        self.lock().config.clone()
+    }
+
+    pub fn get(&self, model_id: &str) -> Option<Addr<ModelActor>> {
+        self.lock().actors.get(model_id).cloned()
+    }
+
+    pub fn rule_for(&self, model_id: &str) -> Option<Arc<ModelRule>> {
+        let inner = self.lock();
+        rule_index(&inner.config, model_id).map(|i| inner.rules[i].clone())
+    }
+
+    /// The model's actor, started (with its persisted state) if this is its first sight.
+    pub fn get_or_create(
+        &self,
+        model_id: &str,
+    ) -> Result<(Arc<str>, Addr<ModelActor>), RegistryError> {
+        let mut inner = self.lock();
+        if let Some((k, a)) = inner.actors.get_key_value(model_id) {
+            return Ok((k.clone(), a.clone()));
+        }
+        let max = inner.config.daemon.max_models;
+        if inner.actors.len() >= max {
+            return Err(RegistryError::TooManyModels(max));
+        }
+        let commander = inner.commander.clone().ok_or(RegistryError::NotReady)?;
+        let id: Arc<str> = model_id.into();
+        let rule = rule_index(&inner.config, model_id).map(|i| inner.rules[i].clone());
+        let actor = ModelActor::new(ModelSetup {
+            id: id.clone(),
+            rule,
+            store: self.store.clone(),
+            commander,
+            flush_interval: Duration::from_millis(inner.config.daemon.flush_interval_ms),
+            fault_injection: self.fault_injection,
+        })?;
+        let addr = Supervisor::start_in_arbiter(&self.arbiter, move |_| actor);
+        inner.actors.insert(id.clone(), addr.clone());
+        Ok((id, addr))
+    }
+
+    pub fn all(&self) -> Vec<(Arc<str>, Addr<ModelActor>)> {
+        self.lock()
+            .actors
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().actors.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A reloaded config: every live actor gets its (possibly changed) rule.
+    pub fn reconfigure(&self, config: Arc<Config>) {
+        let mut inner = self.lock();
+        inner.rules = config.models.iter().cloned().map(Arc::new).collect();
+        inner.config = config;
+        for (id, addr) in &inner.actors {
+            let rule = rule_index(&inner.config, id).map(|i| inner.rules[i].clone());
+            addr.do_send(Reconfigure(rule));
+        }
+    }
+}
+
+fn rule_index(config: &Config, model_id: &str) -> Option<usize> {
+    config
+        .models
+        .iter()
+        .position(|r| crate::config::glob_match(&r.pattern, model_id))
+}

@@ -1,0 +1,333 @@
+//! Pure decision logic: given an observation and the time, does a policy fire?
+//!
+//! A model's policies are a list of [`PolicySpec`] (validated config) and a parallel list of
+//! [`PolicyState`] (what the store persists). [`PolicyState::observe`] is the only entry point;
+//! the daemon's model actors and the offline backtest both call it, so they cannot disagree.
+//!
+//! Architecture invariant: nothing in this module does I/O or reads a clock; time arrives as the
+//! `now` argument (Unix seconds).
+
+pub mod detect;
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use detect::{Detector, DetectorParams, Signal};
+
+/// What a decision asks the hook runner to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Full,
+    FineTune,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Full => "full",
+            Action::FineTune => "fine_tune",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Action> {
+        match s {
+            "full" => Some(Action::Full),
+            "fine_tune" => Some(Action::FineTune),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event as the policies see it: the metrics by name and the time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Obs {
+    /// Unix seconds: the event's `ts`, or the time of receipt.
+    pub ts: f64,
+    pub drift_score: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub error: Option<bool>,
+    pub value: Option<f64>,
+    /// Custom metrics, in the order the event gave them (usually none, so no allocation).
+    pub metrics: Vec<(Box<str>, f64)>,
+    /// The event's `meta`, raw JSON, kept for context in decisions.
+    pub meta: Option<Box<str>>,
+}
+
+impl Obs {
+    /// The value of a metric by the name policies use.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        match name {
+            "drift_score" => self.drift_score,
+            "accuracy" => self.accuracy,
+            "error" => self.error.map(|e| if e { 1.0 } else { 0.0 }),
+            "value" => self.value,
+            _ => self
+                .metrics
+                .iter()
+                .find(|(k, _)| &**k == name)
+                .map(|(_, v)| *v),
+        }
+    }
+}
+
+/// A policy as validated from the config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicySpec {
+    /// Unique within a model's policies; defaults to the kind.
+    pub name: String,
+    pub kind: PolicyKind,
+    /// The metric a single-metric policy reads (`static_threshold` reads two fixed ones).
+    pub metric: String,
+    /// What a drift asks for (`static_threshold` decides per condition).
+    pub action: Action,
+    /// The condition must hold on this many consecutive observations before the policy fires.
+    pub for_events: u32,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum PolicyKind {
+    /// `drift_score` above `max_drift` asks for a full retrain; `accuracy` below
+    /// `min_accuracy` asks for a fine-tune.
+    StaticThreshold {
+        max_drift: Option<f64>,
+        min_accuracy: Option<f64>,
+    },
+    /// The mean of the last `window` values of the metric above `threshold`.
+    DriftWindow {
+        window: usize,
+        threshold: f64,
+    },
+    Detector(DetectorParams),
+}
+
+impl PolicyKind {
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            PolicyKind::StaticThreshold { .. } => "static_threshold",
+            PolicyKind::DriftWindow { .. } => "drift_window",
+            PolicyKind::Detector(p) => p.kind(),
+        }
+    }
+}
+
+/// What one observation made a policy conclude, when it concluded anything.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Fire {
+    /// `Drift` asks for `action`; `Warning` (detectors with a warning zone) only informs.
+    pub signal: Signal,
+    pub action: Option<Action>,
+    pub reason: String,
+}
+
+/// A policy's persisted state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    pub name: String,
+    /// Consecutive observations on which the condition held (for `for_events`).
+    pub streak: u32,
+    pub kind: StateKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum StateKind {
+    StaticThreshold,
+    DriftWindow {
+        values: VecDeque<f64>,
+        /// Running sum of `values`, recomputed exactly every `window` pushes so that rounding
+        /// cannot accumulate.
+        sum: f64,
+        pushes: u64,
+    },
+    Detector(Detector),
+}
+
+impl PolicyState {
+    /// A fresh state for `spec`.
+    pub fn new(spec: &PolicySpec) -> Self {
+        let kind = match &spec.kind {
+            PolicyKind::StaticThreshold { .. } => StateKind::StaticThreshold,
+            PolicyKind::DriftWindow { window, .. } => StateKind::DriftWindow {
+                values: VecDeque::with_capacity(*window),
+                sum: 0.0,
+                pushes: 0,
+            },
+            PolicyKind::Detector(p) => StateKind::Detector(p.build()),
+        };
+        PolicyState {
+            name: spec.name.clone(),
+            streak: 0,
+            kind,
+        }
+    }
+
+    /// Whether this state can carry on under `spec` (same name, same kind and parameters).
+    pub fn fits(&self, spec: &PolicySpec) -> bool {
+        if self.name != spec.name {
+            return false;
+        }
+        match (&self.kind, &spec.kind) {
+            (StateKind::StaticThreshold, PolicyKind::StaticThreshold { .. }) => true,
+            (StateKind::DriftWindow { .. }, PolicyKind::DriftWindow { .. }) => true,
+            (StateKind::Detector(d), PolicyKind::Detector(p)) => d.matches(p),
+            _ => false,
+        }
+    }
+
+    /// Feeds one observation; returns what the policy concluded, if anything.
+    pub fn observe(&mut self, spec: &PolicySpec, obs: &Obs, _now: f64) -> Option<Fire> {
+        let fire = match (&mut self.kind, &spec.kind) {
+            (
+                StateKind::StaticThreshold,
+                PolicyKind::StaticThreshold {
+                    max_drift,
+                    min_accuracy,
+                },
+            ) => {
+                let drift = obs.drift_score.zip(*max_drift).filter(|(d, m)| d > m);
+                let acc = obs.accuracy.zip(*min_accuracy).filter(|(a, m)| a < m);
+                if obs.drift_score.is_none() && obs.accuracy.is_none() {
+                    // Nothing this policy reads: the streak neither grows nor breaks.
+                    return None;
+                }
+                match (drift, acc) {
+                    (Some((d, m)), _) => Some(Fire {
+                        signal: Signal::Drift,
+                        action: Some(Action::Full),
+                        reason: format!("drift_score {d} > max_drift {m}"),
+                    }),
+                    (None, Some((a, m))) => Some(Fire {
+                        signal: Signal::Drift,
+                        action: Some(Action::FineTune),
+                        reason: format!("accuracy {a} < min_accuracy {m}"),
+                    }),
+                    (None, None) => None,
+                }
+            }
+            (
+                StateKind::DriftWindow {
+                    values,
+                    sum,
+                    pushes,
+                },
+                PolicyKind::DriftWindow { window, threshold },
+            ) => {
+                let x = obs.metric(&spec.metric)?;
+                while values.len() >= *window {
+                    if let Some(old) = values.pop_front() {
+                        *sum -= old;
+                    }
+                }
+                values.push_back(x);
+                *sum += x;
+                *pushes += 1;
+                if *pushes % (*window as u64).max(1) == 0 {
+                    *sum = values.iter().sum();
+                }
+                let mean = *sum / values.len() as f64;
+                (values.len() >= *window && mean > *threshold).then(|| Fire {
+                    signal: Signal::Drift,
+                    action: Some(spec.action),
+                    reason: format!(
+                        "mean of the last {window} {} values {mean:.6} > threshold {threshold}",
+                        spec.metric
+                    ),
+                })
+            }
+            (StateKind::Detector(det), PolicyKind::Detector(_)) => {
+                let x = obs.metric(&spec.metric)?;
+                if !x.is_finite() {
+                    return None;
+                }
+                match det.update(x) {
+                    Signal::None => None,
+                    Signal::Warning => {
+                        // A warning is reported as it happens and never debounced: it
+                        // informs, it does not act.
+                        return Some(Fire {
+                            signal: Signal::Warning,
+                            action: None,
+                            reason: format!("{} warning on {}", spec.kind.kind_name(), spec.metric),
+                        });
+                    }
+                    Signal::Drift => Some(Fire {
+                        signal: Signal::Drift,
+                        action: Some(spec.action),
+                        reason: format!("{} drift on {}", spec.kind.kind_name(), spec.metric),
+                    }),
+                }
+            }
+            // A state that does not fit its spec is replaced on bind; reaching here means a
+            // bug, and a policy that decides nothing is the safe answer.
+            _ => None,
+        };
+        match fire {
+            Some(f) => {
+                self.streak = self.streak.saturating_add(1);
+                (self.streak >= spec.for_events.max(1)).then_some(f)
+            }
+            None => {
+                self.streak = 0;
+                None
+            }
+        }
+    }
+
+    /// One short line for operators.
+    pub fn summary(&self, spec: &PolicySpec) -> String {
+        match (&self.kind, &spec.kind) {
+            (
+                StateKind::StaticThreshold,
+                PolicyKind::StaticThreshold {
+                    max_drift,
+                    min_accuracy,
+                },
+            ) => {
+                let mut parts = Vec::new();
+                if let Some(m) = max_drift {
+                    parts.push(format!("max_drift {m}"));
+                }
+                if let Some(m) = min_accuracy {
+                    parts.push(format!("min_accuracy {m}"));
+                }
+                parts.join(", ")
+            }
+            (
+                StateKind::DriftWindow { values, sum, .. },
+                PolicyKind::DriftWindow { window, threshold },
+            ) => {
+                let mean = if values.is_empty() {
+                    0.0
+                } else {
+                    sum / values.len() as f64
+                };
+                format!(
+                    "window {}/{window}, mean {mean:.4} (threshold {threshold})",
+                    values.len()
+                )
+            }
+            (StateKind::Detector(d), _) => d.summary(),
+            _ => String::new(),
+        }
+    }
+}
+
+/// Brings persisted states in line with the current specs: a state that still fits is kept
+/// (in the order of the specs), anything else starts fresh.
+pub fn bind_states(specs: &[PolicySpec], mut old: Vec<PolicyState>) -> Vec<PolicyState> {
+    specs
+        .iter()
+        .map(|spec| match old.iter().position(|s| s.fits(spec)) {
+            Some(i) => old.swap_remove(i),
+            None => PolicyState::new(spec),
+        })
+        .collect()
+}

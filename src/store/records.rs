@@ -1,0 +1,151 @@
+//! The records the store persists. Changing one of them means a new record version byte or
+//! a schema migration (see `migrations/`).
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{Action, PolicyState};
+
+/// Everything a model actor needs to continue after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelRecord {
+    /// Events applied since the model was first seen.
+    pub events: u64,
+    pub first_seen: f64,
+    pub last_seen: f64,
+    /// Decisions (drift signals with an action) since first seen.
+    pub decisions: u64,
+    pub last_decision: Option<DecisionRecord>,
+    pub policies: Vec<PolicyState>,
+    /// Events left during which policies observe but do not fire (after a retrain).
+    pub warmup_left: u64,
+    /// Recent drift scores and accuracies, for the operator's sparklines.
+    pub recent_drift: VecDeque<f32>,
+    pub recent_accuracy: VecDeque<f32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionRecord {
+    pub at: f64,
+    pub policy: String,
+    pub action: Action,
+    pub reason: String,
+}
+
+/// The hook runner's per-model state that must survive restarts.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunnerRecord {
+    /// No new job starts for the model before this time (Unix seconds).
+    pub cooldown_until: f64,
+    /// A paused model records decisions but runs no hooks.
+    pub paused: bool,
+    /// Start of the current budget day (Unix seconds, a multiple of 86400) and jobs run in it.
+    pub budget_day: u64,
+    pub budget_used: u32,
+    pub escalated_day: u64,
+    /// When the last successful job ended, and for which policy (loop guard).
+    pub last_success: Option<(f64, String, Action)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Interrupted,
+    Superseded,
+    /// Recorded but not run: dry run, no hook configured, paused, or over budget.
+    Skipped,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Interrupted => "interrupted",
+            JobState::Superseded => "superseded",
+            JobState::Skipped => "skipped",
+        }
+    }
+
+    pub fn is_final(self) -> bool {
+        !matches!(self, JobState::Queued | JobState::Running)
+    }
+}
+
+/// One entry of the job journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: u64,
+    pub model_id: String,
+    pub action: Action,
+    pub policy: String,
+    pub reason: String,
+    /// The decision as JSON, which is also what the hook reads on stdin.
+    pub decision: String,
+    pub state: JobState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    pub created: f64,
+    pub started: Option<f64>,
+    pub ended: Option<f64>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// The hook's process group while it runs, so a restart can find it.
+    pub pgid: Option<i32>,
+    pub command: Vec<String>,
+    /// Why it failed or was skipped, in words.
+    pub note: String,
+    pub stdout_tail: String,
+    pub stderr_tail: String,
+    /// Every transition with its time, oldest first.
+    pub transitions: Vec<(JobState, f64)>,
+}
+
+impl Job {
+    pub fn new(
+        job_id: u64,
+        model_id: &str,
+        action: Action,
+        policy: &str,
+        reason: &str,
+        decision: String,
+        now: f64,
+    ) -> Job {
+        Job {
+            job_id,
+            model_id: model_id.to_owned(),
+            action,
+            policy: policy.to_owned(),
+            reason: reason.to_owned(),
+            decision,
+            state: JobState::Queued,
+            attempts: 0,
+            created: now,
+            started: None,
+            ended: None,
+            exit_code: None,
+            signal: None,
+            pgid: None,
+            command: Vec::new(),
+            note: String::new(),
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            transitions: vec![(JobState::Queued, now)],
+        }
+    }
+
+    pub fn transition(&mut self, state: JobState, now: f64) {
+        self.state = state;
+        self.transitions.push((state, now));
+        if state.is_final() {
+            self.ended = Some(now);
+        }
+    }
+}

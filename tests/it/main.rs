@@ -1,0 +1,11 @@
+//! Integration tests: run the real `visutility` binary against temp directories.
+
+mod support;
+
+mod cli;
+mod config;
+mod hooks;
+mod persistence;
+mod protocol;
+mod signals;
+mod supervision;
