@@ -1,8 +1,9 @@
 //! The command actor: turns decisions into jobs and runs the operator's hooks.
 //!
 //! Rules it keeps, whatever the policies say:
-//! - one model never has two jobs at once (a running or queued job absorbs new decisions,
-//!   except that a full retrain supersedes a queued fine-tune);
+//! - one model never has two jobs running at once: a running or queued job absorbs new
+//!   decisions, except that a full retrain supersedes a queued fine-tune, and an operator's
+//!   `trigger` queues one job behind a running one;
 //! - at most `max_concurrent` hooks run at the same time; the rest wait in a queue;
 //! - after a job for a model ends, `cooldown_s` passes before the next (persisted, so a restart
 //!   does not reset it);
@@ -138,20 +139,15 @@ impl CommandActor {
                     "queued fine-tune superseded by a full retrain"
                 );
             } else {
+                // The queued job does as much or more; an operator's trigger gets its id.
                 tracing::debug!(model_id = model, "decision absorbed by the queued job");
-                return if d.manual {
-                    Err(CommandError::Busy(model.into()))
-                } else {
-                    Ok(None)
-                };
+                return Ok(d.manual.then_some(queued.job_id));
             }
-        } else if self.running.contains_key(model) {
+        } else if self.running.contains_key(model) && !d.manual {
+            // The running retrain answers this drift too; an operator's trigger instead
+            // queues behind it.
             tracing::debug!(model_id = model, "decision absorbed by the running job");
-            return if d.manual {
-                Err(CommandError::Busy(model.into()))
-            } else {
-                Ok(None)
-            };
+            return Ok(None);
         }
         let hooks = self.hooks.clone();
         let runner = self.runner(model);
@@ -445,10 +441,8 @@ impl CommandActor {
                         self.queue.push_back((job, 0.0));
                     }
                 }
-                JobState::Queued => {
-                    if !self.queue.iter().any(|(j, _)| j.model_id == job.model_id) {
-                        self.queue.push_back((job, 0.0));
-                    }
+                JobState::Queued if !self.queue.iter().any(|(j, _)| j.model_id == job.model_id) => {
+                    self.queue.push_back((job, 0.0));
                 }
                 _ => {}
             }

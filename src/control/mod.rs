@@ -304,11 +304,12 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             serde_json::json!({"job_id": job_id})
         }
         Request::Reset { model } => {
-            let (_, addr) = ctx
+            let h = ctx
                 .registry
                 .get_or_create(&model)
                 .map_err(|e| e.to_string())?;
-            addr.send(ResetPolicies { warmup: false })
+            h.addr
+                .send(ResetPolicies { warmup: false })
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;

@@ -12,14 +12,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::Addr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
-use crate::model::registry::RegistryError;
+use crate::model::registry::{ModelHandle, RegistryError};
 use crate::model::{ApplyBatch, Barrier, ModelActor};
 use crate::policy::Obs;
 use crate::protocol::{self, ErrorCode, Frame, Line, LineReader, Op};
@@ -39,11 +39,11 @@ struct Conn<'a> {
     accepted: u64,
     rejected: u64,
     /// Events decoded from the current read, per model, not yet sent.
-    pending: HashMap<Arc<str>, (Addr<ModelActor>, Vec<Obs>)>,
-    /// Models that got events since the last barrier.
-    touched: HashMap<Arc<str>, Addr<ModelActor>>,
+    pending: HashMap<Arc<str>, (ModelHandle, Vec<Obs>)>,
+    /// Models that got events since the last barrier, with their restart epoch at the first.
+    touched: HashMap<Arc<str>, (Addr<ModelActor>, Arc<AtomicU64>, u64)>,
     /// This connection's view of the registry, so the hot path takes no lock.
-    known: HashMap<Box<str>, (Arc<str>, Addr<ModelActor>)>,
+    known: HashMap<Box<str>, ModelHandle>,
     replies: Vec<u8>,
     now: f64,
 }
@@ -172,14 +172,10 @@ impl Conn<'_> {
                     meta: ev.meta.map(|m| Box::<str>::from(m.get())),
                 };
                 let model_id = ev.model_id;
-                let (id, addr) = match self.known.get(model_id) {
-                    Some((id, addr)) => (id.clone(), addr.clone()),
+                let handle = match self.known.get(model_id) {
+                    Some(h) => h,
                     None => match self.ctx.registry.get_or_create(model_id) {
-                        Ok((id, addr)) => {
-                            self.known
-                                .insert(model_id.into(), (id.clone(), addr.clone()));
-                            (id, addr)
-                        }
+                        Ok(h) => self.known.entry(model_id.into()).or_insert(h),
                         Err(e @ RegistryError::TooManyModels(_)) => {
                             self.reject(ErrorCode::TooManyModels, &e.to_string());
                             return None;
@@ -191,12 +187,14 @@ impl Conn<'_> {
                         }
                     },
                 };
+                match self.pending.get_mut(&handle.id) {
+                    Some((_, batch)) => batch.push(obs),
+                    None => {
+                        self.pending
+                            .insert(handle.id.clone(), (handle.clone(), vec![obs]));
+                    }
+                }
                 self.accepted += 1;
-                self.pending
-                    .entry(id)
-                    .or_insert_with(|| (addr, Vec::new()))
-                    .1
-                    .push(obs);
                 None
             }
             Err(e) => {
@@ -220,10 +218,16 @@ impl Conn<'_> {
     /// Sends every pending batch to its model.
     fn dispatch(&mut self) {
         let mut n = 0;
-        for (id, (addr, batch)) in self.pending.drain() {
+        for (id, (h, batch)) in self.pending.drain() {
             n += batch.len() as u64;
-            addr.do_send(ApplyBatch(batch));
-            self.touched.entry(id).or_insert(addr);
+            self.touched.entry(id).or_insert_with(|| {
+                (
+                    h.addr.clone(),
+                    h.epoch.clone(),
+                    h.epoch.load(Ordering::SeqCst),
+                )
+            });
+            h.addr.do_send(ApplyBatch(batch));
         }
         self.ctx.stats.accepted.fetch_add(n, Ordering::Relaxed);
     }
@@ -232,8 +236,14 @@ impl Conn<'_> {
     async fn barrier(&mut self) -> Vec<u8> {
         self.dispatch();
         let mut failure: Option<String> = None;
-        for (id, addr) in self.touched.drain() {
+        for (id, (addr, epoch, seen)) in self.touched.drain() {
             match addr.send(Barrier).await {
+                Ok(Ok(())) if epoch.load(Ordering::SeqCst) != seen => {
+                    tracing::error!(model_id = %id, "model actor restarted since this connection's last barrier");
+                    failure.get_or_insert_with(|| {
+                        format!("model {id}: {}", crate::model::ModelError::Restarted)
+                    });
+                }
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::error!(model_id = %id, error = %e, "flush barrier failed for a model");

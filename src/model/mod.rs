@@ -16,6 +16,7 @@ pub mod registry;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -125,8 +126,10 @@ pub struct ModelActor {
     /// A delayed write is already scheduled.
     write_scheduled: bool,
     restarts: u64,
-    /// The actor failed since the last barrier: the next barrier must not claim durability.
-    lost: bool,
+    /// Bumped at every restart. A connection notes it when it starts sending to this model
+    /// and refuses to claim durability at its barrier if it moved: its events may have died
+    /// with the failed state.
+    epoch: Arc<AtomicU64>,
     /// Tests only: events whose meta asks for a fault get one.
     fault_injection: bool,
 }
@@ -138,6 +141,7 @@ pub struct ModelSetup {
     pub commander: Addr<CommandActor>,
     pub flush_interval: Duration,
     pub fault_injection: bool,
+    pub epoch: Arc<AtomicU64>,
 }
 
 impl ModelActor {
@@ -153,7 +157,7 @@ impl ModelActor {
             dirty: false,
             write_scheduled: false,
             restarts: 0,
-            lost: false,
+            epoch: setup.epoch,
             fault_injection: setup.fault_injection,
         };
         actor.reload()?;
@@ -348,7 +352,7 @@ impl Actor for ModelActor {
 impl Supervised for ModelActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.restarts += 1;
-        self.lost = true;
+        self.epoch.fetch_add(1, Ordering::SeqCst);
         self.write_scheduled = false;
         match self.reload() {
             Ok(()) => {
@@ -390,9 +394,6 @@ impl Handler<Barrier> for ModelActor {
     type Result = Result<(), ModelError>;
 
     fn handle(&mut self, _msg: Barrier, _ctx: &mut Context<Self>) -> Self::Result {
-        if std::mem::take(&mut self.lost) {
-            return Err(ModelError::Restarted);
-        }
         self.write()?;
         Ok(())
     }

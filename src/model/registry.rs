@@ -1,6 +1,7 @@
 //! The registry of live model actors: created on first sight, up to `max_models`.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -31,8 +32,16 @@ pub struct Registry {
     fault_injection: bool,
 }
 
+/// A live model: its actor and its restart epoch (see `ModelActor`).
+#[derive(Clone)]
+pub struct ModelHandle {
+    pub id: Arc<str>,
+    pub addr: Addr<ModelActor>,
+    pub epoch: Arc<AtomicU64>,
+}
+
 struct Inner {
-    actors: HashMap<Arc<str>, Addr<ModelActor>>,
+    actors: HashMap<Arc<str>, ModelHandle>,
     config: Arc<Config>,
     /// Rules shared by the actors, one `Arc` per config rule.
     rules: Vec<Arc<ModelRule>>,
@@ -77,7 +86,7 @@ impl Registry {
     }
 
     pub fn get(&self, model_id: &str) -> Option<Addr<ModelActor>> {
-        self.lock().actors.get(model_id).cloned()
+        self.lock().actors.get(model_id).map(|h| h.addr.clone())
     }
 
     pub fn rule_for(&self, model_id: &str) -> Option<Arc<ModelRule>> {
@@ -86,13 +95,10 @@ impl Registry {
     }
 
     /// The model's actor, started (with its persisted state) if this is its first sight.
-    pub fn get_or_create(
-        &self,
-        model_id: &str,
-    ) -> Result<(Arc<str>, Addr<ModelActor>), RegistryError> {
+    pub fn get_or_create(&self, model_id: &str) -> Result<ModelHandle, RegistryError> {
         let mut inner = self.lock();
-        if let Some((k, a)) = inner.actors.get_key_value(model_id) {
-            return Ok((k.clone(), a.clone()));
+        if let Some(h) = inner.actors.get(model_id) {
+            return Ok(h.clone());
         }
         let max = inner.config.daemon.max_models;
         if inner.actors.len() >= max {
@@ -101,7 +107,9 @@ impl Registry {
         let commander = inner.commander.clone().ok_or(RegistryError::NotReady)?;
         let id: Arc<str> = model_id.into();
         let rule = rule_index(&inner.config, model_id).map(|i| inner.rules[i].clone());
+        let epoch = Arc::new(AtomicU64::new(0));
         let actor = ModelActor::new(ModelSetup {
+            epoch: epoch.clone(),
             id: id.clone(),
             rule,
             store: self.store.clone(),
@@ -110,15 +118,20 @@ impl Registry {
             fault_injection: self.fault_injection,
         })?;
         let addr = Supervisor::start_in_arbiter(&self.arbiter, move |_| actor);
-        inner.actors.insert(id.clone(), addr.clone());
-        Ok((id, addr))
+        let handle = ModelHandle {
+            id: id.clone(),
+            addr,
+            epoch,
+        };
+        inner.actors.insert(id, handle.clone());
+        Ok(handle)
     }
 
     pub fn all(&self) -> Vec<(Arc<str>, Addr<ModelActor>)> {
         self.lock()
             .actors
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), v.addr.clone()))
             .collect()
     }
 
@@ -135,9 +148,9 @@ impl Registry {
         let mut inner = self.lock();
         inner.rules = config.models.iter().cloned().map(Arc::new).collect();
         inner.config = config;
-        for (id, addr) in &inner.actors {
+        for (id, h) in &inner.actors {
             let rule = rule_index(&inner.config, id).map(|i| inner.rules[i].clone());
-            addr.do_send(Reconfigure(rule));
+            h.addr.do_send(Reconfigure(rule));
         }
     }
 }

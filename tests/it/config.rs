@@ -69,10 +69,19 @@ fn check(sb: &Sandbox, text: &str) -> std::process::Output {
 #[track_caller]
 fn assert_invalid(sb: &Sandbox, text: &str, must_mention: &[&str]) -> String {
     let o = check(sb, text);
-    assert_eq!(o.status.code(), Some(1), "check-config must exit 1 on:\n{text}\n{}", out_text(&o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "check-config must exit 1 on:\n{text}\n{}",
+        out_text(&o)
+    );
     let all = combined(&o);
     for m in must_mention {
-        assert!(all.contains(m), "check-config output does not mention {m:?}:\n{}", out_text(&o));
+        assert!(
+            all.contains(m),
+            "check-config output does not mention {m:?}:\n{}",
+            out_text(&o)
+        );
     }
     all
 }
@@ -83,7 +92,11 @@ fn check_config_accepts_the_contract_example() {
     let text = contract_example(&sb);
     let o = check(&sb, &text);
     assert_eq!(o.status.code(), Some(0), "{}", out_text(&o));
-    assert!(!stdout(&o).trim().is_empty(), "check-config printed no summary: {}", out_text(&o));
+    assert!(
+        !stdout(&o).trim().is_empty(),
+        "check-config printed no summary: {}",
+        out_text(&o)
+    );
     // validating writes nothing
     assert!(!sb.path("ingest.sock").exists());
     assert!(!sb.path("control.sock").exists());
@@ -250,7 +263,10 @@ fn check_config_reports_every_error() {
         &text,
         &["daemon.max_modles", "hooks.cooldwn_s", "treshold", "deltaa"],
     );
-    assert!(all.contains("models"), "nested errors need their path under models:\n{all}");
+    assert!(
+        all.contains("models"),
+        "nested errors need their path under models:\n{all}"
+    );
 }
 
 #[test]
@@ -260,7 +276,10 @@ fn check_config_rejects_unknown_tables_and_nested_keys() {
     assert_invalid(&sb, &format!("{base}\n[extras]\nfoo = 1\n"), &["extras"]);
     let text = base.replace("timeout_s = 900 }", "timeout_s = 900, shell = true }");
     assert_invalid(&sb, &text, &["hooks.fine_tune", "shell"]);
-    let text = base.replace("reset_on_retrain = true", "reset_on_retrain = true\nmatches = \"x*\"");
+    let text = base.replace(
+        "reset_on_retrain = true",
+        "reset_on_retrain = true\nmatches = \"x*\"",
+    );
     assert_invalid(&sb, &text, &["matches"]);
 }
 
@@ -273,8 +292,16 @@ fn check_config_rejects_wrong_types_and_values() {
         &base.replace("max_models = 10000", "max_models = \"many\""),
         &["daemon.max_models"],
     );
-    assert_invalid(&sb, &base.replace("kind = \"adwin\"", "kind = \"magic\""), &["magic"]);
-    assert_invalid(&sb, &base.replace("action = \"full\"", "action = \"reboot\""), &["reboot"]);
+    assert_invalid(
+        &sb,
+        &base.replace("kind = \"adwin\"", "kind = \"magic\""),
+        &["magic"],
+    );
+    assert_invalid(
+        &sb,
+        &base.replace("action = \"full\"", "action = \"reboot\""),
+        &["reboot"],
+    );
 }
 
 #[test]
@@ -294,9 +321,20 @@ fn daemon_refuses_to_start_on_an_invalid_config() {
     let text = contract_example(&sb).replace("max_models = 10000", "max_modles = 10000");
     let f = sb.write("bad.toml", &text);
     let o = sb.run(&["daemon", "--config", f.to_str().unwrap()]);
-    assert!(!o.status.success(), "daemon started on an invalid config: {}", out_text(&o));
-    assert!(combined(&o).contains("max_modles"), "no message naming the bad key: {}", out_text(&o));
-    assert!(!sb.path("ingest.sock").exists(), "socket created by a daemon that refused to run");
+    assert!(
+        !o.status.success(),
+        "daemon started on an invalid config: {}",
+        out_text(&o)
+    );
+    assert!(
+        combined(&o).contains("max_modles"),
+        "no message naming the bad key: {}",
+        out_text(&o)
+    );
+    assert!(
+        !sb.path("ingest.sock").exists(),
+        "socket created by a daemon that refused to run"
+    );
 }
 
 /// Without `--config`: `$CONFIGURATION_DIRECTORY/config.toml`, `$STATE_DIRECTORY`
@@ -319,7 +357,9 @@ fn systemd_directories_are_used_without_config_flag() {
     let mut cmd = sb.command(&["daemon"]);
     env(&mut cmd);
     let log = std::fs::File::create(sb.path("daemon.log")).unwrap();
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
     let mut child = ChildGuard(cmd.spawn().unwrap());
     let logs = || std::fs::read_to_string(sb.path("daemon.log")).unwrap_or_default();
 
@@ -330,21 +370,46 @@ fn systemd_directories_are_used_without_config_flag() {
         }
         UnixStream::connect(&sock).ok()
     });
-    assert!(ready.is_some(), "no ingest socket at {}\n{}", sock.display(), logs());
+    assert!(
+        ready.is_some(),
+        "no ingest socket at {}\n{}",
+        sock.display(),
+        logs()
+    );
     drop(ready);
 
     let mut out = sb.command(&["push", "-"]);
     env(&mut out);
-    let o = run_with_timeout(out, Some(b"{\"model_id\":\"sd1\"}\n".to_vec()), CLI_DEADLINE).unwrap();
-    assert_eq!(o.status.code(), Some(0), "push: {}\n{}", out_text(&o), logs());
+    let o = run_with_timeout(
+        out,
+        Some(b"{\"model_id\":\"sd1\"}\n".to_vec()),
+        CLI_DEADLINE,
+    )
+    .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "push: {}\n{}",
+        out_text(&o),
+        logs()
+    );
 
     let mut models = sb.command(&["models", "--json"]);
     env(&mut models);
     let o = run_with_timeout(models, None, CLI_DEADLINE).unwrap();
     assert!(o.status.success(), "models: {}\n{}", out_text(&o), logs());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let m = v.as_array().unwrap().iter().find(|m| m["model_id"] == "sd1").cloned();
-    assert_eq!(m.map(|m| m["events"].clone()), Some(json!(1)), "models: {v}");
+    let m = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_id"] == "sd1")
+        .cloned();
+    assert_eq!(
+        m.map(|m| m["events"].clone()),
+        Some(json!(1)),
+        "models: {v}"
+    );
 
     // state went to $STATE_DIRECTORY
     let n = std::fs::read_dir(&state_dir).unwrap().count();
@@ -362,7 +427,9 @@ fn runs_on_defaults_in_user_directories() {
     let sb = Sandbox::new();
     let mut cmd = sb.command(&["daemon"]);
     let log = std::fs::File::create(sb.path("daemon.log")).unwrap();
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::from(log));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log));
     let mut child = ChildGuard(cmd.spawn().unwrap());
     let logs = || std::fs::read_to_string(sb.path("daemon.log")).unwrap_or_default();
 
@@ -375,17 +442,37 @@ fn runs_on_defaults_in_user_directories() {
             .find(|p| UnixStream::connect(p).is_ok())
     });
     let Some(sock) = sock else {
-        panic!("no connectable ingest.sock under the sandbox's HOME/XDG dirs\n{}", logs());
+        panic!(
+            "no connectable ingest.sock under the sandbox's HOME/XDG dirs\n{}",
+            logs()
+        );
     };
-    assert!(sock.starts_with(sb.path("xdg/run")) || sock.starts_with(sb.path("home")), "{}", sock.display());
+    assert!(
+        sock.starts_with(sb.path("xdg/run")) || sock.starts_with(sb.path("home")),
+        "{}",
+        sock.display()
+    );
 
-    let o = run_with_timeout(sb.command(&["push", "-"]), Some(b"{\"model_id\":\"u1\"}\n".to_vec()), CLI_DEADLINE)
-        .unwrap();
-    assert_eq!(o.status.code(), Some(0), "push without --config: {}\n{}", out_text(&o), logs());
+    let o = run_with_timeout(
+        sb.command(&["push", "-"]),
+        Some(b"{\"model_id\":\"u1\"}\n".to_vec()),
+        CLI_DEADLINE,
+    )
+    .unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "push without --config: {}\n{}",
+        out_text(&o),
+        logs()
+    );
     let o = run_with_timeout(sb.command(&["models", "--json"]), None, CLI_DEADLINE).unwrap();
     assert!(o.status.success(), "models: {}\n{}", out_text(&o), logs());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    assert!(v.as_array().unwrap().iter().any(|m| m["model_id"] == "u1"), "{v}");
+    assert!(
+        v.as_array().unwrap().iter().any(|m| m["model_id"] == "u1"),
+        "{v}"
+    );
 
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let st = poll_until(DEADLINE, || child.0.try_wait().ok().flatten());

@@ -4,6 +4,7 @@ mod support;
 
 mod cli;
 mod config;
+mod conformance;
 mod hooks;
 mod persistence;
 mod protocol;

@@ -55,7 +55,12 @@ fn acknowledged_events_survive_sigkill() {
         // kill right after the acknowledgement
         d.kill_and_restart();
         for (m, id) in models.iter().enumerate() {
-            assert_eq!(d.events_of(id), expected[m], "model {id} after SIGKILL #{}", round + 1);
+            assert_eq!(
+                d.events_of(id),
+                expected[m],
+                "model {id} after SIGKILL #{}",
+                round + 1
+            );
         }
     }
 
@@ -80,7 +85,10 @@ fn acknowledged_events_survive_sigkill() {
     c.flush();
     assert_eq!(d.events_of("alpha"), after + 1);
     let m = d.model("alpha").unwrap();
-    assert!(m["last_seen"].as_f64().is_some_and(|t| t > 1.0e9), "last_seen: {m}");
+    assert!(
+        m["last_seen"].as_f64().is_some_and(|t| t > 1.0e9),
+        "last_seen: {m}"
+    );
     assert_eq!(m["paused"], json!(false), "{m}");
 }
 
@@ -110,7 +118,11 @@ fn drift_window_scenario(restart: bool) {
     }
     assert_flush(&c.flush(), 3, 0);
     assert_eq!(d.events_of("m"), 9);
-    assert_eq!(hook.started(), 0, "the window fired before it held 10 scores");
+    assert_eq!(
+        hook.started(),
+        0,
+        "the window fired before it held 10 scores"
+    );
     assert!(hook.runs().is_empty());
 
     c.send_line(&drift_event("m", 1.0, 10));
@@ -148,7 +160,9 @@ fn jobs_survive_restart() {
     let mut d = b.start();
     d.push_events(&[plain_event("m1")]);
     d.cli_ok(&["trigger", "m1", "full"]);
-    let job = d.wait_job(Some("m1"), "triggered job succeeded", |j| j["state"] == "succeeded");
+    let job = d.wait_job(Some("m1"), "triggered job succeeded", |j| {
+        j["state"] == "succeeded"
+    });
     d.kill_and_restart();
     let jobs = d.history(Some("m1"));
     let same = jobs.iter().find(|j| j["job_id"] == job["job_id"]);
@@ -162,16 +176,29 @@ fn jobs_survive_restart() {
     d.cli_ok(&["trigger", "m1", "full"]);
     d.wait_runs(&hook, 2);
     let jobs = d.wait_jobs_terminal();
-    let ids: std::collections::BTreeSet<String> = jobs.iter().map(|j| j["job_id"].to_string()).collect();
-    assert_eq!(ids.len(), jobs.len(), "job ids must be unique across restarts: {jobs:?}");
+    let ids: std::collections::BTreeSet<String> =
+        jobs.iter().map(|j| j["job_id"].to_string()).collect();
+    assert_eq!(
+        ids.len(),
+        jobs.len(),
+        "job ids must be unique across restarts: {jobs:?}"
+    );
     assert_eq!(jobs.len(), 2, "{jobs:?}");
 }
 
 #[test]
 fn graceful_restart_keeps_everything() {
     let mut d = Daemon::start_default();
-    d.push_events(&(0..25).map(|i| drift_event("g1", 0.1, i)).collect::<Vec<_>>());
-    d.push_events(&(0..5).map(|i| drift_event("g2", 0.1, i)).collect::<Vec<_>>());
+    d.push_events(
+        &(0..25)
+            .map(|i| drift_event("g1", 0.1, i))
+            .collect::<Vec<_>>(),
+    );
+    d.push_events(
+        &(0..5)
+            .map(|i| drift_event("g2", 0.1, i))
+            .collect::<Vec<_>>(),
+    );
     d.sigterm();
     let st = d.wait_exit();
     assert!(st.success(), "SIGTERM exit: {st:?}");

@@ -43,13 +43,18 @@ fn check_cases(d: &Daemon, cases: &[(Vec<u8>, Option<&[&str]>)]) {
         let shown: String = shown.chars().take(160).collect();
         match (expect, by_line.get(&n)) {
             (None, None) => {}
-            (None, Some(es)) => problems.push(format!("line {n} {shown:?} should be accepted, got {es:?}")),
-            (Some(codes), None) => {
-                problems.push(format!("line {n} {shown:?} should be rejected with {codes:?}, got no reply"))
+            (None, Some(es)) => {
+                problems.push(format!("line {n} {shown:?} should be accepted, got {es:?}"))
             }
+            (Some(codes), None) => problems.push(format!(
+                "line {n} {shown:?} should be rejected with {codes:?}, got no reply"
+            )),
             (Some(codes), Some(es)) => {
                 if es.len() != 1 {
-                    problems.push(format!("line {n} {shown:?} got {} replies: {es:?}", es.len()));
+                    problems.push(format!(
+                        "line {n} {shown:?} got {} replies: {es:?}",
+                        es.len()
+                    ));
                 }
                 let e = &es[0];
                 if !is_error(e, codes, n) {
@@ -63,7 +68,10 @@ fn check_cases(d: &Daemon, cases: &[(Vec<u8>, Option<&[&str]>)]) {
     }
     for l in by_line.keys() {
         if *l == 0 || *l > cases.len() as u64 {
-            problems.push(format!("error reply for a line that was never sent: {:?}", by_line[l]));
+            problems.push(format!(
+                "error reply for a line that was never sent: {:?}",
+                by_line[l]
+            ));
         }
     }
     let rejected = cases.iter().filter(|(_, e)| e.is_some()).count() as u64;
@@ -85,7 +93,10 @@ fn ok(line: impl Into<String>) -> (Vec<u8>, Option<&'static [&'static str]>) {
     (line.into().into_bytes(), None)
 }
 
-fn bad(line: impl Into<String>, codes: &'static [&'static str]) -> (Vec<u8>, Option<&'static [&'static str]>) {
+fn bad(
+    line: impl Into<String>,
+    codes: &'static [&'static str],
+) -> (Vec<u8>, Option<&'static [&'static str]>) {
     (line.into().into_bytes(), Some(codes))
 }
 
@@ -176,7 +187,10 @@ fn duplicate_keys_are_rejected() {
         &[
             bad(r#"{"model_id": "m1", "model_id": "m2"}"#, INVALID),
             bad(r#"{"model_id": "m1", "model_id": "m1"}"#, INVALID),
-            bad(r#"{"model_id": "m1", "drift_score": 0.1, "drift_score": 0.2}"#, INVALID),
+            bad(
+                r#"{"model_id": "m1", "drift_score": 0.1, "drift_score": 0.2}"#,
+                INVALID,
+            ),
             bad(r#"{"model_id": "m1", "meta": {}, "meta": {}}"#, INVALID),
             ok(r#"{"model_id": "m1", "drift_score": 0.1}"#),
         ],
@@ -271,9 +285,17 @@ fn non_finite_numbers_are_rejected() {
             bad(r#"{"model_id": "m1", "accuracy": 1e999}"#, INVALID),
             bad(r#"{"model_id": "m1", "value": 1e999}"#, INVALID),
             bad(r#"{"model_id": "m1", "ts": 1e999}"#, INVALID),
-            bad(r#"{"model_id": "m1", "metrics": {"latency_ms": 1e999}}"#, INVALID),
-            bad(r#"{"model_id": "m1", "metrics": {"latency_ms": -1e999}}"#, INVALID),
-            ok(r#"{"model_id": "m1", "drift_score": 1e300, "value": -1e300, "metrics": {"x": 1e-300}}"#),
+            bad(
+                r#"{"model_id": "m1", "metrics": {"latency_ms": 1e999}}"#,
+                INVALID,
+            ),
+            bad(
+                r#"{"model_id": "m1", "metrics": {"latency_ms": -1e999}}"#,
+                INVALID,
+            ),
+            ok(
+                r#"{"model_id": "m1", "drift_score": 1e300, "value": -1e300, "metrics": {"x": 1e-300}}"#,
+            ),
         ],
     );
 }
@@ -308,12 +330,23 @@ fn wrongly_typed_fields_are_rejected() {
             bad(r#"{"model_id": "m1", "drift_score": true}"#, INVALID),
             bad(r#"{"model_id": "m1", "accuracy": [0.9]}"#, INVALID),
             bad(r#"{"model_id": "m1", "value": {"v": 1}}"#, INVALID),
-            bad(r#"{"model_id": "m1", "ts": "2025-01-01T00:00:00Z"}"#, INVALID),
+            bad(
+                r#"{"model_id": "m1", "ts": "2025-01-01T00:00:00Z"}"#,
+                INVALID,
+            ),
             bad(r#"{"model_id": "m1", "metrics": [1, 2]}"#, INVALID),
             bad(r#"{"model_id": "m1", "metrics": 5}"#, INVALID),
-            bad(r#"{"model_id": "m1", "metrics": {"latency_ms": "12"}}"#, INVALID),
-            bad(r#"{"model_id": "m1", "metrics": {"nested": {"a": 1}}}"#, INVALID),
-            ok(r#"{"model_id": "m1", "ts": 1764172800, "drift_score": 0, "accuracy": 1, "value": -3.5, "metrics": {}}"#),
+            bad(
+                r#"{"model_id": "m1", "metrics": {"latency_ms": "12"}}"#,
+                INVALID,
+            ),
+            bad(
+                r#"{"model_id": "m1", "metrics": {"nested": {"a": 1}}}"#,
+                INVALID,
+            ),
+            ok(
+                r#"{"model_id": "m1", "ts": 1764172800, "drift_score": 0, "accuracy": 1, "value": -3.5, "metrics": {}}"#,
+            ),
             ok(r#"{"model_id": "m1", "metrics": {"a": 1, "b": -2.5, "c": 0}}"#),
         ],
     );
@@ -325,7 +358,9 @@ fn meta_is_any_json_and_never_interpreted() {
     check_cases(
         &d,
         &[
-            ok(r#"{"model_id": "m1", "meta": {"a": [1, {"b": null}], "model_id": 5, "drift_score": "x"}}"#),
+            ok(
+                r#"{"model_id": "m1", "meta": {"a": [1, {"b": null}], "model_id": 5, "drift_score": "x"}}"#,
+            ),
             ok(r#"{"model_id": "m1", "meta": [1, 2, 3]}"#),
             ok(r#"{"model_id": "m1", "meta": "just a string"}"#),
             ok(r#"{"model_id": "m1", "meta": 42}"#),
@@ -423,7 +458,11 @@ fn connection_stays_usable_after_many_errors() {
     let (reply, errors) = c.flush_with_errors();
     assert_flush(&reply, 1, 50);
     let got: Vec<u64> = errors.iter().filter_map(|e| e["line"].as_u64()).collect();
-    assert_eq!(got, (1..=50).collect::<Vec<u64>>(), "error line numbers: {errors:?}");
+    assert_eq!(
+        got,
+        (1..=50).collect::<Vec<u64>>(),
+        "error line numbers: {errors:?}"
+    );
     // and it keeps working
     c.send_line(r#"{"model_id":"m1"}"#);
     let reply = c.flush();
@@ -433,7 +472,9 @@ fn connection_stays_usable_after_many_errors() {
 
 #[test]
 fn oversized_line_is_rejected_and_the_next_line_is_accepted() {
-    let d = Daemon::builder().daemon_keys("max_line_bytes = 1024").start();
+    let d = Daemon::builder()
+        .daemon_keys("max_line_bytes = 1024")
+        .start();
     let mut c = d.connect();
     let big = json!({"model_id": "m1", "meta": {"pad": "x".repeat(5000)}}).to_string();
     let small = json!({"model_id": "m1", "meta": {"pad": "y".repeat(800)}}).to_string();
@@ -447,7 +488,10 @@ fn oversized_line_is_rejected_and_the_next_line_is_accepted() {
     assert_flush(&reply, 2, 1);
 
     // a very long line (2 MiB) does not kill the connection either
-    let huge = format!(r#"{{"model_id":"m1","meta":"{}"}}"#, "z".repeat(2 * 1024 * 1024));
+    let huge = format!(
+        r#"{{"model_id":"m1","meta":"{}"}}"#,
+        "z".repeat(2 * 1024 * 1024)
+    );
     c.send_line(&huge); // line 5 (line 4 was the flush)
     c.send_line(r#"{"model_id":"m2"}"#);
     let (reply, errors) = c.flush_with_errors();
@@ -481,7 +525,9 @@ fn many_pipelined_events_are_all_applied() {
     let d = Daemon::start_default();
     let mut c = d.connect();
     let lines: Vec<String> = (0..2000)
-        .map(|i| json!({"model_id": format!("m{}", i % 4), "value": i, "drift_score": 0.01}).to_string())
+        .map(|i| {
+            json!({"model_id": format!("m{}", i % 4), "value": i, "drift_score": 0.01}).to_string()
+        })
         .collect();
     c.send_lines(&lines);
     let reply = c.flush();
@@ -511,7 +557,12 @@ fn too_many_models() {
     let e = c.read_reply();
     assert_error(&e, &["too_many_models"], 1);
     let models = d.models_json();
-    let mut ids: Vec<&str> = models.as_array().unwrap().iter().filter_map(|m| m["model_id"].as_str()).collect();
+    let mut ids: Vec<&str> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["model_id"].as_str())
+        .collect();
     ids.sort();
     assert_eq!(ids, vec!["a", "b"], "models: {models}");
 }

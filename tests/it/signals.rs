@@ -44,8 +44,18 @@ fn exits_cleanly_on(sig: i32) {
 
     d.signal(sig);
     let st = d.wait_exit();
-    assert_eq!(st.code(), Some(0), "exit status after signal {sig}: {st:?} (signal {:?})\n{}", st.signal(), d.logs());
-    assert!(!d.socket.exists(), "ingest socket file {} still exists after exit", d.socket.display());
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit status after signal {sig}: {st:?} (signal {:?})\n{}",
+        st.signal(),
+        d.logs()
+    );
+    assert!(
+        !d.socket.exists(),
+        "ingest socket file {} still exists after exit",
+        d.socket.display()
+    );
 
     d.restart();
     assert_eq!(d.events_of("m2"), 1);
@@ -78,7 +88,10 @@ fn sighup_with_a_valid_config_applies_a_new_threshold() {
     assert_flush(&c.flush(), 3, 0);
     assert_eq!(hook.started(), 0, "fired below the threshold");
 
-    d.write_config(&ConfigParts { daemon_extra: String::new(), body: threshold_body(&hook, 0.3, "") });
+    d.write_config(&ConfigParts {
+        daemon_extra: String::new(),
+        body: threshold_body(&hook, 0.3, ""),
+    });
     d.sighup();
 
     // keep sending 0.5 until the new threshold (0.3) makes it fire
@@ -90,7 +103,9 @@ fn sighup_with_a_valid_config_applies_a_new_threshold() {
         let r = hook.runs();
         (!r.is_empty()).then_some(r)
     });
-    let first = runs[0].seq().unwrap_or_else(|| d.fail(format!("no seq in stdin: {}", runs[0].stdin)));
+    let first = runs[0]
+        .seq()
+        .unwrap_or_else(|| d.fail(format!("no seq in stdin: {}", runs[0].stdin)));
     assert!(first >= 4, "an event sent before SIGHUP fired: seq {first}");
     assert!(d.is_running());
     // state survived the reload
@@ -114,26 +129,37 @@ fn sighup_with_an_invalid_config_keeps_the_old_one() {
     let good = threshold_body(&hook, 0.3, "");
     let b = b.body(good.clone());
     let mut d = b.start();
-    let good_parts = ConfigParts { daemon_extra: String::new(), body: good };
+    let good_parts = ConfigParts {
+        daemon_extra: String::new(),
+        body: good,
+    };
     let base = count_reload_errors(&d);
 
     // 1. TOML syntax error
     d.write_raw_config(&format!("{}\n[[models\n", d.daemon_table("")));
     d.sighup();
-    d.wait_log_count("a log line with 'reload' and 'error' (syntax error)", base + 1, |l| {
-        let l = l.to_lowercase();
-        l.contains("reload") && l.contains("error")
-    });
+    d.wait_log_count(
+        "a log line with 'reload' and 'error' (syntax error)",
+        base + 1,
+        |l| {
+            let l = l.to_lowercase();
+            l.contains("reload") && l.contains("error")
+        },
+    );
     assert!(d.is_running(), "daemon died on an invalid config");
 
     // 2. valid TOML, unknown key, and a threshold that would stop decisions at 0.5
     let bad = threshold_body(&hook, 0.99, "treshold_typo = 1");
     d.write_raw_config(&format!("{}\n{}", d.daemon_table(""), bad));
     d.sighup();
-    d.wait_log_count("a log line with 'reload' and 'error' (unknown key)", base + 2, |l| {
-        let l = l.to_lowercase();
-        l.contains("reload") && l.contains("error")
-    });
+    d.wait_log_count(
+        "a log line with 'reload' and 'error' (unknown key)",
+        base + 2,
+        |l| {
+            let l = l.to_lowercase();
+            l.contains("reload") && l.contains("error")
+        },
+    );
     assert!(d.is_running(), "daemon died on an invalid config");
 
     // old behaviour: 0.5 > 0.3 still fires

@@ -45,21 +45,35 @@ fn fault_scenario(fault: &str) {
         c.send_line(&drift_event("bystander", 1.0, seq));
     }
     assert_flush(&c.flush(), 10, 0);
-    assert_eq!(restarts(&d, "victim"), Some(0), "restarts before any fault: {:?}", d.model("victim"));
+    assert_eq!(
+        restarts(&d, "victim"),
+        Some(0),
+        "restarts before any fault: {:?}",
+        d.model("victim")
+    );
 
     // the fault, on its own connection (its flush semantics are not the point)
     let mut f = d.connect();
     f.send_line(&json!({"model_id": "victim", "meta": {"fault": fault}}).to_string());
-    let n = d.wait_for("the victim's actor to be restarted (models --json restarts >= 1)", || {
-        restarts(&d, "victim").filter(|&n| n >= 1)
-    });
+    let n = d.wait_for(
+        "the victim's actor to be restarted (models --json restarts >= 1)",
+        || restarts(&d, "victim").filter(|&n| n >= 1),
+    );
     assert!(n >= 1);
     assert!(d.is_running(), "the daemon died with its actor");
     drop(f);
 
     // the bystander was not touched
-    assert_eq!(restarts(&d, "bystander"), Some(0), "bystander restarted: {:?}", d.model("bystander"));
-    assert!(hook.runs().is_empty(), "a decision fired before any window was full");
+    assert_eq!(
+        restarts(&d, "bystander"),
+        Some(0),
+        "bystander restarted: {:?}",
+        d.model("bystander")
+    );
+    assert!(
+        hook.runs().is_empty(),
+        "a decision fired before any window was full"
+    );
 
     // 5 more each: both windows now hold 10 scores; the 10th fires for both
     let mut c = d.connect();

@@ -182,9 +182,13 @@ pub fn run_with_timeout(
     stdin: Option<Vec<u8>>,
     timeout: Duration,
 ) -> Result<Output, String> {
-    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    })
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
     let stdin_thread = stdin.map(|data| {
         let mut s = child.stdin.take().unwrap();
@@ -230,7 +234,11 @@ pub fn run_with_timeout(
     }
     let stdout = t_out.join().unwrap_or_default();
     let stderr = t_err.join().unwrap_or_default();
-    Ok(Output { status, stdout, stderr })
+    Ok(Output {
+        status,
+        stdout,
+        stderr,
+    })
 }
 
 pub fn out_text(o: &Output) -> String {
@@ -269,7 +277,14 @@ impl Sandbox {
             .prefix("vu")
             .tempdir()
             .expect("tempdir");
-        for sub in ["home", "xdg/run", "xdg/config", "xdg/state", "xdg/data", "xdg/cache"] {
+        for sub in [
+            "home",
+            "xdg/run",
+            "xdg/config",
+            "xdg/state",
+            "xdg/data",
+            "xdg/cache",
+        ] {
             fs::create_dir_all(dir.path().join(sub)).unwrap();
         }
         fs::set_permissions(
@@ -413,7 +428,10 @@ pub struct HookRun {
 
 impl HookRun {
     pub fn var(&self, name: &str) -> &str {
-        self.env.get(name).map(|s| s.as_str()).unwrap_or("__missing__")
+        self.env
+            .get(name)
+            .map(|s| s.as_str())
+            .unwrap_or("__missing__")
     }
     /// `event.meta.seq` of the triggering event, if present.
     pub fn seq(&self) -> Option<i64> {
@@ -425,7 +443,11 @@ impl HookRun {
 }
 
 fn sort_key(id: &str) -> (u128, String) {
-    let ns = id.split('.').next().and_then(|s| s.parse::<u128>().ok()).unwrap_or(0);
+    let ns = id
+        .split('.')
+        .next()
+        .and_then(|s| s.parse::<u128>().ok())
+        .unwrap_or(0);
     (ns, id.to_string())
 }
 
@@ -457,7 +479,9 @@ impl Hook {
                 let d = self.runs.join(format!("run.{id}"));
                 let read = |n: &str| fs::read_to_string(d.join(n)).unwrap_or_default();
                 let mut env = BTreeMap::new();
-                for v in ["MODEL_ID", "ACTION", "POLICY", "REASON", "JOB_ID", "ATTEMPT"] {
+                for v in [
+                    "MODEL_ID", "ACTION", "POLICY", "REASON", "JOB_ID", "ATTEMPT",
+                ] {
                     let val = read(&format!("VISUTILITY_{v}"));
                     if val != "__unset__" {
                         env.insert(format!("VISUTILITY_{v}"), val);
@@ -481,7 +505,10 @@ impl Hook {
     }
 
     pub fn runs_for(&self, model: &str) -> Vec<HookRun> {
-        self.runs().into_iter().filter(|r| r.model() == model).collect()
+        self.runs()
+            .into_iter()
+            .filter(|r| r.model() == model)
+            .collect()
     }
 
     /// Number of runs that have started (finished or not).
@@ -635,7 +662,10 @@ impl Daemon {
     pub fn builder() -> DaemonBuilder {
         DaemonBuilder {
             sb: Sandbox::new(),
-            parts: ConfigParts { daemon_extra: String::new(), body: QUIET_BODY.to_string() },
+            parts: ConfigParts {
+                daemon_extra: String::new(),
+                body: QUIET_BODY.to_string(),
+            },
             env: Vec::new(),
         }
     }
@@ -666,7 +696,11 @@ impl Daemon {
 
     /// (Re)write the config file from parts, keeping the harness's paths.
     pub fn write_config(&self, parts: &ConfigParts) {
-        let text = format!("{}\n{}\n", self.daemon_table(&parts.daemon_extra), parts.body);
+        let text = format!(
+            "{}\n{}\n",
+            self.daemon_table(&parts.daemon_extra),
+            parts.body
+        );
         self.write_raw_config(&text);
     }
 
@@ -732,7 +766,9 @@ impl Daemon {
 
     /// `Some(status)` if the daemon has exited.
     pub fn try_exit(&mut self) -> Option<ExitStatus> {
-        self.child.as_mut().and_then(|c| c.try_wait().expect("try_wait"))
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().expect("try_wait"))
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -793,7 +829,11 @@ impl Daemon {
     pub fn kill(&mut self) -> ExitStatus {
         self.sigkill();
         let st = self.wait_exit();
-        assert_eq!(st.signal(), Some(libc::SIGKILL), "expected death by SIGKILL: {st:?}");
+        assert_eq!(
+            st.signal(),
+            Some(libc::SIGKILL),
+            "expected death by SIGKILL: {st:?}"
+        );
         st
     }
 
@@ -867,7 +907,11 @@ impl Daemon {
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let o = self.cli(args);
         if !o.status.success() {
-            self.fail(format!("`visutility {}` failed:\n{}", args.join(" "), out_text(&o)));
+            self.fail(format!(
+                "`visutility {}` failed:\n{}",
+                args.join(" "),
+                out_text(&o)
+            ));
         }
         stdout(&o)
     }
@@ -878,7 +922,10 @@ impl Daemon {
         a.push("--json");
         let out = self.cli_ok(&a);
         serde_json::from_str(out.trim()).unwrap_or_else(|e| {
-            self.fail(format!("`visutility {}` printed invalid JSON ({e}):\n{out}", a.join(" ")))
+            self.fail(format!(
+                "`visutility {}` printed invalid JSON ({e}):\n{out}",
+                a.join(" ")
+            ))
         })
     }
 
@@ -928,16 +975,20 @@ impl Daemon {
     /// Poll `f` until it returns Some, failing with `what` and the logs.
     #[track_caller]
     pub fn wait_for<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
-        poll_until(DEADLINE, f).unwrap_or_else(|| self.fail(format!("timed out waiting for: {what}")))
+        poll_until(DEADLINE, f)
+            .unwrap_or_else(|| self.fail(format!("timed out waiting for: {what}")))
     }
 
     /// Wait until `hook` has at least `n` finished runs; returns them.
     #[track_caller]
     pub fn wait_runs(&self, hook: &Hook, n: usize) -> Vec<HookRun> {
-        self.wait_for(&format!("{n} finished hook run(s) of {}", hook.script.display()), || {
-            let r = hook.runs();
-            (r.len() >= n).then_some(r)
-        })
+        self.wait_for(
+            &format!("{n} finished hook run(s) of {}", hook.script.display()),
+            || {
+                let r = hook.runs();
+                (r.len() >= n).then_some(r)
+            },
+        )
     }
 
     /// Wait until `hook` has at least `n` finished runs for `model`.
@@ -951,13 +1002,22 @@ impl Daemon {
 
     /// Wait until history has a job matching `pred`; returns it.
     #[track_caller]
-    pub fn wait_job(&self, model: Option<&str>, what: &str, mut pred: impl FnMut(&Value) -> bool) -> Value {
+    pub fn wait_job(
+        &self,
+        model: Option<&str>,
+        what: &str,
+        mut pred: impl FnMut(&Value) -> bool,
+    ) -> Value {
         let mut last = Vec::new();
         let r = poll_until(DEADLINE, || {
             last = self.history(model);
             last.iter().find(|j| pred(j)).cloned()
         });
-        r.unwrap_or_else(|| self.fail(format!("timed out waiting for job: {what}; last history: {last:?}")))
+        r.unwrap_or_else(|| {
+            self.fail(format!(
+                "timed out waiting for job: {what}; last history: {last:?}"
+            ))
+        })
     }
 
     /// Wait until every job in the history is in a terminal state.
@@ -967,7 +1027,12 @@ impl Daemon {
         let r = poll_until(DEADLINE, || {
             last = self.history(None);
             last.iter()
-                .all(|j| matches!(j["state"].as_str(), Some("succeeded" | "failed" | "interrupted" | "superseded")))
+                .all(|j| {
+                    matches!(
+                        j["state"].as_str(),
+                        Some("succeeded" | "failed" | "interrupted" | "superseded")
+                    )
+                })
                 .then(|| last.clone())
         });
         r.unwrap_or_else(|| self.fail(format!("jobs never all finished; last history: {last:?}")))
@@ -1017,7 +1082,11 @@ pub struct Client {
 
 impl Client {
     fn new(stream: UnixStream, log_path: PathBuf) -> Client {
-        Client { stream, buf: Vec::new(), log_path }
+        Client {
+            stream,
+            buf: Vec::new(),
+            log_path,
+        }
     }
 
     #[track_caller]
@@ -1071,7 +1140,9 @@ impl Client {
             if now >= deadline {
                 return None;
             }
-            let wait = (deadline - now).min(Duration::from_millis(200)).max(Duration::from_millis(1));
+            let wait = (deadline - now)
+                .min(Duration::from_millis(200))
+                .max(Duration::from_millis(1));
             self.stream.set_read_timeout(Some(wait)).unwrap();
             let mut chunk = [0u8; 8192];
             match self.stream.read(&mut chunk) {
@@ -1080,7 +1151,13 @@ impl Client {
                     String::from_utf8_lossy(&self.buf)
                 )),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted) => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) => {}
                 Err(e) => self.fail(format!("read from ingest socket: {e}")),
             }
         }
@@ -1142,8 +1219,16 @@ pub fn plain_event(model: &str) -> String {
 #[track_caller]
 pub fn assert_flush(reply: &Value, accepted: u64, rejected: u64) {
     assert_eq!(reply["ok"], json!(true), "flush reply: {reply}");
-    assert_eq!(reply["accepted"].as_u64(), Some(accepted), "accepted in flush reply: {reply}");
-    assert_eq!(reply["rejected"].as_u64(), Some(rejected), "rejected in flush reply: {reply}");
+    assert_eq!(
+        reply["accepted"].as_u64(),
+        Some(accepted),
+        "accepted in flush reply: {reply}"
+    );
+    assert_eq!(
+        reply["rejected"].as_u64(),
+        Some(rejected),
+        "rejected in flush reply: {reply}"
+    );
 }
 
 /// Is `v` an error reply with one of `codes` for `line`?
@@ -1158,5 +1243,8 @@ pub fn assert_error(v: &Value, codes: &[&str], line: u64) {
         is_error(v, codes, line),
         "expected error {codes:?} for line {line}, got {v}"
     );
-    assert!(v["detail"].is_string(), "error reply without a string detail: {v}");
+    assert!(
+        v["detail"].is_string(),
+        "error reply without a string detail: {v}"
+    );
 }

@@ -1,0 +1,136 @@
+#!/bin/sh
+# Boots a throwaway systemd (PID 1 of new pid/mount/uts/ipc/cgroup/net
+# namespaces) on an overlay of / whose writes land in a tmpfs, installs the
+# visutility .deb in it and checks the units for real: Type=notify readiness,
+# socket activation, sandbox, reload, watchdog, clean stop, restart on
+# connection, upgrade, remove, purge.
+#
+#   usage: boot-test.sh path/to/visutility_*.deb     (about 45 s)
+#   needs: root, unshare, nsenter, overlayfs, cgroup2, python3
+#
+# Nothing reaches the host: files are written only to the overlay (tmpfs),
+# /sys and /proc/sys are read-only, the network namespace is empty, and
+# sysinit units with host-wide effects (udev, sysctl, binfmt, modules, time)
+# are masked. The container is killed on exit, whatever happens.
+set -eu
+
+DEB=$(readlink -f "$1")
+[ -f "$DEB" ] || { echo "no .deb at $1" >&2; exit 2; }
+WORK=$(mktemp -d /var/tmp/visutility-boot.XXXXXX)
+LOG="$WORK/boot.log"
+
+cat >"$WORK/init.sh" <<'EOF'
+#!/bin/sh
+set -eu
+B=$1
+mount --make-rprivate /
+mount -t tmpfs -o mode=755 tmpfs "$B"
+mkdir "$B/upper" "$B/work" "$B/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$B/upper,workdir=$B/work" "$B/root"
+R="$B/root"
+mount -t proc proc "$R/proc"
+mount --bind "$R/proc/sys" "$R/proc/sys"
+mount -o remount,bind,ro "$R/proc/sys"
+mount -t sysfs -o ro sysfs "$R/sys"
+mount -t cgroup2 cgroup2 "$R/sys/fs/cgroup"
+mount --rbind /dev "$R/dev"
+mount -t tmpfs -o mode=755 tmpfs "$R/run"
+mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+mkdir -p "$R/run/systemd/system" "$R/oldroot"
+printf '[Unit]\nDescription=boot test target\nAllowIsolate=yes\n' >"$R/run/systemd/system/boottest.target"
+for u in systemd-udev-trigger.service systemd-udevd.service systemd-sysctl.service \
+         systemd-binfmt.service systemd-modules-load.service systemd-timesyncd.service \
+         systemd-random-seed.service proc-sys-fs-binfmt_misc.automount \
+         getty@tty1.service console-getty.service; do
+    ln -sf /dev/null "$R/etc/systemd/system/$u"
+done
+# Debian container images forbid service starts in maintainer scripts.
+rm -f "$R/usr/sbin/policy-rc.d"
+# The deb, visible inside.
+cp "$B/../pkg.deb" "$R/pkg.deb"
+cd "$R"
+pivot_root . oldroot        # not chroot: PrivateUsers= needs user namespaces
+umount -l /oldroot
+exec /usr/bin/env -i container=boottest PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    /lib/systemd/systemd --system --unit=boottest.target --log-target=journal --show-status=no
+EOF
+chmod +x "$WORK/init.sh"
+mkdir "$WORK/ovl"
+cp "$DEB" "$WORK/pkg.deb"
+
+unshare --pid --fork --mount --uts --ipc --cgroup --net "$WORK/init.sh" "$WORK/ovl" \
+    >"$LOG" 2>&1 </dev/null &
+UNSHARE=$!
+PID=
+cleanup() {
+    [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null || true
+    kill -KILL "$UNSHARE" 2>/dev/null || true
+    wait "$UNSHARE" 2>/dev/null || true
+    rm -rf "$WORK"
+}
+trap cleanup EXIT INT TERM
+
+# The namespace's PID 1 is unshare's only child.
+for _ in $(seq 50); do
+    PID=$(pgrep -P "$UNSHARE" -x systemd || true)
+    [ -n "$PID" ] && break
+    sleep 0.2
+done
+[ -n "$PID" ] || { echo "systemd did not start:"; cat "$LOG"; exit 1; }
+IN="nsenter -t $PID -m -u -i -n -p -C -r -w"
+for _ in $(seq 100); do
+    state=$($IN systemctl is-system-running 2>/dev/null || true)
+    case $state in running|degraded) break ;; esac
+    sleep 0.3
+done
+echo "container systemd: ${state:-no answer}"
+
+FAILS=0
+PASSES=0
+ok()   { echo "ok   - $*"; PASSES=$((PASSES + 1)); }
+bad()  { echo "FAIL - $*"; FAILS=$((FAILS + 1)); }
+check() { desc=$1; shift; if "$@" >/dev/null 2>&1; then ok "$desc"; else bad "$desc"; fi; }
+active() { [ "$($IN systemctl is-active "$1")" = active ]; }
+show() { $IN systemctl show -p "$2" --value "$1"; }
+
+$IN dpkg -i /pkg.deb >/dev/null
+check "dpkg -i starts visutility.socket" active visutility.socket
+check "dpkg -i starts visutility.service (Type=notify READY=1)" active visutility.service
+check "ingest socket is srw-rw---- visutility:visutility" \
+    sh -c "$IN stat -c '%A %U:%G' /run/visutility-ingest.sock | grep -qx 'srw-rw---- visutility:visutility'"
+check "state dir owned by visutility, 0750" \
+    sh -c "$IN stat -c '%a %U' /var/lib/visutility | grep -qx '750 visutility'"
+check "main process runs as visutility" \
+    sh -c "$IN ps -o user= -p \$($IN systemctl show -p MainPID --value visutility.service) | grep -qx visutility"
+check "the daemon holds systemd's listening socket (socket activation)" \
+    sh -c "$IN ss -xlp | grep /run/visutility-ingest.sock | grep -q '\"visutility\"'"
+check "systemctl reload (check-config, then SIGHUP)" $IN systemctl reload visutility.service
+check "still active after reload" active visutility.service
+echo "waiting 35 s: WatchdogSec=30 must not fire"
+sleep 35
+check "watchdog pinged, no watchdog kill" \
+    sh -c "[ \"\$($IN systemctl show -p NRestarts --value visutility.service)\" = 0 ] && ! $IN journalctl -u visutility.service -o cat | grep -qi 'watchdog timeout'"
+$IN systemctl stop visutility.service
+check "clean stop: exit status 0" sh -c "[ \"\$($IN systemctl show -p ExecMainStatus --value visutility.service)\" = 0 ]"
+check "clean stop: result success" sh -c "[ \"\$($IN systemctl show -p Result --value visutility.service)\" = success ]"
+check "socket still listening after service stop" active visutility.socket
+$IN python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/visutility-ingest.sock"); s.sendall(b"{\"op\":\"flush\"}\n"); s.settimeout(10); print(s.recv(4096))' || true
+sleep 1
+check "a connection starts the service again (socket activation)" active visutility.service
+P1=$(show visutility.service MainPID)
+$IN dpkg -i /pkg.deb >/dev/null
+check "reinstall/upgrade restarts the service" sh -c "[ \"\$($IN systemctl show -p MainPID --value visutility.service)\" != '$P1' ] && [ \"\$($IN systemctl is-active visutility.service)\" = active ]"
+$IN dpkg -r visutility >/dev/null
+check "dpkg -r stops the service" sh -c "! $IN systemctl is-active -q visutility.service"
+check "dpkg -r removes the socket" sh -c "! $IN test -e /run/visutility-ingest.sock"
+check "dpkg -r keeps state" $IN test -d /var/lib/visutility
+$IN dpkg --purge visutility >/dev/null
+check "dpkg --purge removes state" sh -c "! $IN test -e /var/lib/visutility"
+check "dpkg --purge removes config" sh -c "! $IN test -e /etc/visutility/config.toml"
+
+if [ "$FAILS" -ne 0 ]; then
+    echo "--- journal of visutility.service"
+    $IN journalctl -u visutility.service -u visutility.socket --no-pager -n 80 || true
+fi
+echo "boot-test: $PASSES passed, $FAILS failed"
+[ "$FAILS" -eq 0 ]
