@@ -147,7 +147,8 @@ pub enum StateKind {
         sum: f64,
         pushes: u64,
     },
-    Detector(Detector),
+    /// Boxed: some detectors carry sizeable fixed state, and a model has few policies.
+    Detector(Box<Detector>),
 }
 
 impl PolicyState {
@@ -160,7 +161,7 @@ impl PolicyState {
                 sum: 0.0,
                 pushes: 0,
             },
-            PolicyKind::Detector(p) => StateKind::Detector(p.build()),
+            PolicyKind::Detector(p) => StateKind::Detector(Box::new(p.build())),
         };
         PolicyState {
             name: spec.name.clone(),

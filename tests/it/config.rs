@@ -421,11 +421,44 @@ fn systemd_directories_are_used_without_config_flag() {
 }
 
 /// With no config and no systemd variables the daemon runs on built-in
-/// defaults, with its sockets and state under the (sandboxed) user directories.
+/// defaults, with its sockets and state under the user's (sandboxed)
+/// directories: "works for an unprivileged user on a fresh machine".  As root
+/// the daemon rightly reads /etc/visutility/config.toml first, so when the
+/// tests run as root this one runs the daemon and the CLI as `nobody`, from a
+/// copy of the binary inside the sandbox (the build tree may not be readable).
 #[test]
 fn runs_on_defaults_in_user_directories() {
+    use std::os::unix::process::CommandExt;
+
     let sb = Sandbox::new();
-    let mut cmd = sb.command(&["daemon"]);
+    let root = unsafe { libc::geteuid() } == 0;
+    let (uid, gid) = if root {
+        (65534u32, 65534u32)
+    } else {
+        unsafe { (libc::getuid(), libc::getgid()) }
+    };
+    let exe = if root {
+        let copy = sb.path("bin/visutility");
+        std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+        std::fs::copy(bin(), &copy).unwrap();
+        for e in walk(sb.dir.path()) {
+            std::os::unix::fs::lchown(&e, Some(uid), Some(gid)).unwrap();
+        }
+        copy
+    } else {
+        std::path::PathBuf::from(bin())
+    };
+    let command = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(&exe);
+        sb.apply_env(&mut cmd);
+        cmd.args(args).current_dir(sb.dir.path());
+        if root {
+            cmd.uid(uid).gid(gid);
+        }
+        cmd
+    };
+
+    let mut cmd = command(&["daemon"]);
     let log = std::fs::File::create(sb.path("daemon.log")).unwrap();
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -454,7 +487,7 @@ fn runs_on_defaults_in_user_directories() {
     );
 
     let o = run_with_timeout(
-        sb.command(&["push", "-"]),
+        command(&["push", "-"]),
         Some(b"{\"model_id\":\"u1\"}\n".to_vec()),
         CLI_DEADLINE,
     )
@@ -466,7 +499,7 @@ fn runs_on_defaults_in_user_directories() {
         out_text(&o),
         logs()
     );
-    let o = run_with_timeout(sb.command(&["models", "--json"]), None, CLI_DEADLINE).unwrap();
+    let o = run_with_timeout(command(&["models", "--json"]), None, CLI_DEADLINE).unwrap();
     assert!(o.status.success(), "models: {}\n{}", out_text(&o), logs());
     let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(
@@ -477,4 +510,19 @@ fn runs_on_defaults_in_user_directories() {
     unsafe { libc::kill(child.0.id() as i32, libc::SIGTERM) };
     let st = poll_until(DEADLINE, || child.0.try_wait().ok().flatten());
     assert_eq!(st.and_then(|s| s.code()), Some(0), "{}", logs());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() && !out[i].is_symlink() {
+            if let Ok(rd) = std::fs::read_dir(&out[i]) {
+                let mut more: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+                out.append(&mut more);
+            }
+        }
+        i += 1;
+    }
+    out
 }

@@ -1,7 +1,9 @@
 //! Conformance with River 0.26.1: every run of every stream in `tests/fixtures/conformance/`
-//! replayed through our detectors. Deterministic detectors must give River's drift and warning
-//! indices exactly; KSWIN draws random subsamples, so for it detection quality is compared
-//! (every change River found is found, and no more false alarms than River's).
+//! replayed through our detectors. Every detector must give River's drift and warning indices
+//! exactly. KSWIN draws random subsamples; with River's seed it matches exactly too (our KSWIN
+//! reproduces CPython's generator), and its detection quality is checked on its own as well
+//! (every change River found is found, and no more false alarms than River's), which is the
+//! promise that holds for any seed.
 //! Also: a detector persisted and restored mid-stream (through the store's record encoding)
 //! gives the same signals as one that ran through.
 
@@ -12,7 +14,6 @@ use visutility::policy::detect::{Detector, DetectorParams, Signal, kind_from_riv
 use visutility::store::{decode_record, encode_record};
 
 pub struct Run {
-    pub stream: String,
     pub detector: String,
     pub label: String,
     pub params: DetectorParams,
@@ -74,7 +75,6 @@ pub fn load() -> Vec<Stream> {
                         .unwrap_or_else(|e| panic!("{name}/{detector}: {e}"))
                         .unwrap();
                     Run {
-                        stream: name.clone(),
                         label: r["label"].as_str().unwrap_or("").to_owned(),
                         detector,
                         params,
@@ -132,11 +132,11 @@ fn quality(drift: &[usize], cps: &[usize], n: usize, w: usize) -> (usize, usize)
 }
 
 #[test]
-fn every_deterministic_run_matches_river_exactly() {
+fn every_run_matches_river_exactly() {
     let mut checked = 0;
     let mut failures = Vec::new();
     for s in load() {
-        for r in s.runs.iter().filter(|r| r.detector != "KSWIN") {
+        for r in &s.runs {
             let mut det = r.params.build();
             let (drift, warning) = replay(&mut det, &s.values, 0);
             checked += 1;
@@ -154,7 +154,7 @@ fn every_deterministic_run_matches_river_exactly() {
             }
         }
     }
-    assert!(checked >= 80, "only {checked} runs checked");
+    assert!(checked >= 90, "only {checked} runs checked");
     assert!(
         failures.is_empty(),
         "{} of {checked} runs differ:\n{}",
@@ -171,6 +171,12 @@ fn kswin_finds_what_river_finds_without_more_false_alarms() {
             let mut det = r.params.build();
             let (drift, _) = replay(&mut det, &s.values, 0);
             let n = s.values.len();
+            assert!(
+                !drift.is_empty() || r.drift.is_empty(),
+                "{}/{}: KSWIN never fired",
+                s.name,
+                r.label
+            );
             let (ours_tp, ours_fa) = quality(&drift, &s.change_points, n, s.max_delay);
             let (river_tp, river_fa) = quality(&r.drift, &s.change_points, n, s.max_delay);
             assert!(
@@ -188,7 +194,7 @@ fn kswin_finds_what_river_finds_without_more_false_alarms() {
             checked += 1;
         }
     }
-    assert!(checked >= 20, "only {checked} KSWIN runs checked");
+    assert!(checked >= 12, "only {checked} KSWIN runs checked");
 }
 
 #[test]

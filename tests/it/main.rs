@@ -5,6 +5,8 @@ mod support;
 mod cli;
 mod config;
 mod conformance;
+mod detectors;
+mod detectors_binary;
 mod hooks;
 mod persistence;
 mod protocol;

@@ -76,10 +76,10 @@ pub fn toml_cmd(parts: &[&str]) -> String {
 pub fn json_values(text: &str) -> Vec<Value> {
     let mut out = Vec::new();
     for line in text.lines() {
-        if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
-            if v.is_object() || v.is_array() {
-                out.push(v);
-            }
+        if let Ok(v) = serde_json::from_str::<Value>(line.trim())
+            && (v.is_object() || v.is_array())
+        {
+            out.push(v);
         }
     }
     if out.is_empty() {
