@@ -76,6 +76,7 @@ impl HooksConfig {
         match action {
             Action::Full => self.full.as_ref(),
             Action::FineTune => self.fine_tune.as_ref(),
+            Action::Escalate => self.escalate.as_ref(),
         }
     }
 }

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::store::GroupLeader;
+
 /// How much of each output stream the job journal keeps.
 pub const TAIL_BYTES: usize = 4096;
 /// Output lines longer than this are cut in the log (the tail still sees every byte).
 const LOG_LINE_BYTES: usize = 1024;
 /// After SIGTERM to a timed-out group, how long before SIGKILL.
-const KILL_GRACE: Duration = Duration::from_secs(2);
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
 /// Variables a hook must not inherit from the daemon: they belong to systemd's conversation
 /// with the daemon itself.
@@ -161,6 +163,110 @@ pub fn group_alive(pgid: i32) -> bool {
     pgid > 1 && unsafe { libc::killpg(pgid, 0) } == 0
 }
 
+/// Whether the group `pgid` still has a member that is not a zombie. A zombie runs nothing,
+/// and one whose parent never reaps it (an orphan under a minimal init) would otherwise look
+/// alive forever.
+pub fn group_running(pgid: i32) -> bool {
+    if !group_alive(pgid) {
+        return false;
+    }
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        // No /proc to tell zombies apart: trust the signal.
+        return true;
+    };
+    dir.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| stat_fields(&stat).map(|f| (f.state, f.pgrp)))
+        .any(|(state, pgrp)| pgrp == pgid && !matches!(state, 'Z' | 'X' | 'x'))
+}
+
+/// The identity of the process `pid` (a hook's group leader), if `/proc` tells it.
+pub fn leader_identity(pid: i32) -> Option<GroupLeader> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(GroupLeader {
+        boot_id: boot_id()?,
+        start_ticks: stat_fields(&stat)?.start_ticks,
+    })
+}
+
+/// Whether a group recorded as `pgid` led by `leader` before a restart is still the hook's: a
+/// later boot, or a live leader that started at another time, is a stranger reusing the
+/// number. While any member of a group lives the kernel keeps its number, so a group whose
+/// leader is gone but whose members live is still ours.
+pub fn group_is_ours(pgid: i32, leader: Option<&GroupLeader>) -> bool {
+    if !group_running(pgid) {
+        return false;
+    }
+    let Some(leader) = leader else {
+        return true;
+    };
+    if boot_id().is_some_and(|b| b != leader.boot_id) {
+        return false;
+    }
+    match std::fs::read_to_string(format!("/proc/{pgid}/stat")) {
+        Ok(stat) => stat_fields(&stat).is_some_and(|f| f.start_ticks == leader.start_ticks),
+        Err(_) => true,
+    }
+}
+
+/// The process groups of live (not zombie) processes whose environment has `name=value`: how
+/// a restart finds a hook whose group was not recorded before the daemon died.
+pub fn groups_with_env(name: &str, value: &str) -> Vec<i32> {
+    let needle = format!("{name}={value}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut groups: Vec<i32> = dir
+        .filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .filter(|e| {
+            std::fs::read(e.path().join("environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+        .filter_map(|stat| stat_fields(&stat))
+        .filter(|f| !matches!(f.state, 'Z' | 'X' | 'x') && f.pgrp > 1)
+        .map(|f| f.pgrp)
+        .collect();
+    groups.sort_unstable();
+    groups.dedup();
+    groups
+}
+
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_owned())
+}
+
+struct StatFields {
+    state: char,
+    pgrp: i32,
+    start_ticks: u64,
+}
+
+/// The fields of `/proc/PID/stat` we need. The command name (field 2) may hold spaces and
+/// parentheses, so fields are counted from the last `)`.
+fn stat_fields(stat: &str) -> Option<StatFields> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state), so field N is f[N - 3].
+    Some(StatFields {
+        state: f.first()?.chars().next()?,
+        pgrp: f.get(2)?.parse().ok()?,
+        start_ticks: f.get(19)?.parse().ok()?,
+    })
+}
+
 /// Reads a stream to its end in bounded memory: each line is logged (cut at
 /// `LOG_LINE_BYTES`), and the last `TAIL_BYTES` are returned.
 async fn collect<R: AsyncRead + Unpin>(
@@ -206,4 +312,39 @@ async fn collect<R: AsyncRead + Unpin>(
 fn log_line(model_id: &str, job_id: u64, stream: &'static str, line: &[u8], cut: bool) {
     let text = String::from_utf8_lossy(line);
     tracing::info!(model_id, job_id, stream, cut, "hook: {text}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields_survive_odd_command_names() {
+        let stat = "4242 (a) b (c) S 1 4240 4240 0 -1 4194304 100 0 0 0 0 0 0 0 20 0 1 0 184369 3133440 387";
+        let f = stat_fields(stat).unwrap();
+        assert_eq!(f.state, 'S');
+        assert_eq!(f.pgrp, 4240);
+        assert_eq!(f.start_ticks, 184369);
+    }
+
+    #[test]
+    fn our_own_process_is_ours_and_a_changed_start_is_not() {
+        let me = std::process::id() as i32;
+        // SAFETY: getpgrp has no preconditions.
+        let pgid = unsafe { libc::getpgrp() };
+        let leader = leader_identity(pgid).expect("/proc tells our group leader");
+        assert!(group_running(pgid));
+        assert!(group_is_ours(pgid, Some(&leader)));
+        let stranger = GroupLeader {
+            start_ticks: leader.start_ticks + 1,
+            ..leader.clone()
+        };
+        assert!(!group_is_ours(pgid, Some(&stranger)));
+        let other_boot = GroupLeader {
+            boot_id: "not-this-boot".into(),
+            ..leader
+        };
+        assert!(!group_is_ours(pgid, Some(&other_boot)));
+        assert!(leader_identity(me).is_some());
+    }
 }

@@ -5,21 +5,29 @@
 //!   decisions, except that a full retrain supersedes a queued fine-tune, and an operator's
 //!   `trigger` queues one job behind a running one;
 //! - at most `max_concurrent` hooks run at the same time; the rest wait in a queue;
-//! - after a job for a model ends, `cooldown_s` passes before the next (persisted, so a restart
-//!   does not reset it);
+//! - after a retrain for a model ends, `cooldown_s` passes before the next (persisted, so a
+//!   restart does not reset it);
 //! - a failing hook is retried `retries` times with exponential backoff and jitter;
+//! - at most `max_jobs_per_day` jobs per model run for policy decisions in a UTC day; past
+//!   that, decisions are recorded (by the model) but run nothing, and the `escalate` hook is
+//!   called once that day;
+//! - the loop guard: a policy that fires again within its rule's `loop_window_s` after a
+//!   successful retrain it caused climbs a ladder instead of looping: a fine-tune becomes a
+//!   full retrain, a full retrain becomes a call of the `escalate` hook, and after that the
+//!   policy's decisions are held until the window has passed;
 //! - every job is written to the store *before* its hook starts, and every transition after.
 //!
-//! At start, [`CommandActor::reconcile`] finds jobs a crash left `running`: their process group
-//! is killed if still alive (never two runs at once), they are marked `interrupted`, and retried
-//! or dropped by `hooks.on_interrupted`.
+//! At start, [`CommandActor::reconcile`] finds jobs a crash left `running`: they are marked
+//! `interrupted`, their process group is killed if it outlived the daemon (the model's next
+//! job waits until the group is gone, so two runs never overlap), and a new job redoes the
+//! work, or none, by `hooks.on_interrupted`.
 
 pub mod hook;
 pub mod messages;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
@@ -34,6 +42,8 @@ pub use messages::*;
 
 /// How many jobs the journal keeps.
 const JOURNAL_KEEP: usize = 10_000;
+/// How often the queue looks again at a hook group that outlived a restart.
+const LINGER_POLL: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -66,6 +76,29 @@ pub struct CommandActor {
     queue: VecDeque<(Job, f64)>,
     runners: HashMap<String, RunnerRecord>,
     outcomes: HashMap<&'static str, u64>,
+    /// Hook process groups from before a restart that outlived the daemon: the model's next
+    /// job waits until its group is gone.
+    lingering: Vec<Lingering>,
+    /// When the queue is already due to be looked at again (so wake-ups do not pile up).
+    wake_at: Option<f64>,
+}
+
+struct Lingering {
+    model_id: String,
+    pgid: i32,
+    since: Instant,
+    /// SIGKILL sent (SIGTERM went first, at `since`).
+    killed: bool,
+}
+
+/// What the loop guard makes of a policy's decision.
+enum LoopGuard {
+    /// No recent success of this policy: the decision stands.
+    Pass,
+    /// The policy fired again soon after its retrain succeeded: climb to `to`.
+    Raise { to: Action, why: String },
+    /// The ladder's top was reached already in this window: record, run nothing.
+    Hold(String),
 }
 
 impl CommandActor {
@@ -78,6 +111,8 @@ impl CommandActor {
             queue: VecDeque::new(),
             runners: HashMap::new(),
             outcomes: HashMap::new(),
+            lingering: Vec::new(),
+            wake_at: None,
         }
     }
 
@@ -95,6 +130,7 @@ impl CommandActor {
         self.runners.get_mut(model_id).expect("inserted above")
     }
 
+    /// Writes the model's runner state; it becomes durable with the next journal write.
     fn save_runner(&mut self, model_id: &str) {
         let rec = self.runner(model_id).clone();
         if let Err(error) = self.store.save_runner(model_id, &rec) {
@@ -102,7 +138,8 @@ impl CommandActor {
         }
     }
 
-    /// Writes a job and makes it durable before anything acts on it.
+    /// Writes a job and makes it durable (with every write before it) before anything acts
+    /// on it.
     fn journal(&self, job: &Job) -> Result<(), StoreError> {
         self.store.save_job(job)?;
         self.store.flush_sync()
@@ -121,7 +158,8 @@ impl CommandActor {
         ctx: &mut Context<Self>,
     ) -> Result<Option<u64>, CommandError> {
         let now = now();
-        let model: &str = &d.model_id;
+        let model_id = d.model_id.clone();
+        let model: &str = &model_id;
         // One job per model: a queued fine-tune gives way to a full retrain; anything else
         // is absorbed by the job already there.
         if let Some(pos) = self.queue.iter().position(|(j, _)| j.model_id == model) {
@@ -144,15 +182,15 @@ impl CommandActor {
                 return Ok(d.manual.then_some(queued.job_id));
             }
         } else if self.running.contains_key(model) && !d.manual {
-            // The running retrain answers this drift too; an operator's trigger instead
-            // queues behind it.
+            // The running job answers this drift too; an operator's trigger instead queues
+            // behind it.
             tracing::debug!(model_id = model, "decision absorbed by the running job");
             return Ok(None);
         }
         let hooks = self.hooks.clone();
         let runner = self.runner(model);
         if runner.paused {
-            tracing::info!(model_id = model, action = %d.action, "model paused: decision recorded, no hook run");
+            tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
             return if d.manual {
                 Err(CommandError::Paused(model.into()))
             } else {
@@ -167,65 +205,199 @@ impl CommandActor {
             );
             return Ok(None);
         }
-        let Some(spec) = hooks.hook(d.action) else {
-            tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "decision recorded; no hook configured for it");
+        // An operator's trigger is taken at its word; a policy's decision meets the loop guard.
+        let mut action = d.action;
+        let mut reason = d.reason.clone();
+        if !d.manual {
+            match self.loop_guard(model, &d.policy, now) {
+                LoopGuard::Pass => {}
+                LoopGuard::Hold(why) => {
+                    tracing::info!(model_id = model, policy = %d.policy, why = %why, "loop guard: decision recorded, no hook run");
+                    return Ok(None);
+                }
+                LoopGuard::Raise {
+                    to: Action::Escalate,
+                    why,
+                } => {
+                    if let Some(last) = self.runner(model).last_success.as_mut() {
+                        last.2 = Action::Escalate;
+                    }
+                    tracing::warn!(model_id = model, policy = %d.policy, why = %why, "loop guard: calling the escalate hook instead of retraining again");
+                    return self.escalate(&d, "loop_guard", why, now, ctx);
+                }
+                LoopGuard::Raise { to, why } => {
+                    tracing::warn!(model_id = model, policy = %d.policy, from = %d.action, to = %to, why = %why, "loop guard: escalating the retrain");
+                    action = to;
+                    reason = format!("{why}; {}", d.reason);
+                }
+            }
+        }
+        let Some(spec) = hooks.hook(action) else {
+            tracing::info!(model_id = model, action = %action, policy = %d.policy, "decision recorded; no hook configured for it");
             return if d.manual {
-                Err(CommandError::NoHook(d.action))
+                Err(CommandError::NoHook(action))
             } else {
                 Ok(None)
             };
         };
         if !d.manual && hooks.max_jobs_per_day > 0 {
             let day = (now / 86_400.0) as u64;
+            let runner = self.runner(model);
             if runner.budget_day != day {
                 runner.budget_day = day;
                 runner.budget_used = 0;
             }
             if runner.budget_used >= hooks.max_jobs_per_day {
+                if runner.escalated_day == day {
+                    tracing::warn!(
+                        model_id = model,
+                        budget = hooks.max_jobs_per_day,
+                        "daily job budget used up (escalated already today): decision recorded, no hook run"
+                    );
+                    return Ok(None);
+                }
+                runner.escalated_day = day;
+                let why = format!(
+                    "daily job budget of {} used up; {} asked for {action}: {reason}",
+                    hooks.max_jobs_per_day, d.policy
+                );
                 tracing::warn!(
                     model_id = model,
                     budget = hooks.max_jobs_per_day,
-                    "daily job budget used up: decision recorded, no hook run"
+                    "daily job budget used up: calling the escalate hook"
                 );
-                return Ok(None);
+                return self.escalate(&d, "budget", why, now, ctx);
             }
             runner.budget_used += 1;
         }
+        let job = self.new_job(&d, action, &reason, None, now)?;
+        self.submit(job, spec.command.clone(), ctx)
+    }
+
+    /// The loop guard's verdict on a policy's decision for `model`.
+    fn loop_guard(&mut self, model: &str, policy: &str, now: f64) -> LoopGuard {
+        let window = self
+            .registry
+            .rule_for(model)
+            .map(|r| r.loop_window_s)
+            .unwrap_or(0);
+        if window == 0 {
+            return LoopGuard::Pass;
+        }
+        let Some((at, last_policy, last_action)) = self.runner(model).last_success.clone() else {
+            return LoopGuard::Pass;
+        };
+        let since = now - at;
+        if last_policy != policy || since > window as f64 {
+            return LoopGuard::Pass;
+        }
+        let why = format!(
+            "loop guard: {policy} fired again {since:.0} s after a successful {last_action} (loop_window_s {window})"
+        );
+        match last_action {
+            Action::FineTune => LoopGuard::Raise {
+                to: Action::Full,
+                why,
+            },
+            Action::Full => LoopGuard::Raise {
+                to: Action::Escalate,
+                why,
+            },
+            Action::Escalate => LoopGuard::Hold(format!("{why}, and the escalate hook was called")),
+        }
+    }
+
+    /// A new job for decision `d`, asking for `action` (which differs from the decision's
+    /// when it was escalated, for `cause`).
+    fn new_job(
+        &self,
+        d: &Decision,
+        action: Action,
+        reason: &str,
+        cause: Option<&str>,
+        now: f64,
+    ) -> Result<Job, StoreError> {
         let job_id = self.store.next_job_id()?;
-        let decision = serde_json::json!({
+        let mut decision = serde_json::json!({
             "job_id": job_id,
-            "model_id": model,
-            "action": d.action.as_str(),
+            "model_id": &*d.model_id,
+            "action": action.as_str(),
             "policy": d.policy,
-            "reason": d.reason,
+            "reason": reason,
             "at": d.at,
             "manual": d.manual,
             "event": d.event,
         });
-        let mut job = Job::new(
+        if action != d.action || cause.is_some() {
+            decision["escalation"] = serde_json::json!({
+                "cause": cause.unwrap_or("loop_guard"),
+                "decided_action": d.action.as_str(),
+                "decided_reason": d.reason,
+            });
+        }
+        Ok(Job::new(
             job_id,
-            model,
-            d.action,
+            &d.model_id,
+            action,
             &d.policy,
-            &d.reason,
+            reason,
             decision.to_string(),
             now,
-        );
-        job.command = spec.command.clone();
-        if hooks.dry_run {
-            job.note = format!("dry run: would run {}", shell_words(&spec.command));
+        ))
+    }
+
+    /// An escalate job for decision `d`: the escalate hook runs with the same interface as a
+    /// retrain hook, or, with none configured, the escalation is recorded as skipped.
+    fn escalate(
+        &mut self,
+        d: &Decision,
+        cause: &str,
+        why: String,
+        now: f64,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<u64>, CommandError> {
+        let mut job = self.new_job(d, Action::Escalate, &why, Some(cause), now)?;
+        let Some(spec) = self.hooks.escalate.clone() else {
+            job.note = "no escalate hook configured: recorded only".into();
             job.transition(JobState::Skipped, now);
+            self.save_runner(&d.model_id);
             self.journal(&job)?;
             self.count(JobState::Skipped);
-            let cooldown = hooks.cooldown_s as f64;
-            self.runner(model).cooldown_until = now + cooldown;
-            self.save_runner(model);
-            tracing::info!(model_id = model, job_id, command = %job.note, "dry run");
+            tracing::warn!(model_id = %d.model_id, job_id = job.job_id, why = %why, "escalation recorded; no escalate hook configured");
+            return Ok(Some(job.job_id));
+        };
+        self.submit(job, spec.command, ctx)
+    }
+
+    /// Journals a new job and queues it, or, in a dry run, records what would have run.
+    fn submit(
+        &mut self,
+        mut job: Job,
+        command: Vec<String>,
+        ctx: &mut Context<Self>,
+    ) -> Result<Option<u64>, CommandError> {
+        let now = job.created;
+        let model = job.model_id.clone();
+        let job_id = job.job_id;
+        job.command = command;
+        if self.hooks.dry_run {
+            job.note = format!("dry run: would run {}", shell_words(&job.command));
+            job.transition(JobState::Skipped, now);
+            if job.action != Action::Escalate {
+                // As if it had run: the cooldown shows what a real run would have held.
+                let cooldown = self.hooks.cooldown_s as f64;
+                self.runner(&model).cooldown_until = now + cooldown;
+            }
+            self.save_runner(&model);
+            self.journal(&job)?;
+            self.count(JobState::Skipped);
+            tracing::info!(model_id = %model, job_id, action = %job.action, command = %job.note, "dry run");
             return Ok(Some(job_id));
         }
+        // The runner state (budget, escalation) becomes durable with the job.
+        self.save_runner(&model);
         self.journal(&job)?;
-        self.save_runner(model);
-        tracing::info!(model_id = model, job_id, action = %d.action, policy = %d.policy, "job queued");
+        tracing::info!(model_id = %model, job_id, action = %job.action, policy = %job.policy, "job queued");
         self.queue.push_back((job, 0.0));
         self.pump(ctx);
         Ok(Some(job_id))
@@ -234,28 +406,53 @@ impl CommandActor {
     /// Starts queued jobs while there are free slots.
     fn pump(&mut self, ctx: &mut Context<Self>) {
         let now = now();
+        // A hook group that outlived a restart holds its model until it is gone: SIGTERM was
+        // sent when it was found, SIGKILL follows after the grace.
+        self.lingering.retain_mut(|l| {
+            if !hook::group_running(l.pgid) {
+                tracing::info!(model_id = %l.model_id, pgid = l.pgid, "the hook group from before the restart is gone");
+                return false;
+            }
+            if !l.killed && l.since.elapsed() >= hook::KILL_GRACE {
+                tracing::warn!(model_id = %l.model_id, pgid = l.pgid, "the hook group from before the restart ignored SIGTERM; killing it");
+                hook::kill_group(l.pgid, libc::SIGKILL);
+                l.killed = true;
+            }
+            true
+        });
         while self.running.len() < self.hooks.max_concurrent.max(1) {
-            let Some(pos) = self
-                .queue
-                .iter()
-                .position(|(j, nb)| *nb <= now && !self.running.contains_key(j.model_id.as_str()))
-            else {
+            let Some(pos) = self.queue.iter().position(|(j, nb)| {
+                *nb <= now
+                    && !self.running.contains_key(j.model_id.as_str())
+                    && !self.lingering.iter().any(|l| l.model_id == j.model_id)
+            }) else {
                 break;
             };
             let (job, _) = self.queue.remove(pos).expect("position is valid");
             self.start(job, ctx);
         }
-        // Wake up for the earliest backoff still pending.
-        if let Some(next) = self
+        // Wake up for the earliest backoff still pending, or to look at lingering groups.
+        let backoff = self
             .queue
             .iter()
             .map(|(_, nb)| *nb)
             .filter(|nb| *nb > now)
-            .reduce(f64::min)
+            .reduce(f64::min);
+        let linger = (!self.lingering.is_empty()).then(|| now + LINGER_POLL.as_secs_f64());
+        let next = match (backoff, linger) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(next) = next
+            && self.wake_at.is_none_or(|w| w > next || w < now)
         {
+            self.wake_at = Some(next);
             ctx.run_later(
                 Duration::from_secs_f64((next - now).max(0.01)),
-                |act, ctx| act.pump(ctx),
+                |act, ctx| {
+                    act.wake_at = None;
+                    act.pump(ctx);
+                },
             );
         }
     }
@@ -263,7 +460,10 @@ impl CommandActor {
     fn start(&mut self, mut job: Job, ctx: &mut Context<Self>) {
         let now = now();
         let Some(spec) = self.hooks.hook(job.action).cloned() else {
-            job.note = "the hook for this action was removed from the config".into();
+            job.note = format!(
+                "the {} hook was removed from the config",
+                job.action.as_str()
+            );
             job.transition(JobState::Failed, now);
             self.journal_logged(&job);
             self.count(JobState::Failed);
@@ -271,6 +471,22 @@ impl CommandActor {
         };
         job.attempts += 1;
         job.command = spec.command.clone();
+        job.started = Some(now);
+        job.pgid = None;
+        job.leader = None;
+        // The intent to spawn is durable before the spawn: a crash from here on leaves a
+        // `running` job, which a restart treats as possibly alive (it looks for the hook by
+        // its job id when the group was not recorded yet), never as not yet run.
+        job.transition(JobState::Running, now);
+        if let Err(error) = self.journal(&job) {
+            tracing::error!(job_id = job.job_id, model_id = %job.model_id, error = %error, "cannot record the job as running; not starting its hook");
+            job.note = "cannot record the job as running in the state store".into();
+            job.transition(JobState::Failed, now);
+            self.count(JobState::Failed);
+            // Best effort: the store is failing.
+            let _ = self.store.save_job(&job);
+            return;
+        }
         let run = hook::HookRun {
             command: spec.command.clone(),
             env: vec![
@@ -295,10 +511,12 @@ impl CommandActor {
         match hook::spawn(run) {
             Ok((pgid, fut)) => {
                 job.pgid = Some(pgid);
-                job.started = Some(now);
-                job.transition(JobState::Running, now);
-                self.journal_logged(&job);
-                tracing::info!(model_id = %job.model_id, job_id, attempt = job.attempts, pgid, command = %shell_words(&job.command), "hook started");
+                job.leader = hook::leader_identity(pgid);
+                // Durable with the next flush; until then a restart finds the group by job id.
+                if let Err(error) = self.store.save_job(&job) {
+                    tracing::error!(job_id, model_id = %job.model_id, error = %error, "cannot record the hook's process group");
+                }
+                tracing::info!(model_id = %job.model_id, job_id, action = %job.action, attempt = job.attempts, pgid, command = %shell_words(&job.command), "hook started");
                 self.running.insert(job.model_id.as_str().into(), job);
                 actix::spawn(async move {
                     let outcome = fut.await;
@@ -307,7 +525,6 @@ impl CommandActor {
             }
             Err(e) => {
                 let why = format!("cannot execute {}: {e}", spec.command[0]);
-                job.started = Some(now);
                 self.running.insert(job.model_id.as_str().into(), job);
                 addr.do_send(HookFinished {
                     job_id,
@@ -332,6 +549,7 @@ impl CommandActor {
         job.stdout_tail = o.stdout_tail.clone();
         job.stderr_tail = o.stderr_tail.clone();
         job.pgid = None;
+        job.leader = None;
         let (exit_code, signal, note) = match &o.end {
             HookEnd::Exited(c) => (
                 Some(*c),
@@ -354,25 +572,29 @@ impl CommandActor {
         job.signal = signal;
         job.note = note;
         let model = job.model_id.clone();
+        let retrain = job.action != Action::Escalate;
         if o.success() {
             job.transition(JobState::Succeeded, now);
             self.count(JobState::Succeeded);
-            tracing::info!(model_id = %model, job_id = job.job_id, duration_ms = o.duration.as_millis() as u64, "hook succeeded");
-            self.after_end(&model, now);
-            let action = job.action;
-            let policy = job.policy.clone();
-            self.runner(&model).last_success = Some((now, policy, action));
-            self.save_runner(&model);
-            self.journal_logged(&job);
-            if let Some(addr) = self.registry.get(&model) {
-                let reset = self
-                    .registry
-                    .rule_for(&model)
-                    .is_some_and(|r| r.reset_on_retrain);
-                if reset {
+            tracing::info!(model_id = %model, job_id = job.job_id, action = %job.action, duration_ms = o.duration.as_millis() as u64, "hook succeeded");
+            if retrain {
+                // The reset is queued to the model before the success is visible, so events
+                // sent after an operator sees it meet fresh policies.
+                if let Some(addr) = self.registry.get(&model)
+                    && self
+                        .registry
+                        .rule_for(&model)
+                        .is_some_and(|r| r.reset_on_retrain)
+                {
                     addr.do_send(crate::model::ResetPolicies { warmup: true });
                 }
+                self.after_end(&model, now);
+                let (action, policy) = (job.action, job.policy.clone());
+                self.runner(&model).last_success = Some((now, policy, action));
             }
+            // The runner state is durable together with the job's end.
+            self.save_runner(&model);
+            self.journal_logged(&job);
         } else if job.attempts <= self.hooks.retries && !matches!(o.end, HookEnd::SpawnFailed(_)) {
             let backoff = backoff(self.hooks.retry_backoff_s, job.attempts, job.job_id);
             tracing::warn!(model_id = %model, job_id = job.job_id, attempt = job.attempts, note = %job.note, retry_in_s = backoff, "hook failed; will retry");
@@ -384,9 +606,11 @@ impl CommandActor {
             tracing::error!(model_id = %model, job_id = job.job_id, attempts = job.attempts, note = %job.note, "hook failed");
             job.transition(JobState::Failed, now);
             self.count(JobState::Failed);
-            self.journal_logged(&job);
-            self.after_end(&model, now);
+            if retrain {
+                self.after_end(&model, now);
+            }
             self.save_runner(&model);
+            self.journal_logged(&job);
         }
         if let Err(error) = self.store.prune_jobs(JOURNAL_KEEP) {
             tracing::warn!(error = %error, "cannot prune the job journal");
@@ -403,8 +627,97 @@ impl CommandActor {
         *self.outcomes.entry(state.as_str()).or_default() += 1;
     }
 
-    /// After an unclean stop: jobs left `running` are interrupted (their process group killed
-    /// if it survived), then retried or dropped; jobs left `queued` are queued again.
+    /// Marks a job whose hook was cut off `interrupted` and, by `hooks.on_interrupted`,
+    /// returns a new queued job that redoes it (both journaled). The interrupted job keeps
+    /// its state in the history, so an operator sees what happened.
+    fn interrupt(&mut self, mut job: Job, why: &str, now: f64) -> Option<Job> {
+        job.pgid = None;
+        job.leader = None;
+        let retry = match self.hooks.on_interrupted {
+            OnInterrupted::Drop => None,
+            OnInterrupted::Retry => match self.store.next_job_id() {
+                Ok(id) => Some(id),
+                Err(error) => {
+                    tracing::error!(model_id = %job.model_id, job_id = job.job_id, error = %error, "cannot create the job that retries an interrupted one");
+                    None
+                }
+            },
+        };
+        let redo = retry.map(|id| {
+            let mut decision: serde_json::Value =
+                serde_json::from_str(&job.decision).unwrap_or_else(|_| serde_json::json!({}));
+            decision["job_id"] = id.into();
+            decision["retry_of"] = job.job_id.into();
+            let mut redo = Job::new(
+                id,
+                &job.model_id,
+                job.action,
+                &job.policy,
+                &job.reason,
+                decision.to_string(),
+                now,
+            );
+            redo.retry_of = Some(job.job_id);
+            redo.command = job.command.clone();
+            redo
+        });
+        job.note = match &redo {
+            Some(r) => format!("{why}; retried as job {}", r.job_id),
+            None => format!("{why}; not retried (hooks.on_interrupted)"),
+        };
+        job.transition(JobState::Interrupted, now);
+        self.count(JobState::Interrupted);
+        if let Some(r) = &redo
+            && let Err(error) = self.store.save_job(r)
+        {
+            tracing::error!(model_id = %r.model_id, job_id = r.job_id, error = %error, "cannot record the retry of an interrupted job");
+        }
+        self.journal_logged(&job);
+        match &redo {
+            Some(r) => {
+                tracing::info!(model_id = %job.model_id, job_id = job.job_id, retry_job_id = r.job_id, "interrupted job will be retried")
+            }
+            None => {
+                tracing::warn!(model_id = %job.model_id, job_id = job.job_id, "interrupted job dropped")
+            }
+        }
+        redo
+    }
+
+    /// Queues a job found `queued` in the journal at start, keeping one job per model: a full
+    /// retrain supersedes a queued fine-tune; anything else is absorbed by the job queued first.
+    fn restore(&mut self, mut job: Job, now: f64) {
+        match self
+            .queue
+            .iter()
+            .position(|(j, _)| j.model_id == job.model_id)
+        {
+            None => self.queue.push_back((job, 0.0)),
+            Some(pos) => {
+                let first = &self.queue[pos].0;
+                if first.action == Action::FineTune
+                    && job.action == Action::Full
+                    && first.attempts == 0
+                {
+                    let (mut old, _) = self.queue.remove(pos).expect("position is valid");
+                    old.note = format!("superseded by job {} (a full retrain)", job.job_id);
+                    old.transition(JobState::Superseded, now);
+                    self.journal_logged(&old);
+                    self.count(JobState::Superseded);
+                    self.queue.push_back((job, 0.0));
+                } else {
+                    job.note = format!("absorbed by job {} after a restart", first.job_id);
+                    job.transition(JobState::Superseded, now);
+                    self.journal_logged(&job);
+                    self.count(JobState::Superseded);
+                }
+            }
+        }
+    }
+
+    /// After an unclean stop: jobs left `running` are interrupted (their process group told
+    /// to stop if it outlived the daemon), then redone or dropped; jobs left `queued` are
+    /// queued again.
     pub fn reconcile(&mut self, ctx: &mut Context<Self>) {
         let jobs = match self.store.jobs(None, JOURNAL_KEEP) {
             Ok(j) => j,
@@ -414,36 +727,34 @@ impl CommandActor {
             }
         };
         let now = now();
-        for mut job in jobs.into_iter().rev() {
+        for job in jobs.into_iter().rev() {
             match job.state {
                 JobState::Running => {
-                    if let Some(pgid) = job.pgid.take()
-                        && hook::group_alive(pgid)
-                    {
-                        tracing::warn!(model_id = %job.model_id, job_id = job.job_id, pgid, "a hook from before the restart is still running; killing its process group");
-                        hook::kill_group(pgid, libc::SIGTERM);
-                        for _ in 0..40 {
-                            if !hook::group_alive(pgid) {
-                                break;
-                            }
-                            std::thread::sleep(Duration::from_millis(50));
+                    let groups = match job.pgid {
+                        Some(pgid) if hook::group_is_ours(pgid, job.leader.as_ref()) => {
+                            vec![pgid]
                         }
-                        hook::kill_group(pgid, libc::SIGKILL);
+                        Some(_) => Vec::new(),
+                        // Crashed between the spawn and recording its group: find the hook by
+                        // the job id in its environment.
+                        None => hook::groups_with_env("VISUTILITY_JOB_ID", &job.job_id.to_string()),
+                    };
+                    for pgid in groups {
+                        tracing::warn!(model_id = %job.model_id, job_id = job.job_id, pgid, "a hook from before the restart is still running; stopping its process group");
+                        hook::kill_group(pgid, libc::SIGTERM);
+                        self.lingering.push(Lingering {
+                            model_id: job.model_id.clone(),
+                            pgid,
+                            since: Instant::now(),
+                            killed: false,
+                        });
                     }
-                    job.note = "interrupted by a daemon restart".into();
-                    job.transition(JobState::Interrupted, now);
-                    self.count(JobState::Interrupted);
-                    self.journal_logged(&job);
-                    if self.hooks.on_interrupted == OnInterrupted::Retry {
-                        tracing::info!(model_id = %job.model_id, job_id = job.job_id, "retrying the interrupted job");
-                        job.transition(JobState::Queued, now);
-                        self.journal_logged(&job);
-                        self.queue.push_back((job, 0.0));
+                    if let Some(redo) = self.interrupt(job, "interrupted by a daemon restart", now)
+                    {
+                        self.restore(redo, now);
                     }
                 }
-                JobState::Queued if !self.queue.iter().any(|(j, _)| j.model_id == job.model_id) => {
-                    self.queue.push_back((job, 0.0));
-                }
+                JobState::Queued => self.restore(job, now),
                 _ => {}
             }
         }
@@ -568,27 +879,18 @@ impl Handler<Shutdown> for CommandActor {
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) {
         let now = now();
         let jobs: Vec<Job> = self.running.drain().map(|(_, j)| j).collect();
-        for mut job in jobs {
+        for job in jobs {
             if let Some(pgid) = job.pgid {
                 tracing::warn!(model_id = %job.model_id, job_id = job.job_id, pgid, "stopping a running hook for shutdown");
                 hook::kill_group(pgid, libc::SIGTERM);
-                for _ in 0..40 {
-                    if !hook::group_alive(pgid) {
-                        break;
-                    }
+                let deadline = Instant::now() + hook::KILL_GRACE;
+                while hook::group_running(pgid) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(50));
                 }
                 hook::kill_group(pgid, libc::SIGKILL);
             }
-            job.pgid = None;
-            job.note = "interrupted by daemon shutdown".into();
-            job.transition(JobState::Interrupted, now);
-            self.journal_logged(&job);
-            if self.hooks.on_interrupted == OnInterrupted::Retry {
-                // Queued again so the next start runs it (reconcile picks queued jobs up).
-                job.transition(JobState::Queued, now);
-                self.journal_logged(&job);
-            }
+            // The retry, if any, is journaled `queued`: the next start runs it.
+            self.interrupt(job, "interrupted by daemon shutdown", now);
         }
     }
 }

@@ -360,6 +360,7 @@ pub fn job_json(j: &crate::store::Job) -> serde_json::Value {
         "command": j.command,
         "stdout_tail": j.stdout_tail,
         "stderr_tail": j.stderr_tail,
+        "retry_of": j.retry_of,
         "transitions": j.transitions.iter().map(|(s, t)| serde_json::json!({"state": s.as_str(), "at": t})).collect::<Vec<_>>(),
     })
 }

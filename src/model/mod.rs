@@ -183,7 +183,7 @@ impl ModelActor {
         };
         // At most one decision per action per batch goes to the command actor: a flapping
         // metric must not flood it; every fire is still counted.
-        let mut sent = [false; 2];
+        let mut sent = [false; 3];
         for obs in batch {
             if self.fault_injection {
                 inject_fault(obs)?;

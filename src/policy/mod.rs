@@ -17,11 +17,18 @@ use serde::{Deserialize, Serialize};
 use detect::{Detector, DetectorParams, Signal};
 
 /// What a decision asks the hook runner to do.
+///
+/// Policies and operators ask only for `Full` or `FineTune` ([`Action::parse`] knows no
+/// other); `Escalate` is the hook runner's own answer when retraining is not the way out (the
+/// daily budget is used up, or the loop guard found a retrain that did not hold), so it exists
+/// only in the job journal and the escalate hook's environment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Action {
     Full,
     FineTune,
+    /// Appended last: the store encodes variants by index.
+    Escalate,
 }
 
 impl Action {
@@ -29,9 +36,12 @@ impl Action {
         match self {
             Action::Full => "full",
             Action::FineTune => "fine_tune",
+            Action::Escalate => "escalate",
         }
     }
 
+    /// A policy's `action` or an operator's `trigger`: `full` or `fine_tune`, never
+    /// `escalate`.
     pub fn parse(s: &str) -> Option<Action> {
         match s {
             "full" => Some(Action::Full),

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-pub use records::{DecisionRecord, Job, JobState, ModelRecord, RunnerRecord};
+pub use records::{DecisionRecord, GroupLeader, Job, JobState, ModelRecord, RunnerRecord};
 
 /// The schema this build writes. See `migrations/`.
 pub const SCHEMA_VERSION: u32 = 1;

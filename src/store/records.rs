@@ -40,11 +40,17 @@ pub struct RunnerRecord {
     pub cooldown_until: f64,
     /// A paused model records decisions but runs no hooks.
     pub paused: bool,
-    /// Start of the current budget day (Unix seconds, a multiple of 86400) and jobs run in it.
+    /// The current budget day (whole days since the Unix epoch, UTC) and the jobs started for
+    /// policy decisions in it (operators' triggers are not counted).
     pub budget_day: u64,
     pub budget_used: u32,
+    /// The budget day in which the escalate hook was last called for an exhausted budget: it
+    /// is called once a day, and a restart must not call it again.
     pub escalated_day: u64,
-    /// When the last successful job ended, and for which policy (loop guard).
+    /// When the last successful retrain ended, for which policy, and how far the loop guard
+    /// has climbed since: the retrain's action, or `Escalate` once a policy that kept firing
+    /// was handed to the escalate hook (it then holds that policy's decisions until the
+    /// window has passed).
     pub last_success: Option<(f64, String, Action)>,
 }
 
@@ -57,7 +63,7 @@ pub enum JobState {
     Failed,
     Interrupted,
     Superseded,
-    /// Recorded but not run: dry run, no hook configured, paused, or over budget.
+    /// Recorded but not run: a dry run, or an escalation with no escalate hook configured.
     Skipped,
 }
 
@@ -77,6 +83,15 @@ impl JobState {
     pub fn is_final(self) -> bool {
         !matches!(self, JobState::Queued | JobState::Running)
     }
+}
+
+/// The identity of a hook's process group leader: the boot it ran in and its start time in
+/// clock ticks since boot (`/proc/PID/stat` field 22). A process id is unique only within
+/// those two.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupLeader {
+    pub boot_id: String,
+    pub start_ticks: u64,
 }
 
 /// One entry of the job journal.
@@ -99,6 +114,8 @@ pub struct Job {
     pub signal: Option<i32>,
     /// The hook's process group while it runs, so a restart can find it.
     pub pgid: Option<i32>,
+    /// Who led that group, so a restart never signals a stranger that reuses the number.
+    pub leader: Option<GroupLeader>,
     pub command: Vec<String>,
     /// Why it failed or was skipped, in words.
     pub note: String,
@@ -106,6 +123,8 @@ pub struct Job {
     pub stderr_tail: String,
     /// Every transition with its time, oldest first.
     pub transitions: Vec<(JobState, f64)>,
+    /// The interrupted job this one redoes, if any.
+    pub retry_of: Option<u64>,
 }
 
 impl Job {
@@ -133,11 +152,13 @@ impl Job {
             exit_code: None,
             signal: None,
             pgid: None,
+            leader: None,
             command: Vec::new(),
             note: String::new(),
             stdout_tail: String::new(),
             stderr_tail: String::new(),
             transitions: vec![(JobState::Queued, now)],
+            retry_of: None,
         }
     }
 
