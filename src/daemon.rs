@@ -43,6 +43,9 @@ pub struct Launch {
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub env: Env,
+    /// The ingest socket systemd passed in, taken by `main` before any thread started
+    /// (taking it edits the environment).
+    pub inherited: Option<std::os::unix::net::UnixListener>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -63,6 +66,7 @@ pub fn run(launch: Launch) -> Result<(), DaemonError> {
         Arc::new(config),
         launch.config_path,
         launch.env,
+        launch.inherited,
         store.clone(),
         signals,
         fault_injection,
@@ -78,6 +82,7 @@ async fn serve(
     config: Arc<Config>,
     config_path: Option<PathBuf>,
     env: Env,
+    inherited: Option<std::os::unix::net::UnixListener>,
     store: Store,
     mut signals: tokio::sync::mpsc::UnboundedReceiver<SignalTo>,
     fault_injection: bool,
@@ -98,9 +103,7 @@ async fn serve(
     .start();
     registry.set_commander(commander.clone());
 
-    let ingest_socket = match systemd::take_listener("ingest")
-        .map_err(|e| IngestError::Inherited(std::io::Error::other(e)))?
-    {
+    let ingest_socket = match inherited {
         Some(l) => {
             tracing::info!("using the ingest socket passed by systemd");
             SocketFile::inherited(l)?

@@ -29,6 +29,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let env = Env::from_process();
     match cli.command {
         Command::Daemon => {
+            // Before any thread exists: taking the socket unsets LISTEN_* in our environment.
+            let inherited = visutility::systemd::take_listener("ingest")
+                .context("cannot take the socket passed by systemd")?;
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
             init_tracing(config.daemon.log_level.as_deref());
             let config_path = config.source.clone();
@@ -37,6 +40,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config,
                 config_path,
                 env,
+                inherited,
             })?;
             Ok(ExitCode::SUCCESS)
         }

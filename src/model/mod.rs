@@ -321,7 +321,8 @@ fn obs_json(model_id: &str, obs: &Obs) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// Test seam: `{"meta": {"fault": "panic"}}` panics inside policy code, `"error"` fails.
+/// Test seam: `{"meta": {"fault": "panic"}}` panics inside policy code, `"error"` fails,
+/// `"hang"` blocks the model thread for a while.
 fn inject_fault(obs: &Obs) -> Result<(), ModelError> {
     let Some(meta) = &obs.meta else { return Ok(()) };
     if !meta.contains("fault") {
@@ -334,6 +335,12 @@ fn inject_fault(obs: &Obs) -> Result<(), ModelError> {
     {
         Some("panic") => panic!("injected panic in policy code"),
         Some("error") => Err(ModelError::Injected),
+        Some("hang") => {
+            // A wedged actor: the watchdog heartbeat must stop going through.
+            tracing::warn!("injected hang: blocking the model thread for 4 s");
+            std::thread::sleep(Duration::from_secs(4));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

@@ -12,3 +12,4 @@ mod persistence;
 mod protocol;
 mod signals;
 mod supervision;
+mod systemd;
