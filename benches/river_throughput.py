@@ -30,8 +30,8 @@ cases = {
     "kswin": (lambda: drift.KSWIN(seed=42), real[: max(N // 50, 1000)]),
     "ddm": (lambda: binary.DDM(), bits),
     "eddm": (lambda: binary.EDDM(), bits),
-    "hddm_a": (lambda: binary.HDDM_A(), bits),
-    "hddm_w": (lambda: binary.HDDM_W(), bits),
+    "hddm_a": (lambda: binary.HDDMA(), bits),
+    "hddm_w": (lambda: binary.HDDMW(), bits),
 }
 
 out = {}
