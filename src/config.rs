@@ -175,14 +175,9 @@ impl Config {
                         false
                     }
                 }),
-                control_allow: w
-                    .int_array("control_allow", 0, u32::MAX as u64)
-                    .map(|v| v.into_iter().map(|x| x as u32).collect())
-                    .unwrap_or_default(),
+                control_allow: w.id_list("control_allow").unwrap_or_default(),
                 control_group: w.group("control_group"),
-                ingest_allow: w
-                    .int_array("ingest_allow", 0, u32::MAX as u64)
-                    .map(|v| v.into_iter().map(|x| x as u32).collect()),
+                ingest_allow: w.id_list("ingest_allow"),
             };
             w.finish();
             d
@@ -668,28 +663,48 @@ impl<'a> Walker<'a> {
         Some(v.into_iter().map(|x| x as u64).collect())
     }
 
+    /// uids and gids for a peer check.
+    fn id_list(&mut self, key: &str) -> Option<Vec<u32>> {
+        let ids: Vec<u32> = self
+            .int_array(key, 0, u32::MAX as u64)?
+            .into_iter()
+            .map(|x| x as u32)
+            .collect();
+        if ids.contains(&OVERFLOW_ID) {
+            self.error(key, OVERFLOW_MESSAGE.into());
+            return None;
+        }
+        Some(ids)
+    }
+
     /// A group by name or gid, resolved to its gid.
     fn group(&mut self, key: &str) -> Option<u32> {
         let v = self.get(key)?;
-        if let Some(gid) = v.as_integer() {
-            return match u32::try_from(gid) {
+        let gid = if let Some(gid) = v.as_integer() {
+            match u32::try_from(gid) {
                 Ok(gid) => Some(gid),
                 Err(_) => {
                     self.error(key, format!("a gid must be between 0 and {}", u32::MAX));
-                    None
+                    return None;
                 }
+            }
+        } else {
+            let Some(name) = v.as_str() else {
+                self.error(
+                    key,
+                    format!("expected a group name or gid, got {}", v.type_str()),
+                );
+                return None;
             };
-        }
-        let Some(name) = v.as_str() else {
-            self.error(
-                key,
-                format!("expected a group name or gid, got {}", v.type_str()),
-            );
-            return None;
+            let gid = group_gid(name);
+            if gid.is_none() {
+                self.error(key, format!("no group named {name:?} on this system"));
+            }
+            gid
         };
-        let gid = group_gid(name);
-        if gid.is_none() {
-            self.error(key, format!("no group named {name:?} on this system"));
+        if gid == Some(OVERFLOW_ID) {
+            self.error(key, OVERFLOW_MESSAGE.into());
+            return None;
         }
         gid
     }
@@ -802,6 +817,12 @@ impl Env {
             .unwrap_or_else(|| self.state_dir().join("run"))
     }
 }
+
+/// The kernel's overflow uid and gid: what every user not mapped into a user namespace (such
+/// as systemd's `PrivateUsers=`) looks like to the daemon. Allowing it would allow them all.
+const OVERFLOW_ID: u32 = 65534;
+const OVERFLOW_MESSAGE: &str = "65534 is the overflow id (nobody/nogroup): in a user namespace, \
+     such as systemd's PrivateUsers=, every unmapped user has it, so it cannot be allowed";
 
 /// The levels `log_level` may name, alone or after `target=`.
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
@@ -1018,11 +1039,11 @@ action = "full"
         assert_eq!(c.daemon.control_group, Some(0));
         assert_eq!(c.daemon.ingest_allow, Some(vec![1000, 2000]));
         let c = Config::from_toml(
-            "[daemon]\ncontrol_group = 65534\ningest_allow = []\n",
+            "[daemon]\ncontrol_group = 4444\ningest_allow = []\n",
             &env(),
         )
         .unwrap();
-        assert_eq!(c.daemon.control_group, Some(65534));
+        assert_eq!(c.daemon.control_group, Some(4444));
         assert_eq!(
             c.daemon.ingest_allow,
             Some(vec![]),
@@ -1051,6 +1072,24 @@ action = "full"
             panic!("expected errors");
         };
         assert!(errs[0].message.contains("group name or gid"), "{errs:?}");
+        let text = "[daemon]\ncontrol_group = \"nogroup\"\ncontrol_allow = [65534]\ningest_allow = [1, 65534]\n";
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, &env()) else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "daemon.control_allow",
+                "daemon.control_group",
+                "daemon.ingest_allow"
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().all(|e| e.message.contains("overflow")),
+            "{errs:?}"
+        );
     }
 
     #[test]

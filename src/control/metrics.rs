@@ -358,7 +358,7 @@ pub fn render(s: &Snapshot) -> String {
 /// rename over the target, fsync the directory. The temporary name does not end in `.prom`,
 /// so node_exporter never reads it.
 pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -377,6 +377,8 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
             .truncate(true)
             .mode(0o644)
             .open(&tmp)?;
+        // Whatever the umask (systemd units often set 0077), node_exporter must read it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
         f.write_all(text.as_bytes())?;
         f.sync_all()?;
         drop(f);

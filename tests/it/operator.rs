@@ -14,18 +14,28 @@ use crate::support::*;
 
 /// The test runs as root; these ids belong to nobody on the machine, which is fine for the
 /// kernel and for SO_PEERCRED.
-const NOBODY: u32 = 65534;
+const GROUP: u32 = 4141;
 const ALLOWED: u32 = 4242;
 const STRANGER: u32 = 4343;
 
 /// Runs the CLI as `uid`:`gid` with no supplementary groups, against `d`'s config.
 fn cli_as(d: &Daemon, uid: u32, gid: u32, args: &[&str]) -> Output {
+    cli_as_in(d, uid, gid, &[], args)
+}
+
+/// Runs the CLI as `uid`:`gid` with the supplementary `groups`.
+fn cli_as_in(d: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
     let mut cmd = Command::new("setpriv");
     d.sb.apply_env(&mut cmd);
     cmd.arg(format!("--reuid={uid}"))
-        .arg(format!("--regid={gid}"))
-        .arg("--clear-groups")
-        .arg(bin())
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg(bin())
         .args(args)
         .arg("--config")
         .arg(&d.config_path);
@@ -50,19 +60,26 @@ fn stderr_of(o: &Output) -> String {
 fn control_socket_serves_only_allowed_peers() {
     let d = Daemon::builder()
         .daemon_keys(&format!(
-            "control_group = {NOBODY}\ncontrol_allow = [{ALLOWED}]"
+            "control_group = {GROUP}\ncontrol_allow = [{ALLOWED}]"
         ))
         .start();
     open_sandbox(&d);
     let meta = fs::metadata(&d.control_socket).unwrap();
-    assert_eq!(meta.gid(), NOBODY, "control socket group");
+    assert_eq!(meta.gid(), GROUP, "control socket group");
     assert_eq!(meta.mode() & 0o777, 0o660, "control socket mode");
 
-    // A member of control_group is served (here by its primary gid).
-    let o = cli_as(&d, NOBODY, NOBODY, &["status", "--json"]);
+    // Members of control_group are served, by primary gid or by a supplementary group (which
+    // the daemon learns through SO_PEERGROUPS).
+    let o = cli_as(&d, STRANGER, GROUP, &["status", "--json"]);
     assert!(o.status.success(), "group member refused: {}", out_text(&o));
     let s: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert!(s["version"].is_string(), "{s}");
+    let o = cli_as_in(&d, STRANGER, STRANGER, &[7, GROUP], &["models", "--json"]);
+    assert!(
+        o.status.success(),
+        "supplementary member refused: {}",
+        out_text(&o)
+    );
 
     // Mode 0660 keeps everyone else out before the daemon is even asked.
     let o = cli_as(&d, ALLOWED, ALLOWED, &["status"]);
