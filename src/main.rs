@@ -659,3 +659,69 @@ async fn push(socket: &Path, file: &Path) -> Result<ExitCode> {
         ExitCode::SUCCESS
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_lines_carry_the_priority_on_every_line() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .event_format(JournalFormat)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(model_id = "m1", "hook failed");
+            tracing::warn!("careful");
+            tracing::info!(job_id = 7, "job queued");
+            tracing::debug!("two\nlines");
+            tracing::trace!("fine");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "<3>hook failed model_id=\"m1\"\n<4>careful\n<6>job queued job_id=7\n<7>two\n<7>lines\n<7>fine\n"
+        );
+    }
+
+    #[test]
+    fn tables_align_on_the_widest_cell() {
+        let rows = vec![
+            vec!["a".to_owned(), "1".to_owned(), "x".to_owned()],
+            vec!["long-name".to_owned(), "12345".to_owned(), "y".to_owned()],
+        ];
+        let lines = table(&["NAME", "N", "LAST"], &[false, true], &rows);
+        assert_eq!(
+            lines,
+            [
+                "NAME           N  LAST",
+                "a              1  x",
+                "long-name  12345  y",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes_read_like_a_person_wrote_them() {
+        assert_eq!(human_duration(9.7), "9s");
+        assert_eq!(human_duration(249.0), "4m 09s");
+        assert_eq!(human_duration(7500.0), "2h 05m");
+        assert_eq!(human_duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3d 4h");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}

@@ -147,6 +147,20 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
                 continue;
             }
         };
+        // A peer that may not write learns nothing else, not even that the daemon is busy.
+        if let Some(allow) = &ctx.allow
+            && let Some(reply) = refusal(&stream, allow)
+        {
+            ctx.stats.connections_denied.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    stream.write_all(&reply),
+                )
+                .await;
+            });
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             ctx.stats
                 .connections_refused
@@ -166,19 +180,6 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
             });
             continue;
         };
-        if let Some(allow) = &ctx.allow
-            && let Some(reply) = refusal(&stream, allow)
-        {
-            ctx.stats.connections_denied.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
-                    stream.write_all(&reply),
-                )
-                .await;
-            });
-            continue;
-        }
         let c = ctx.clone();
         tasks.spawn_local(async move {
             c.stats.connections.fetch_add(1, Ordering::Relaxed);
