@@ -16,6 +16,7 @@
 
 pub mod hook;
 pub mod messages;
+pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -54,6 +55,7 @@ pub struct RunnerStatus {
     pub queued: usize,
     pub paused: Vec<String>,
     pub jobs_by_outcome: HashMap<&'static str, u64>,
+    pub hook_durations: stats::DurationHistogram,
 }
 
 pub struct CommandActor {
@@ -66,6 +68,8 @@ pub struct CommandActor {
     queue: VecDeque<(Job, f64)>,
     runners: HashMap<String, RunnerRecord>,
     outcomes: HashMap<&'static str, u64>,
+    /// How long finished hook runs took, for `metrics`.
+    hook_durations: stats::DurationHistogram,
 }
 
 impl CommandActor {
@@ -78,6 +82,7 @@ impl CommandActor {
             queue: VecDeque::new(),
             runners: HashMap::new(),
             outcomes: HashMap::new(),
+            hook_durations: stats::DurationHistogram::default(),
         }
     }
 
@@ -329,6 +334,7 @@ impl CommandActor {
         };
         let mut job = self.running.remove(&key).expect("found above");
         let o = msg.outcome;
+        self.hook_durations.record(&o);
         job.stdout_tail = o.stdout_tail.clone();
         job.stderr_tail = o.stderr_tail.clone();
         job.pgid = None;
@@ -549,6 +555,7 @@ impl Handler<GetStatus> for CommandActor {
             queued: self.queue.len(),
             paused,
             jobs_by_outcome: self.outcomes.clone(),
+            hook_durations: self.hook_durations.clone(),
         })
     }
 }

@@ -8,6 +8,7 @@ mod conformance;
 mod detectors;
 mod detectors_binary;
 mod hooks;
+mod operator;
 mod persistence;
 mod protocol;
 mod signals;
