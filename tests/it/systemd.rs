@@ -157,10 +157,16 @@ fn takes_the_socket_systemd_passes_as_fd_3() {
     .stdout(Stdio::null())
     .stderr(log);
     let fd = listener.as_raw_fd();
-    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    // SAFETY: dup2 and fcntl are async-signal-safe; they run in the child between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // dup2 onto itself would keep CLOEXEC, so an fd that already is 3 is cleared instead.
+            let r = if fd == 3 {
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if r < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
