@@ -53,6 +53,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             run["drift_indices"] = drift.into();
             run["warning_indices"] = warning.into();
         }
+        // River has no CUSUM: ours is scored on the same streams, with its defaults.
+        let mut cusum = DetectorParams::parse("cusum", serde_json::json!({}))?
+            .ok_or("not a detector")?
+            .build();
+        let drift: Vec<usize> = (0..values.len())
+            .filter(|&i| cusum.update(values[i]) == Signal::Drift)
+            .collect();
+        doc["runs"]
+            .as_array_mut()
+            .ok_or("no runs")?
+            .push(serde_json::json!({
+                "detector": "CUSUM", "label": "default", "params": {},
+                "drift_indices": drift, "warning_indices": [],
+            }));
         doc.as_object_mut().ok_or("not an object")?.remove("values");
         let name = path.file_name().ok_or("no name")?;
         std::fs::write(out.join(name), serde_json::to_string(&doc)?)?;

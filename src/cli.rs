@@ -1,4 +1,6 @@
-//! The command line: clap definitions only. `main.rs` dispatches.
+//! The command line: clap definitions only. `main.rs` dispatches; shell completions and the
+//! man page are generated from these same definitions (`visutility completions`,
+//! `visutility manpage`), so they cannot drift from the parser.
 
 use std::path::PathBuf;
 
@@ -39,51 +41,84 @@ pub enum Command {
         events: PathBuf,
     },
     /// Validate a config file.
-    CheckConfig { file: PathBuf },
+    CheckConfig {
+        /// The config file to check.
+        file: PathBuf,
+    },
     /// The daemon's state at a glance.
     Status {
+        /// Machine output: JSON with the fields the contract names.
         #[arg(long)]
         json: bool,
     },
     /// Every model with its policies' state.
     Models {
+        /// Machine output: JSON with the fields the contract names.
         #[arg(long)]
         json: bool,
     },
     /// The job journal, newest first.
     History {
+        /// Only this model's jobs.
         model: Option<String>,
+        /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: usize,
+        /// Machine output: JSON with the fields the contract names.
         #[arg(long)]
         json: bool,
     },
     /// Run a model's hook now (bypasses cooldown and budget, not pause).
     Trigger {
+        /// The model id.
         model: String,
-        /// full or fine_tune
+        /// Which hook: full or fine_tune.
+        #[arg(value_parser = ["full", "fine_tune"])]
         action: String,
+        /// Machine output: JSON with the fields the contract names.
         #[arg(long)]
         json: bool,
     },
     /// Start a model's policies afresh.
     Reset {
+        /// The model id.
         model: String,
+        /// Machine output: JSON with the fields the contract names.
         #[arg(long)]
         json: bool,
     },
     /// Record a model's decisions but run no hooks for it.
     Pause {
+        /// The model id.
         model: String,
+        /// Machine output: JSON with the fields the contract names.
         #[arg(long)]
         json: bool,
     },
     /// Undo pause.
     Resume {
+        /// The model id.
         model: String,
+        /// Machine output: JSON with the fields the contract names.
         #[arg(long)]
         json: bool,
     },
     /// The daemon's metrics in the Prometheus text format.
     Metrics,
+    /// Print a shell completion script.
+    ///
+    /// For example `visutility completions bash > /usr/share/bash-completion/completions/visutility`.
+    Completions {
+        /// The shell to complete for.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page in roff.
+    ///
+    /// Read it with `visutility manpage | man -l -`.
+    Manpage {
+        /// Write visutility.1 and one page per subcommand into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
 }

@@ -23,6 +23,7 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub hooks: HooksConfig,
     pub models: Vec<ModelRule>,
+    pub metrics: MetricsConfig,
     /// Where the config came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
 }
@@ -41,6 +42,18 @@ pub struct DaemonConfig {
     pub log_level: Option<String>,
     /// Extra uids and gids allowed on the control socket (root and our own uid always are).
     pub control_allow: Vec<u32>,
+    /// The group the control socket is shared with (then mode 0660); its members are allowed.
+    pub control_group: Option<u32>,
+    /// When set, only root, our own uid and these uids and gids may write to the ingest
+    /// socket; unset, anyone who can open the socket file may.
+    pub ingest_allow: Option<Vec<u32>>,
+}
+
+/// `[metrics]`: where the exposition is also written for node_exporter's textfile collector.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MetricsConfig {
+    pub textfile: Option<PathBuf>,
+    pub interval_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -136,6 +149,7 @@ impl Config {
         let mut root = Walker::new(table, String::new(), &mut errors);
         let daemon_t = root.table("daemon");
         let hooks_t = root.table("hooks");
+        let metrics_t = root.table("metrics");
         let models_v = root.array("models");
         root.finish();
 
@@ -155,11 +169,16 @@ impl Config {
                 max_models: w.int("max_models", 1, 10_000_000).unwrap_or(10_000) as usize,
                 max_connections: w.int("max_connections", 1, 1_000_000).unwrap_or(1024) as usize,
                 idle_timeout_s: w.int("idle_timeout_s", 0, 86_400 * 365).unwrap_or(0),
-                log_level: w.string("log_level"),
-                control_allow: w
-                    .int_array("control_allow", 0, u32::MAX as u64)
-                    .map(|v| v.into_iter().map(|x| x as u32).collect())
-                    .unwrap_or_default(),
+                log_level: w.string("log_level").filter(|l| match check_log_filter(l) {
+                    Ok(()) => true,
+                    Err(message) => {
+                        w.error("log_level", message);
+                        false
+                    }
+                }),
+                control_allow: w.id_list("control_allow").unwrap_or_default(),
+                control_group: w.group("control_group"),
+                ingest_allow: w.id_list("ingest_allow"),
             };
             w.finish();
             d
@@ -218,6 +237,16 @@ impl Config {
             h
         };
 
+        let metrics = {
+            let mut w = Walker::new(&metrics_t, "metrics".into(), &mut errors);
+            let m = MetricsConfig {
+                textfile: w.path("textfile"),
+                interval_s: w.int("interval_s", 1, 86_400).unwrap_or(15),
+            };
+            w.finish();
+            m
+        };
+
         let models = match models_v {
             None => vec![ModelRule::default_rule()],
             Some(items) => {
@@ -241,6 +270,7 @@ impl Config {
                 daemon,
                 hooks,
                 models,
+                metrics,
                 source: None,
             })
         } else {
@@ -266,6 +296,13 @@ impl Config {
             self.daemon.control_socket.display()
         ));
         s.push_str(&format!("state dir: {}\n", self.daemon.state_dir.display()));
+        if let Some(p) = &self.metrics.textfile {
+            s.push_str(&format!(
+                "metrics textfile: {} (every {} s)\n",
+                p.display(),
+                self.metrics.interval_s
+            ));
+        }
         for (name, hook) in [
             ("full", &self.hooks.full),
             ("fine_tune", &self.hooks.fine_tune),
@@ -627,6 +664,52 @@ impl<'a> Walker<'a> {
         Some(v.into_iter().map(|x| x as u64).collect())
     }
 
+    /// uids and gids for a peer check.
+    fn id_list(&mut self, key: &str) -> Option<Vec<u32>> {
+        let ids: Vec<u32> = self
+            .int_array(key, 0, u32::MAX as u64)?
+            .into_iter()
+            .map(|x| x as u32)
+            .collect();
+        if ids.contains(&OVERFLOW_ID) {
+            self.error(key, OVERFLOW_MESSAGE.into());
+            return None;
+        }
+        Some(ids)
+    }
+
+    /// A group by name or gid, resolved to its gid.
+    fn group(&mut self, key: &str) -> Option<u32> {
+        let v = self.get(key)?;
+        let gid = if let Some(gid) = v.as_integer() {
+            match u32::try_from(gid) {
+                Ok(gid) => Some(gid),
+                Err(_) => {
+                    self.error(key, format!("a gid must be between 0 and {}", u32::MAX));
+                    return None;
+                }
+            }
+        } else {
+            let Some(name) = v.as_str() else {
+                self.error(
+                    key,
+                    format!("expected a group name or gid, got {}", v.type_str()),
+                );
+                return None;
+            };
+            let gid = group_gid(name);
+            if gid.is_none() {
+                self.error(key, format!("no group named {name:?} on this system"));
+            }
+            gid
+        };
+        if gid == Some(OVERFLOW_ID) {
+            self.error(key, OVERFLOW_MESSAGE.into());
+            return None;
+        }
+        gid
+    }
+
     /// A sub-table; missing is an empty table.
     fn table(&mut self, key: &str) -> toml::Table {
         self.opt_table(key).unwrap_or_default()
@@ -733,6 +816,68 @@ impl Env {
             // Without XDG_RUNTIME_DIR (a plain su session) the state dir is the private place
             // we know we may write to.
             .unwrap_or_else(|| self.state_dir().join("run"))
+    }
+}
+
+/// The kernel's overflow uid and gid: what every user not mapped into a user namespace (such
+/// as systemd's `PrivateUsers=`) looks like to the daemon. Allowing it would allow them all.
+const OVERFLOW_ID: u32 = 65534;
+const OVERFLOW_MESSAGE: &str = "65534 is the overflow id (nobody/nogroup): in a user namespace, \
+     such as systemd's PrivateUsers=, every unmapped user has it, so it cannot be allowed";
+
+/// The levels `log_level` may name, alone or after `target=`.
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
+/// Checks a `log_level`: a level, or `RUST_LOG`-style directives (`info,visutility=debug`).
+/// Stricter than `EnvFilter`, which reads a misspelt level as a target name and then logs
+/// nothing of ours.
+pub fn check_log_filter(s: &str) -> Result<(), String> {
+    let expected = || {
+        format!(
+            "expected one of {} or directives like \"info,visutility::ingest=debug\"",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    if s.trim().is_empty() {
+        return Err(format!("must not be empty; {}", expected()));
+    }
+    for directive in s.split(',') {
+        let level = directive
+            .rsplit_once('=')
+            .map_or(directive, |(_, l)| l)
+            .trim();
+        if !LOG_LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(format!("unknown level {level:?} in {s:?}; {}", expected()));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s)
+        .map(|_| ())
+        .map_err(|e| format!("invalid filter {s:?}: {e}"))
+}
+
+/// The gid of the group called `name`, through the system's group database.
+fn group_gid(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: `grp` and `buf` outlive the call, `buf.len()` is its size, and `result`
+        // either stays null or points into `grp`.
+        let mut grp: libc::group = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::group = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getgrnam_r(
+                cname.as_ptr(),
+                &mut grp,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(grp.gr_gid);
     }
 }
 
@@ -883,6 +1028,121 @@ action = "full"
         assert_eq!(e.config_file(), Some(user.join("config.toml")));
         e.user_config_dir = None;
         assert_eq!(e.config_file(), None);
+    }
+
+    #[test]
+    fn access_keys() {
+        let c = Config::from_toml(
+            "[daemon]\ncontrol_group = \"root\"\ningest_allow = [1000, 2000]\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.daemon.control_group, Some(0));
+        assert_eq!(c.daemon.ingest_allow, Some(vec![1000, 2000]));
+        let c = Config::from_toml(
+            "[daemon]\ncontrol_group = 4444\ningest_allow = []\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.daemon.control_group, Some(4444));
+        assert_eq!(
+            c.daemon.ingest_allow,
+            Some(vec![]),
+            "empty: only root and us"
+        );
+        let c = Config::defaults(&env());
+        assert_eq!(
+            (c.daemon.control_group, c.daemon.ingest_allow),
+            (None, None)
+        );
+
+        let text = "[daemon]\ncontrol_group = \"no-such-group-here\"\ningest_allow = [-1]\n";
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, &env()) else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["daemon.control_group", "daemon.ingest_allow"],
+            "{errs:?}"
+        );
+        assert!(errs[0].message.contains("no-such-group-here"), "{errs:?}");
+        let Err(ConfigError::Invalid(errs)) =
+            Config::from_toml("[daemon]\ncontrol_group = true\n", &env())
+        else {
+            panic!("expected errors");
+        };
+        assert!(errs[0].message.contains("group name or gid"), "{errs:?}");
+        let text = "[daemon]\ncontrol_group = \"nogroup\"\ncontrol_allow = [65534]\ningest_allow = [1, 65534]\n";
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, &env()) else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "daemon.control_allow",
+                "daemon.control_group",
+                "daemon.ingest_allow"
+            ],
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().all(|e| e.message.contains("overflow")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn log_levels_are_checked() {
+        for ok in [
+            "info",
+            "DEBUG",
+            "warn,visutility::ingest=trace",
+            "visutility=off",
+        ] {
+            assert_eq!(check_log_filter(ok), Ok(()), "{ok}");
+        }
+        for bad in ["verbose", "", "info,visutility=loud", "visutility"] {
+            assert!(check_log_filter(bad).is_err(), "{bad:?} passed");
+        }
+        let Err(ConfigError::Invalid(errs)) =
+            Config::from_toml("[daemon]\nlog_level = \"verbose\"\n", &env())
+        else {
+            panic!("expected errors");
+        };
+        assert_eq!(errs[0].path, "daemon.log_level");
+        assert!(errs[0].message.contains("verbose"), "{errs:?}");
+    }
+
+    #[test]
+    fn metrics_table() {
+        let c = Config::defaults(&env());
+        assert_eq!(
+            c.metrics,
+            MetricsConfig {
+                textfile: None,
+                interval_s: 15
+            }
+        );
+        let c = Config::from_toml(
+            "[metrics]\ntextfile = \"/var/lib/node_exporter/visutility.prom\"\ninterval_s = 60\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.metrics.textfile.as_deref(),
+            Some(Path::new("/var/lib/node_exporter/visutility.prom"))
+        );
+        assert_eq!(c.metrics.interval_s, 60);
+        let Err(ConfigError::Invalid(errs)) =
+            Config::from_toml("[metrics]\ninterval_s = 0\ntextfil = \"x\"\n", &env())
+        else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert!(paths.contains(&"metrics.interval_s"), "{paths:?}");
+        assert!(paths.contains(&"metrics.textfil"), "{paths:?}");
     }
 
     #[test]

@@ -32,6 +32,13 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Socket(#[from] IngestError),
+    #[error("cannot share the control socket {path} with group {gid}")]
+    ControlGroup {
+        path: PathBuf,
+        gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot listen for signals")]
     Signals(#[source] std::io::Error),
     #[error("cannot start the runtime")]
@@ -43,6 +50,9 @@ pub struct Launch {
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub env: Env,
+    /// The ingest socket systemd passed in, taken by `main` before any thread started
+    /// (taking it edits the environment).
+    pub inherited: Option<std::os::unix::net::UnixListener>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.
@@ -63,6 +73,7 @@ pub fn run(launch: Launch) -> Result<(), DaemonError> {
         Arc::new(config),
         launch.config_path,
         launch.env,
+        launch.inherited,
         store.clone(),
         signals,
         fault_injection,
@@ -78,6 +89,7 @@ async fn serve(
     config: Arc<Config>,
     config_path: Option<PathBuf>,
     env: Env,
+    inherited: Option<std::os::unix::net::UnixListener>,
     store: Store,
     mut signals: tokio::sync::mpsc::UnboundedReceiver<SignalTo>,
     fault_injection: bool,
@@ -98,9 +110,7 @@ async fn serve(
     .start();
     registry.set_commander(commander.clone());
 
-    let ingest_socket = match systemd::take_listener("ingest")
-        .map_err(|e| IngestError::Inherited(std::io::Error::other(e)))?
-    {
+    let ingest_socket = match inherited {
         Some(l) => {
             tracing::info!("using the ingest socket passed by systemd");
             SocketFile::inherited(l)?
@@ -108,6 +118,17 @@ async fn serve(
         None => SocketFile::bind(&config.daemon.socket, 0o660)?,
     };
     let control_socket = SocketFile::bind(&config.daemon.control_socket, 0o600)?;
+    if let Some(gid) = config.daemon.control_group {
+        // Group first, then the group bits: the socket is never open to the wrong group.
+        let path = &config.daemon.control_socket;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)))
+            .map_err(|source| DaemonError::ControlGroup {
+                path: path.clone(),
+                gid,
+                source,
+            })?;
+    }
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (settings_tx, settings_rx) = watch::channel(conn_settings(&config));
@@ -120,25 +141,41 @@ async fn serve(
         stats: stats.clone(),
         settings: settings_rx,
         shutdown: shutdown_rx.clone(),
+        allow: config.daemon.ingest_allow.clone().map(Arc::new),
     };
     let ingest_task = actix::spawn(ingest::serve(
         ingest_socket,
         ingest_ctx,
         config.daemon.max_connections,
     ));
-    let control_task = actix::spawn(control::serve(
-        control_socket,
-        ControlCtx {
-            registry: registry.clone(),
-            store: store.clone(),
-            commander: commander.clone(),
-            stats: stats.clone(),
-            rate: rate.clone(),
-            started,
-            allow: Arc::new(config.daemon.control_allow.clone()),
-            shutdown: shutdown_rx.clone(),
-        },
-    ));
+    let control_ctx = ControlCtx {
+        registry: registry.clone(),
+        store: store.clone(),
+        commander: commander.clone(),
+        stats: stats.clone(),
+        rate: rate.clone(),
+        started,
+        allow: Arc::new(
+            config
+                .daemon
+                .control_allow
+                .iter()
+                .copied()
+                .chain(config.daemon.control_group)
+                .collect(),
+        ),
+        refused: Arc::default(),
+        shutdown: shutdown_rx.clone(),
+    };
+    let control_task = actix::spawn(control::serve(control_socket, control_ctx.clone()));
+
+    if let Some(path) = config.metrics.textfile.clone() {
+        actix::spawn(write_textfile_every(
+            path,
+            Duration::from_secs(config.metrics.interval_s),
+            control_ctx,
+        ));
+    }
 
     // Once a second: the events-per-second sample and the systemd status line.
     {
@@ -284,9 +321,54 @@ fn warn_restart_only(old: &Config, new: &Config) {
             "daemon.flush_interval_ms",
             d.0.flush_interval_ms != d.1.flush_interval_ms,
         ),
+        (
+            "daemon.control_allow",
+            d.0.control_allow != d.1.control_allow,
+        ),
+        (
+            "daemon.control_group",
+            d.0.control_group != d.1.control_group,
+        ),
+        ("daemon.ingest_allow", d.0.ingest_allow != d.1.ingest_allow),
+        ("daemon.log_level", d.0.log_level != d.1.log_level),
+        ("metrics", old.metrics != new.metrics),
     ] {
         if changed {
             tracing::warn!(key, "this setting changes only at the next restart");
+        }
+    }
+}
+
+/// Writes the metrics exposition to `path` every `every` until shutdown, for node_exporter's
+/// textfile collector. A failure is logged once, not at every tick, until a write succeeds.
+async fn write_textfile_every(path: PathBuf, every: Duration, ctx: ControlCtx) {
+    let mut shutdown = ctx.shutdown.clone();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => break,
+            _ = tick.tick() => {}
+        }
+        let text = control::metrics::render(&control::metrics::snapshot(&ctx).await);
+        let target = path.clone();
+        // fsync can take a while on an SD card: keep it off the actors' thread.
+        let result =
+            tokio::task::spawn_blocking(move || control::metrics::write_textfile(&target, &text))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)));
+        match result {
+            Ok(()) if failing => {
+                failing = false;
+                tracing::info!(path = %path.display(), "metrics textfile written again");
+            }
+            Ok(()) => {}
+            Err(error) if !failing => {
+                failing = true;
+                tracing::error!(path = %path.display(), error = %error, "cannot write the metrics textfile");
+            }
+            Err(_) => {}
         }
     }
 }

@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use serde_json::Value;
 
 use visutility::cli::{Cli, Command};
@@ -29,6 +29,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let env = Env::from_process();
     match cli.command {
         Command::Daemon => {
+            // Before any thread exists: taking the socket unsets LISTEN_* in our environment.
+            let inherited = visutility::systemd::take_listener("ingest")
+                .context("cannot take the socket passed by systemd")?;
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
             init_tracing(config.daemon.log_level.as_deref());
             let config_path = config.source.clone();
@@ -37,6 +40,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 config,
                 config_path,
                 env,
+                inherited,
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -98,6 +102,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
             control_cmd(&cli.config, &env, Request::Resume { model }, json)
         }
         Command::Metrics => control_cmd(&cli.config, &env, Request::Metrics, false),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "visutility",
+                &mut std::io::stdout().lock(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Manpage { dir } => {
+            match dir {
+                Some(dir) => clap_mangen::generate_to(Cli::command(), &dir)
+                    .with_context(|| format!("cannot write man pages to {}", dir.display()))?,
+                None => {
+                    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout().lock())?
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -117,22 +140,105 @@ fn config_error(e: ConfigError) -> anyhow::Error {
     }
 }
 
-/// Plain lines on a terminal; on journald (JOURNAL_STREAM set) no timestamps and no colours,
-/// since the journal adds its own.
+/// Plain lines on a terminal (with colours) or in a file; when stderr is the journal
+/// (`JOURNAL_STREAM` names it), no timestamps and each line prefixed with its syslog priority,
+/// which journald reads as the entry's level. `RUST_LOG` wins over `[daemon] log_level`.
+/// A bare level in `log_level` is for our own messages; libraries stay at `warn` (sled's
+/// debug output would bury ours), unless directives say otherwise.
 fn init_tracing(config_level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(config_level.unwrap_or("info")))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let config_level = config_level.map(|l| {
+        let level = l.trim().to_ascii_lowercase();
+        match level.as_str() {
+            "trace" | "debug" | "info" | "warn" => format!("warn,visutility={level}"),
+            "error" | "off" => level,
+            _ => l.to_owned(),
+        }
+    });
+    let config_level = config_level.as_deref();
+    let rust_log = std::env::var("RUST_LOG").ok().filter(|s| !s.is_empty());
+    let (filter, bad_rust_log) = match rust_log.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (f, None),
+        other => (
+            EnvFilter::try_new(config_level.unwrap_or("info"))
+                .unwrap_or_else(|_| EnvFilter::new("info")),
+            other.and_then(|r| r.err()),
+        ),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(!journald && std::io::stderr().is_terminal());
-    if journald {
-        builder.without_time().with_target(false).init();
+        .with_writer(std::io::stderr);
+    if stderr_is_journal() {
+        builder.event_format(JournalFormat).init();
     } else {
-        builder.init();
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+    if let Some(error) = bad_rust_log {
+        tracing::warn!(error = %error, "ignoring RUST_LOG; using the configured log level");
+    }
+}
+
+/// systemd sets `JOURNAL_STREAM=DEV:INODE` for the stream it connects stderr to; a child
+/// whose stderr was redirected inherits the variable, so the numbers must match our stderr.
+fn stderr_is_journal() -> bool {
+    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
+        let (d, i) = v.split_once(':')?;
+        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
+    }) else {
+        return false;
+    };
+    // SAFETY: fstat writes only into `st`, which lives across the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    (unsafe { libc::fstat(2, &mut st) } == 0) && st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// journald's stream format: `<N>message` per line, N the syslog priority; no timestamp
+/// (the journal keeps its own). A message with several lines gets the prefix on each, or
+/// journald would file the rest at the default priority.
+struct JournalFormat;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for JournalFormat
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        let priority = match *event.metadata().level() {
+            tracing::Level::ERROR => 3,
+            tracing::Level::WARN => 4,
+            tracing::Level::INFO => 6,
+            _ => 7,
+        };
+        let mut line = String::new();
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                line.push_str(span.name());
+                let ext = span.extensions();
+                if let Some(fields) = ext.get::<tracing_subscriber::fmt::FormattedFields<N>>()
+                    && !fields.is_empty()
+                {
+                    write!(line, "{{{fields}}}")?;
+                }
+                line.push_str(": ");
+            }
+        }
+        ctx.field_format().format_fields(
+            tracing_subscriber::fmt::format::Writer::new(&mut line),
+            event,
+        )?;
+        if line.is_empty() {
+            return writeln!(writer, "<{priority}>");
+        }
+        for l in line.lines() {
+            writeln!(writer, "<{priority}>{l}")?;
+        }
+        Ok(())
     }
 }
 
@@ -154,29 +260,156 @@ fn control_cmd(
     }
     match req {
         Request::Metrics => write!(out, "{}", data.as_str().unwrap_or_default())?,
-        Request::Status => {
-            let obj = data.as_object().cloned().unwrap_or_default();
-            for (k, v) in obj {
-                writeln!(out, "{k:<20} {}", plain(&v))?;
-            }
-        }
+        Request::Status => print_status(&mut out, &data)?,
         Request::Models => print_models(&mut out, &data)?,
         Request::History { .. } => print_history(&mut out, &data)?,
-        _ => writeln!(out, "{}", plain(&data))?,
+        Request::Trigger { model, action } => {
+            writeln!(out, "job {} queued: {action} for {model}", data["job_id"])?
+        }
+        Request::Reset { model } => writeln!(out, "{model}: policies reset")?,
+        Request::Pause { model } => {
+            writeln!(out, "{model}: paused (decisions recorded, no hooks run)")?
+        }
+        Request::Resume { model } => writeln!(out, "{model}: resumed")?,
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn plain(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Array(a) => a.iter().map(plain).collect::<Vec<_>>().join(", "),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if n.is_f64() => format!("{f:.2}"),
-            _ => n.to_string(),
-        },
-        other => other.to_string(),
+/// Lines of a table whose columns are as wide as their widest cell; `right` marks the
+/// columns aligned right (numbers). The last column is not padded.
+fn table(header: &[&str], right: &[bool], rows: &[Vec<String>]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
     }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut l = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                l.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                l.extend(std::iter::repeat_n(' ', pad));
+                l.push_str(cell);
+            } else {
+                l.push_str(cell);
+                if i < last {
+                    l.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        l
+    };
+    std::iter::once(line(header.to_vec()))
+        .chain(
+            rows.iter()
+                .map(|r| line(r.iter().map(String::as_str).collect())),
+        )
+        .collect()
+}
+
+/// `3d 4h`, `2h 05m`, `4m 09s`, `12s`.
+fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// How long ago a Unix time was, or `-` for none.
+fn ago(ts: Option<f64>) -> String {
+    match ts {
+        Some(t) if t > 0.0 => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(t);
+            format!("{} ago", human_duration(now - t))
+        }
+        _ => "-".into(),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+fn print_status(out: &mut impl Write, s: &Value) -> Result<()> {
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    let paused: Vec<&str> = s["paused"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let rows = [
+        ("version", s["version"].as_str().unwrap_or("?").to_owned()),
+        (
+            "uptime",
+            human_duration(s["uptime_s"].as_f64().unwrap_or(0.0)),
+        ),
+        (
+            "models",
+            format!("{} known, {} loaded", n("models"), n("models_loaded")),
+        ),
+        (
+            "events/s",
+            format!(
+                "{:.1} over the last minute",
+                s["events_per_second"].as_f64().unwrap_or(0.0)
+            ),
+        ),
+        (
+            "events",
+            format!(
+                "{} accepted, {} lines rejected",
+                n("events_accepted"),
+                n("lines_rejected")
+            ),
+        ),
+        ("connections", format!("{} open", n("connections"))),
+        (
+            "jobs",
+            format!("{} running, {} queued", n("jobs_running"), n("jobs_queued")),
+        ),
+        (
+            "paused",
+            if paused.is_empty() {
+                "none".into()
+            } else {
+                paused.join(", ")
+            },
+        ),
+        (
+            "store",
+            format!(
+                "{} in {}",
+                human_bytes(n("store_bytes")),
+                s["state_dir"].as_str().unwrap_or("?")
+            ),
+        ),
+    ];
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        writeln!(out, "{k:<width$}  {v}")?;
+    }
+    Ok(())
 }
 
 /// A sparkline of recent values, because people would rather look than read.
@@ -197,74 +430,142 @@ fn sparkline(values: &[Value]) -> String {
         .collect()
 }
 
+/// The latest value after a sparkline, so the scale is readable.
+fn spark_cell(values: Option<&Vec<Value>>) -> String {
+    let values = values.map(Vec::as_slice).unwrap_or_default();
+    match values.last().and_then(Value::as_f64) {
+        Some(last) => format!("{} {last:.2}", sparkline(values)),
+        None => "-".into(),
+    }
+}
+
 fn print_models(out: &mut impl Write, data: &Value) -> Result<()> {
     let models = data.as_array().cloned().unwrap_or_default();
-    writeln!(
-        out,
-        "{:<24} {:>10} {:>9} {:<6} {:<18} {:<18} LAST DECISION",
-        "MODEL", "EVENTS", "DECISIONS", "PAUSED", "DRIFT", "ACCURACY"
-    )?;
-    for m in &models {
-        let empty = Vec::new();
-        let last = m["last_decision"]
-            .as_object()
-            .map(|d| {
-                format!(
-                    "{} by {}",
-                    d["action"].as_str().unwrap_or(""),
-                    d["policy"].as_str().unwrap_or("")
-                )
+    if models.is_empty() {
+        writeln!(out, "no models yet")?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            let last = m["last_decision"]
+                .as_object()
+                .map(|d| {
+                    format!(
+                        "{} by {}, {}",
+                        d["action"].as_str().unwrap_or(""),
+                        d["policy"].as_str().unwrap_or(""),
+                        ago(d["at"].as_f64())
+                    )
+                })
+                .unwrap_or_else(|| "-".into());
+            vec![
+                m["model_id"].as_str().unwrap_or("").to_owned(),
+                m["events"].to_string(),
+                ago(m["last_seen"].as_f64()),
+                m["decisions"].to_string(),
+                if m["paused"].as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                }
+                .into(),
+                spark_cell(m["recent_drift"].as_array()),
+                spark_cell(m["recent_accuracy"].as_array()),
+                last,
+            ]
+        })
+        .collect();
+    let lines = table(
+        &[
+            "MODEL",
+            "EVENTS",
+            "LAST SEEN",
+            "DECISIONS",
+            "PAUSED",
+            "DRIFT",
+            "ACCURACY",
+            "LAST DECISION",
+        ],
+        &[false, true, false, true],
+        &rows,
+    );
+    // Under each model, one line per policy: its name (and kind, when the name differs),
+    // then its state as the policy tells it.
+    let policies = |m: &Value| -> Vec<(String, String)> {
+        m["policies"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| {
+                        let (name, kind) = (
+                            p["name"].as_str().unwrap_or(""),
+                            p["kind"].as_str().unwrap_or(""),
+                        );
+                        let label = if name == kind {
+                            name.to_owned()
+                        } else {
+                            format!("{name} ({kind})")
+                        };
+                        (label, p["state"].as_str().unwrap_or("").to_owned())
+                    })
+                    .collect()
             })
-            .unwrap_or_else(|| "-".into());
-        writeln!(
-            out,
-            "{:<24} {:>10} {:>9} {:<6} {:<18} {:<18} {}",
-            m["model_id"].as_str().unwrap_or(""),
-            m["events"].to_string(),
-            m["decisions"].to_string(),
-            if m["paused"].as_bool() == Some(true) {
-                "yes"
-            } else {
-                "no"
-            },
-            sparkline(m["recent_drift"].as_array().unwrap_or(&empty)),
-            sparkline(m["recent_accuracy"].as_array().unwrap_or(&empty)),
-            last
-        )?;
-        for p in m["policies"].as_array().unwrap_or(&empty) {
-            writeln!(
-                out,
-                "    {:<20} {:<16} {}",
-                p["name"].as_str().unwrap_or(""),
-                p["kind"].as_str().unwrap_or(""),
-                p["state"].as_str().unwrap_or("")
-            )?;
+            .unwrap_or_default()
+    };
+    let label_w = models
+        .iter()
+        .flat_map(policies)
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    writeln!(out, "{}", lines[0])?;
+    for (m, line) in models.iter().zip(&lines[1..]) {
+        writeln!(out, "{line}")?;
+        for (label, state) in policies(m) {
+            writeln!(out, "    {label:<label_w$}  {state}")?;
         }
     }
     Ok(())
 }
 
 fn print_history(out: &mut impl Write, data: &Value) -> Result<()> {
-    writeln!(
-        out,
-        "{:>8} {:<24} {:<10} {:<12} {:>8} {:>5} NOTE",
-        "JOB", "MODEL", "ACTION", "STATE", "ATTEMPTS", "EXIT"
-    )?;
-    for j in data.as_array().cloned().unwrap_or_default() {
-        writeln!(
-            out,
-            "{:>8} {:<24} {:<10} {:<12} {:>8} {:>5} {}",
-            j["job_id"].to_string(),
-            j["model_id"].as_str().unwrap_or(""),
-            j["action"].as_str().unwrap_or(""),
-            j["state"].as_str().unwrap_or(""),
-            j["attempts"].to_string(),
-            j["exit_code"]
-                .as_i64()
-                .map(|c| c.to_string())
-                .unwrap_or_else(|| "-".into()),
-            j["note"].as_str().unwrap_or("")
-        )?;
+    let jobs = data.as_array().cloned().unwrap_or_default();
+    if jobs.is_empty() {
+        writeln!(out, "no jobs")?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let took = match (j["started"].as_f64(), j["ended"].as_f64()) {
+                (Some(s), Some(e)) => human_duration(e - s),
+                _ => "-".into(),
+            };
+            vec![
+                j["job_id"].to_string(),
+                j["model_id"].as_str().unwrap_or("").to_owned(),
+                j["action"].as_str().unwrap_or("").to_owned(),
+                j["state"].as_str().unwrap_or("").to_owned(),
+                j["attempts"].to_string(),
+                j["exit_code"]
+                    .as_i64()
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                ago(j["created"].as_f64()),
+                took,
+                j["note"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    for line in table(
+        &[
+            "JOB", "MODEL", "ACTION", "STATE", "ATTEMPTS", "EXIT", "CREATED", "TOOK", "NOTE",
+        ],
+        &[true, false, false, false, true, true, false, true],
+        &rows,
+    ) {
+        writeln!(out, "{}", line.trim_end())?;
     }
     Ok(())
 }
@@ -330,14 +631,25 @@ async fn push(socket: &Path, file: &Path) -> Result<ExitCode> {
         }
         Ok(())
     });
-    while let Some(chunk) = rx.recv().await {
-        wr.write_all(&chunk).await?;
+    let sent: std::io::Result<()> = async {
+        while let Some(chunk) = rx.recv().await {
+            wr.write_all(&chunk).await?;
+        }
+        wr.write_all(b"{\"op\":\"flush\"}\n").await
     }
+    .await;
+    // A failed write stops the producer at its next chunk.
+    drop(rx);
     producer
         .join()
         .map_err(|_| anyhow::anyhow!("input reader panicked"))??;
-    wr.write_all(b"{\"op\":\"flush\"}\n").await?;
-    let (errors, reply) = reader.await??;
+    // When the daemon closed the connection (a refusal, say), its reply says why: read it
+    // before reporting the failed write.
+    let (errors, reply) = match (sent, reader.await?) {
+        (_, Ok(r)) => r,
+        (Ok(()), Err(e)) => return Err(e),
+        (Err(w), Err(e)) => return Err(e.context(format!("sending failed: {w}"))),
+    };
     if reply.get("ok").and_then(Value::as_bool) != Some(true) {
         bail!("the flush failed: {reply}");
     }
@@ -350,4 +662,70 @@ async fn push(socket: &Path, file: &Path) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_lines_carry_the_priority_on_every_line() {
+        #[derive(Clone, Default)]
+        struct Buf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(move || writer.clone())
+            .event_format(JournalFormat)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(model_id = "m1", "hook failed");
+            tracing::warn!("careful");
+            tracing::info!(job_id = 7, "job queued");
+            tracing::debug!("two\nlines");
+            tracing::trace!("fine");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            text,
+            "<3>hook failed model_id=\"m1\"\n<4>careful\n<6>job queued job_id=7\n<7>two\n<7>lines\n<7>fine\n"
+        );
+    }
+
+    #[test]
+    fn tables_align_on_the_widest_cell() {
+        let rows = vec![
+            vec!["a".to_owned(), "1".to_owned(), "x".to_owned()],
+            vec!["long-name".to_owned(), "12345".to_owned(), "y".to_owned()],
+        ];
+        let lines = table(&["NAME", "N", "LAST"], &[false, true], &rows);
+        assert_eq!(
+            lines,
+            [
+                "NAME           N  LAST",
+                "a              1  x",
+                "long-name  12345  y",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes_read_like_a_person_wrote_them() {
+        assert_eq!(human_duration(9.7), "9s");
+        assert_eq!(human_duration(249.0), "4m 09s");
+        assert_eq!(human_duration(7500.0), "2h 05m");
+        assert_eq!(human_duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3d 4h");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
 }

@@ -63,7 +63,7 @@ unshare --pid --fork --mount --uts --ipc --cgroup --net "$WORK/init.sh" "$WORK/o
 UNSHARE=$!
 PID=
 cleanup() {
-    [ -n "$PID" ] && kill -KILL "$PID" 2>/dev/null || true
+    if [ -n "$PID" ]; then kill -KILL "$PID" 2>/dev/null || true; fi
     kill -KILL "$UNSHARE" 2>/dev/null || true
     wait "$UNSHARE" 2>/dev/null || true
     rm -rf "$WORK"
@@ -77,9 +77,9 @@ for _ in $(seq 50); do
     sleep 0.2
 done
 [ -n "$PID" ] || { echo "systemd did not start:"; cat "$LOG"; exit 1; }
-IN="nsenter -t $PID -m -u -i -n -p -C -r -w"
+ct() { nsenter -t "$PID" -m -u -i -n -p -C -r -w "$@"; }
 for _ in $(seq 100); do
-    state=$($IN systemctl is-system-running 2>/dev/null || true)
+    state=$(ct systemctl is-system-running 2>/dev/null || true)
     case $state in running|degraded) break ;; esac
     sleep 0.3
 done
@@ -90,47 +90,69 @@ PASSES=0
 ok()   { echo "ok   - $*"; PASSES=$((PASSES + 1)); }
 bad()  { echo "FAIL - $*"; FAILS=$((FAILS + 1)); }
 check() { desc=$1; shift; if "$@" >/dev/null 2>&1; then ok "$desc"; else bad "$desc"; fi; }
-active() { [ "$($IN systemctl is-active "$1")" = active ]; }
-show() { $IN systemctl show -p "$2" --value "$1"; }
+active() { [ "$(ct systemctl is-active "$1")" = active ]; }
+prop() { ct systemctl show -p "$2" --value "$1"; }
+absent() { ! ct test -e "$1"; }
 
-$IN dpkg -i /pkg.deb >/dev/null
+socket_perms() { [ "$(ct stat -c '%A %U:%G' /run/visutility-ingest.sock)" = "srw-rw---- visutility:visutility" ]; }
+state_perms() { [ "$(ct stat -c '%a %U' /var/lib/visutility)" = "750 visutility" ]; }
+runs_as_user() { [ "$(ct ps -o user= -p "$(prop visutility.service MainPID)")" = visutility ]; }
+holds_socket() { ct ss -xlp | grep /run/visutility-ingest.sock | grep -q '"visutility"'; }
+push_one() {
+    printf '%s\n' '{"model_id":"boot-test","drift_score":0.1,"accuracy":0.95,"error":0}' |
+        ct visutility push -
+}
+lists_model() { ct visutility models --json | grep -q boot-test; }
+no_watchdog_kill() {
+    [ "$(prop visutility.service NRestarts)" = 0 ] &&
+        ! ct journalctl -u visutility.service -o cat | grep -qi 'watchdog timeout'
+}
+clean_exit() { [ "$(prop visutility.service ExecMainStatus)" = 0 ]; }
+result_success() { [ "$(prop visutility.service Result)" = success ]; }
+restarted() { [ "$(prop visutility.service MainPID)" != "$P1" ] && active visutility.service; }
+stopped() { ! ct systemctl is-active -q visutility.service; }
+no_errors() { ! ct journalctl -u visutility.service -o cat | grep -q ERROR; }
+
+ct dpkg -i /pkg.deb >/dev/null
 check "dpkg -i starts visutility.socket" active visutility.socket
 check "dpkg -i starts visutility.service (Type=notify READY=1)" active visutility.service
-check "ingest socket is srw-rw---- visutility:visutility" \
-    sh -c "$IN stat -c '%A %U:%G' /run/visutility-ingest.sock | grep -qx 'srw-rw---- visutility:visutility'"
-check "state dir owned by visutility, 0750" \
-    sh -c "$IN stat -c '%a %U' /var/lib/visutility | grep -qx '750 visutility'"
-check "main process runs as visutility" \
-    sh -c "$IN ps -o user= -p \$($IN systemctl show -p MainPID --value visutility.service) | grep -qx visutility"
-check "the daemon holds systemd's listening socket (socket activation)" \
-    sh -c "$IN ss -xlp | grep /run/visutility-ingest.sock | grep -q '\"visutility\"'"
-check "systemctl reload (check-config, then SIGHUP)" $IN systemctl reload visutility.service
+check "ingest socket is srw-rw---- visutility:visutility" socket_perms
+check "state dir owned by visutility, 0750" state_perms
+check "main process runs as visutility" runs_as_user
+check "the daemon holds systemd's listening socket (socket activation)" holds_socket
+# The CLI as an operator uses it (root: /etc/visutility/config.toml gives the sockets).
+check "visutility push through the activated socket" push_one
+check "visutility status over the control socket" ct visutility status
+check "visutility models --json lists the pushed model" lists_model
+check "systemctl reload (check-config, then SIGHUP)" ct systemctl reload visutility.service
 check "still active after reload" active visutility.service
 echo "waiting 35 s: WatchdogSec=30 must not fire"
 sleep 35
-check "watchdog pinged, no watchdog kill" \
-    sh -c "[ \"\$($IN systemctl show -p NRestarts --value visutility.service)\" = 0 ] && ! $IN journalctl -u visutility.service -o cat | grep -qi 'watchdog timeout'"
-$IN systemctl stop visutility.service
-check "clean stop: exit status 0" sh -c "[ \"\$($IN systemctl show -p ExecMainStatus --value visutility.service)\" = 0 ]"
-check "clean stop: result success" sh -c "[ \"\$($IN systemctl show -p Result --value visutility.service)\" = success ]"
+check "watchdog pinged, no watchdog kill" no_watchdog_kill
+ct systemctl stop visutility.service
+check "clean stop: exit status 0" clean_exit
+check "clean stop: result success" result_success
 check "socket still listening after service stop" active visutility.socket
-$IN python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/visutility-ingest.sock"); s.sendall(b"{\"op\":\"flush\"}\n"); s.settimeout(10); print(s.recv(4096))' || true
+ct python3 -c 'import socket; s = socket.socket(socket.AF_UNIX); s.connect("/run/visutility-ingest.sock"); s.sendall(b"{\"op\":\"flush\"}\n"); s.settimeout(10); print(s.recv(4096))' || true
 sleep 1
 check "a connection starts the service again (socket activation)" active visutility.service
-P1=$(show visutility.service MainPID)
-$IN dpkg -i /pkg.deb >/dev/null
-check "reinstall/upgrade restarts the service" sh -c "[ \"\$($IN systemctl show -p MainPID --value visutility.service)\" != '$P1' ] && [ \"\$($IN systemctl is-active visutility.service)\" = active ]"
-$IN dpkg -r visutility >/dev/null
-check "dpkg -r stops the service" sh -c "! $IN systemctl is-active -q visutility.service"
-check "dpkg -r removes the socket" sh -c "! $IN test -e /run/visutility-ingest.sock"
-check "dpkg -r keeps state" $IN test -d /var/lib/visutility
-$IN dpkg --purge visutility >/dev/null
-check "dpkg --purge removes state" sh -c "! $IN test -e /var/lib/visutility"
-check "dpkg --purge removes config" sh -c "! $IN test -e /etc/visutility/config.toml"
+P1=$(prop visutility.service MainPID)
+ct dpkg -i /pkg.deb >/dev/null
+check "reinstall/upgrade restarts the service" restarted
+ct dpkg -r visutility >/dev/null
+check "dpkg -r stops the service" stopped
+check "dpkg -r removes the socket" absent /run/visutility-ingest.sock
+check "dpkg -r keeps state" ct test -d /var/lib/visutility
+ct dpkg --purge visutility >/dev/null
+check "dpkg --purge removes state" absent /var/lib/visutility
+check "dpkg --purge removes config" absent /etc/visutility/config.toml
+check "no ERROR in the daemon's log" no_errors
 
+echo "--- warnings in the daemon's log (information)"
+ct journalctl -u visutility.service -o cat | grep -E "WARN" | sort | uniq -c | head -20 || true
 if [ "$FAILS" -ne 0 ]; then
     echo "--- journal of visutility.service"
-    $IN journalctl -u visutility.service -u visutility.socket --no-pager -n 80 || true
+    ct journalctl -u visutility.service -u visutility.socket --no-pager -n 80 || true
 fi
 echo "boot-test: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ]

@@ -24,6 +24,7 @@
 
 pub mod hook;
 pub mod messages;
+pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -64,6 +65,7 @@ pub struct RunnerStatus {
     pub queued: usize,
     pub paused: Vec<String>,
     pub jobs_by_outcome: HashMap<&'static str, u64>,
+    pub hook_durations: stats::DurationHistogram,
 }
 
 pub struct CommandActor {
@@ -76,6 +78,8 @@ pub struct CommandActor {
     queue: VecDeque<(Job, f64)>,
     runners: HashMap<String, RunnerRecord>,
     outcomes: HashMap<&'static str, u64>,
+    /// How long finished hook runs took, for `metrics`.
+    hook_durations: stats::DurationHistogram,
     /// Hook process groups from before a restart that outlived the daemon: the model's next
     /// job waits until its group is gone.
     lingering: Vec<Lingering>,
@@ -111,6 +115,7 @@ impl CommandActor {
             queue: VecDeque::new(),
             runners: HashMap::new(),
             outcomes: HashMap::new(),
+            hook_durations: stats::DurationHistogram::default(),
             lingering: Vec::new(),
             wake_at: None,
         }
@@ -546,6 +551,7 @@ impl CommandActor {
         };
         let mut job = self.running.remove(&key).expect("found above");
         let o = msg.outcome;
+        self.hook_durations.record(&o);
         job.stdout_tail = o.stdout_tail.clone();
         job.stderr_tail = o.stderr_tail.clone();
         job.pgid = None;
@@ -860,6 +866,7 @@ impl Handler<GetStatus> for CommandActor {
             queued: self.queue.len(),
             paused,
             jobs_by_outcome: self.outcomes.clone(),
+            hook_durations: self.hook_durations.clone(),
         })
     }
 }

@@ -1,129 +1,550 @@
-//! The daemon's own metrics in the Prometheus text exposition format.
+//! The daemon's own metrics in the Prometheus text exposition format (version 0.0.4).
+//!
+//! Two steps, so the format can be tested without a daemon: [`snapshot`] gathers the numbers
+//! from the running actors into a [`Snapshot`], and [`render`] turns a snapshot into text, a
+//! pure function. Every family has `# HELP` and `# TYPE`; counters end in `_total`; times are
+//! seconds and sizes bytes. The same text goes to `visutility metrics` and, when
+//! `[metrics] textfile` is set, to a file for node_exporter's textfile collector, written by
+//! [`write_textfile`] so that a scrape never sees half a file.
 
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::Path;
 use std::sync::atomic::Ordering;
 
 use super::ControlCtx;
 use crate::command::GetStatus;
+use crate::command::stats::DurationHistogram;
 use crate::protocol::ErrorCode;
 
-pub async fn render(ctx: &ControlCtx) -> String {
-    let mut s = String::new();
+/// Job outcomes that always have a series (zero until one happens), so alerts on them work
+/// from the first scrape.
+const OUTCOMES: [&str; 5] = [
+    "succeeded",
+    "failed",
+    "interrupted",
+    "superseded",
+    "skipped",
+];
+
+/// Everything the exposition shows, gathered at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub version: String,
+    pub uptime_s: f64,
+    pub events_accepted: u64,
+    /// Rejected lines by error code, every code listed.
+    pub rejected: Vec<(&'static str, u64)>,
+    pub connections_open: u64,
+    pub connections_total: u64,
+    /// Ingest connections closed at once, by reason (`too_many_connections`,
+    /// `permission_denied`).
+    pub connections_refused: Vec<(&'static str, u64)>,
+    pub control_refused: u64,
+    pub store_bytes: u64,
+    pub models: Vec<ModelMetrics>,
+    /// Jobs that reached an end state since start, by outcome.
+    pub jobs: Vec<(String, u64)>,
+    pub jobs_running: u64,
+    pub jobs_queued: u64,
+    pub hook_durations: DurationHistogram,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelMetrics {
+    pub model_id: String,
+    pub events: u64,
+    pub last_seen: f64,
+    pub drift_score: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub paused: bool,
+    /// `(policy, action, count)` since start.
+    pub decisions: Vec<(String, String, u64)>,
+}
+
+/// Gathers a snapshot from the running daemon.
+pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
     let stats = &ctx.stats;
-    let mut metric = |name: &str, kind: &str, help: &str, lines: Vec<(String, f64)>| {
-        let _ = writeln!(s, "# HELP {name} {help}");
-        let _ = writeln!(s, "# TYPE {name} {kind}");
-        for (labels, v) in lines {
-            let _ = writeln!(s, "{name}{labels} {v}");
+    let runner = ctx.commander.send(GetStatus).await.unwrap_or_default();
+    let models = super::model_views(ctx)
+        .await
+        .into_iter()
+        .map(|v| ModelMetrics {
+            paused: runner.paused.contains(&v.model_id),
+            events: v.events,
+            last_seen: v.last_seen,
+            drift_score: v.recent_drift.last().copied().map(decimal),
+            accuracy: v.recent_accuracy.last().copied().map(decimal),
+            decisions: v
+                .decision_counts
+                .iter()
+                .map(|c| (c.policy.clone(), c.action.to_owned(), c.count))
+                .collect(),
+            model_id: v.model_id,
+        })
+        .collect();
+    let mut jobs: Vec<(String, u64)> = OUTCOMES
+        .iter()
+        .map(|o| {
+            (
+                (*o).to_owned(),
+                runner.jobs_by_outcome.get(o).copied().unwrap_or(0),
+            )
+        })
+        .collect();
+    for (k, v) in &runner.jobs_by_outcome {
+        if !OUTCOMES.contains(k) {
+            jobs.push(((*k).to_owned(), *v));
         }
-    };
-    metric(
-        "visutility_events_accepted_total",
-        "counter",
-        "Events accepted on the ingest socket.",
-        vec![(String::new(), stats.accepted.load(Ordering::Relaxed) as f64)],
-    );
-    metric(
-        "visutility_lines_rejected_total",
-        "counter",
-        "Lines rejected on the ingest socket, by reason.",
-        ErrorCode::ALL
+    }
+    Snapshot {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: ctx.started.elapsed().as_secs_f64(),
+        events_accepted: stats.accepted.load(Ordering::Relaxed),
+        rejected: ErrorCode::ALL
             .iter()
+            .filter(|c| !matches!(c, ErrorCode::TooManyConnections))
             .map(|c| {
                 (
-                    format!("{{reason=\"{}\"}}", c.as_str()),
+                    c.as_str(),
                     stats
                         .rejected_by_code
                         .get(*c as usize)
-                        .map(|a| a.load(Ordering::Relaxed))
-                        .unwrap_or(0) as f64,
+                        .map_or(0, |a| a.load(Ordering::Relaxed)),
                 )
             })
             .collect(),
-    );
-    metric(
-        "visutility_connections",
+        connections_open: stats.connections.load(Ordering::Relaxed),
+        connections_total: stats.connections_total.load(Ordering::Relaxed),
+        connections_refused: vec![
+            (
+                "too_many_connections",
+                stats.connections_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "permission_denied",
+                stats.connections_denied.load(Ordering::Relaxed),
+            ),
+        ],
+        control_refused: ctx.refused.load(Ordering::Relaxed),
+        store_bytes: ctx.store.size_on_disk(),
+        models,
+        jobs,
+        jobs_running: runner.running as u64,
+        jobs_queued: runner.queued as u64,
+        hook_durations: runner.hook_durations,
+    }
+}
+
+/// A value kept as `f32` as the decimal it was sent as (0.9, not 0.8999999761581421).
+fn decimal(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
+/// The exposition text of `s`.
+pub fn render(s: &Snapshot) -> String {
+    let mut out = Exposition::default();
+    out.family(
+        "visutility_build_info",
         "gauge",
-        "Open ingest connections.",
-        vec![(
-            String::new(),
-            stats.connections.load(Ordering::Relaxed) as f64,
-        )],
+        "Always 1; the version is a label.",
     );
-    metric(
+    out.sample("visutility_build_info", &[("version", &s.version)], 1.0);
+    out.family(
+        "visutility_uptime_seconds",
+        "gauge",
+        "Seconds since the daemon started.",
+    );
+    out.sample("visutility_uptime_seconds", &[], s.uptime_s);
+
+    out.family(
+        "visutility_events_accepted_total",
+        "counter",
+        "Events accepted on the ingest socket.",
+    );
+    out.sample(
+        "visutility_events_accepted_total",
+        &[],
+        s.events_accepted as f64,
+    );
+    out.family(
+        "visutility_lines_rejected_total",
+        "counter",
+        "Lines rejected on the ingest socket, by reason (the error code of the reply).",
+    );
+    for (reason, n) in &s.rejected {
+        out.sample(
+            "visutility_lines_rejected_total",
+            &[("reason", reason)],
+            *n as f64,
+        );
+    }
+    out.family(
+        "visutility_ingest_connections",
+        "gauge",
+        "Ingest connections open now.",
+    );
+    out.sample(
+        "visutility_ingest_connections",
+        &[],
+        s.connections_open as f64,
+    );
+    out.family(
+        "visutility_ingest_connections_total",
+        "counter",
+        "Ingest connections served since start.",
+    );
+    out.sample(
+        "visutility_ingest_connections_total",
+        &[],
+        s.connections_total as f64,
+    );
+    out.family(
+        "visutility_ingest_connections_refused_total",
+        "counter",
+        "Ingest connections closed at once, by reason.",
+    );
+    for (reason, n) in &s.connections_refused {
+        out.sample(
+            "visutility_ingest_connections_refused_total",
+            &[("reason", reason)],
+            *n as f64,
+        );
+    }
+    out.family(
+        "visutility_control_refused_total",
+        "counter",
+        "Control socket connections refused because the peer is not allowed.",
+    );
+    out.sample(
+        "visutility_control_refused_total",
+        &[],
+        s.control_refused as f64,
+    );
+    out.family(
         "visutility_store_size_bytes",
         "gauge",
         "Size of the state store on disk.",
-        vec![(String::new(), ctx.store.size_on_disk() as f64)],
     );
-    let views = super::model_views(ctx).await;
-    metric(
+    out.sample("visutility_store_size_bytes", &[], s.store_bytes as f64);
+
+    out.family("visutility_models", "gauge", "Models known to the daemon.");
+    out.sample("visutility_models", &[], s.models.len() as f64);
+    out.family(
         "visutility_model_events_total",
         "counter",
-        "Events applied per model.",
-        views
-            .iter()
-            .map(|v| (format!("{{model_id=\"{}\"}}", v.model_id), v.events as f64))
-            .collect(),
+        "Events applied and persisted per model since it was first seen.",
     );
-    metric(
-        "visutility_model_drift_score",
-        "gauge",
-        "Last drift score per model.",
-        views
-            .iter()
-            .filter_map(|v| {
-                v.recent_drift
-                    .last()
-                    .map(|d| (format!("{{model_id=\"{}\"}}", v.model_id), *d as f64))
-            })
-            .collect(),
-    );
-    metric(
-        "visutility_model_accuracy",
-        "gauge",
-        "Last accuracy per model.",
-        views
-            .iter()
-            .filter_map(|v| {
-                v.recent_accuracy
-                    .last()
-                    .map(|d| (format!("{{model_id=\"{}\"}}", v.model_id), *d as f64))
-            })
-            .collect(),
-    );
-    metric(
-        "visutility_decisions_total",
-        "counter",
-        "Decisions per model.",
-        views
-            .iter()
-            .map(|v| {
-                (
-                    format!("{{model_id=\"{}\"}}", v.model_id),
-                    v.decisions as f64,
-                )
-            })
-            .collect(),
-    );
-    if let Ok(runner) = ctx.commander.send(GetStatus).await {
-        let mut outcomes: Vec<_> = runner.jobs_by_outcome.iter().collect();
-        outcomes.sort();
-        metric(
-            "visutility_jobs_total",
-            "counter",
-            "Jobs ended since start, by outcome.",
-            outcomes
-                .into_iter()
-                .map(|(k, v)| (format!("{{outcome=\"{k}\"}}"), *v as f64))
-                .collect(),
-        );
-        metric(
-            "visutility_jobs_running",
-            "gauge",
-            "Hooks running now.",
-            vec![(String::new(), runner.running as f64)],
+    for m in &s.models {
+        out.sample(
+            "visutility_model_events_total",
+            &[("model_id", &m.model_id)],
+            m.events as f64,
         );
     }
-    s
+    out.family(
+        "visutility_model_last_seen_timestamp_seconds",
+        "gauge",
+        "Timestamp of each model's latest event (Unix seconds).",
+    );
+    for m in &s.models {
+        out.sample(
+            "visutility_model_last_seen_timestamp_seconds",
+            &[("model_id", &m.model_id)],
+            m.last_seen,
+        );
+    }
+    out.family(
+        "visutility_model_drift_score",
+        "gauge",
+        "Latest drift_score reported per model.",
+    );
+    for m in &s.models {
+        if let Some(d) = m.drift_score {
+            out.sample(
+                "visutility_model_drift_score",
+                &[("model_id", &m.model_id)],
+                d,
+            );
+        }
+    }
+    out.family(
+        "visutility_model_accuracy",
+        "gauge",
+        "Latest accuracy reported per model.",
+    );
+    for m in &s.models {
+        if let Some(a) = m.accuracy {
+            out.sample("visutility_model_accuracy", &[("model_id", &m.model_id)], a);
+        }
+    }
+    out.family(
+        "visutility_model_paused",
+        "gauge",
+        "1 while a model is paused (decisions recorded, no hooks run).",
+    );
+    for m in &s.models {
+        out.sample(
+            "visutility_model_paused",
+            &[("model_id", &m.model_id)],
+            if m.paused { 1.0 } else { 0.0 },
+        );
+    }
+    out.family(
+        "visutility_decisions_total",
+        "counter",
+        "Policy decisions since start, by model, policy and action.",
+    );
+    for m in &s.models {
+        for (policy, action, n) in &m.decisions {
+            out.sample(
+                "visutility_decisions_total",
+                &[
+                    ("model_id", &m.model_id),
+                    ("policy", policy),
+                    ("action", action),
+                ],
+                *n as f64,
+            );
+        }
+    }
+
+    out.family(
+        "visutility_jobs_total",
+        "counter",
+        "Jobs that reached an end state since start, by outcome.",
+    );
+    for (outcome, n) in &s.jobs {
+        out.sample("visutility_jobs_total", &[("outcome", outcome)], *n as f64);
+    }
+    out.family("visutility_jobs_running", "gauge", "Hooks running now.");
+    out.sample("visutility_jobs_running", &[], s.jobs_running as f64);
+    out.family(
+        "visutility_jobs_queued",
+        "gauge",
+        "Jobs waiting for a slot or for their retry backoff.",
+    );
+    out.sample("visutility_jobs_queued", &[], s.jobs_queued as f64);
+
+    let h = &s.hook_durations;
+    out.family(
+        "visutility_hook_duration_seconds",
+        "histogram",
+        "How long hook runs took, from start to exit, timeout or kill.",
+    );
+    for (le, n) in h.cumulative() {
+        let le = if le.is_infinite() {
+            "+Inf".to_owned()
+        } else {
+            number(le)
+        };
+        out.sample(
+            "visutility_hook_duration_seconds_bucket",
+            &[("le", &le)],
+            n as f64,
+        );
+    }
+    out.sample("visutility_hook_duration_seconds_sum", &[], h.sum_s);
+    out.sample(
+        "visutility_hook_duration_seconds_count",
+        &[],
+        h.count() as f64,
+    );
+    out.text
+}
+
+/// Writes `text` to `path` so that a reader sees the old file or the new one, never a mix:
+/// a temporary file in the same directory (so the rename stays on one filesystem), fsync,
+/// rename over the target, fsync the directory. The temporary name does not end in `.prom`,
+/// so node_exporter never reads it.
+pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("the textfile path names no file"))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(".tmp.{}", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        // Whatever the umask (systemd units often set 0077), node_exporter must read it.
+        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        drop(f);
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The exposition being written.
+#[derive(Default)]
+struct Exposition {
+    text: String,
+}
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.text, "# HELP {name} {}", escape_help(help));
+        let _ = writeln!(self.text, "# TYPE {name} {kind}");
+    }
+
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let _ = write!(self.text, "{k}=\"{}\"", escape_label(v));
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {}", number(value));
+    }
+}
+
+/// A sample value as the format spells it (`NaN`, `+Inf`, `-Inf`, or a Go-style float).
+fn number(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".into()
+    } else if v.is_infinite() {
+        if v > 0.0 {
+            "+Inf".into()
+        } else {
+            "-Inf".into()
+        }
+    } else {
+        format!("{v}")
+    }
+}
+
+/// Label values escape backslash, double quote and newline.
+fn escape_label(v: &str) -> String {
+    v.replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
+}
+
+/// Help text escapes backslash and newline.
+fn escape_help(v: &str) -> String {
+    v.replace('\\', r"\\").replace('\n', r"\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_snapshot() -> Snapshot {
+        let mut hook_durations = DurationHistogram::default();
+        for s in [0.5, 2.0, 45.0, 10_000.0] {
+            hook_durations.observe(s);
+        }
+        Snapshot {
+            version: "9.9.9".into(),
+            uptime_s: 12.5,
+            events_accepted: 42,
+            rejected: vec![("bad_json", 3), ("bad_field", 0)],
+            connections_open: 1,
+            connections_total: 7,
+            connections_refused: vec![("too_many_connections", 0), ("permission_denied", 2)],
+            control_refused: 1,
+            store_bytes: 4096,
+            models: vec![ModelMetrics {
+                model_id: "fraud-v3".into(),
+                events: 40,
+                last_seen: 1_764_172_800.25,
+                drift_score: Some(0.125),
+                accuracy: None,
+                paused: true,
+                decisions: vec![("odd \"name\"\\".into(), "full".into(), 2)],
+            }],
+            jobs: vec![("succeeded".into(), 1), ("failed".into(), 0)],
+            jobs_running: 0,
+            jobs_queued: 1,
+            hook_durations,
+        }
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_and_counters_end_in_total() {
+        let text = render(&sample_snapshot());
+        let mut families = Vec::new();
+        for l in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+            let mut parts = l.split(' ').skip(2);
+            let (name, kind) = (parts.next().unwrap(), parts.next().unwrap());
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+            if kind == "counter" {
+                assert!(name.ends_with("_total"), "counter {name}");
+            }
+            families.push(name.to_owned());
+        }
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = l.split(['{', ' ']).next().unwrap();
+            assert!(
+                families.iter().any(|f| name == f
+                    || ["_bucket", "_sum", "_count"]
+                        .iter()
+                        .any(|s| name.strip_suffix(s) == Some(f))),
+                "sample {l:?} outside a declared family"
+            );
+        }
+    }
+
+    #[test]
+    fn renders_labels_escaped_and_histogram_cumulative() {
+        let text = render(&sample_snapshot());
+        assert!(
+            text.contains("visutility_build_info{version=\"9.9.9\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("visutility_lines_rejected_total{reason=\"bad_json\"} 3\n"));
+        assert!(text.contains("visutility_model_drift_score{model_id=\"fraud-v3\"} 0.125\n"));
+        assert!(
+            !text.contains("visutility_model_accuracy{"),
+            "no accuracy sample without a reported accuracy"
+        );
+        assert!(text.contains(
+            r#"visutility_decisions_total{model_id="fraud-v3",policy="odd \"name\"\\",action="full"} 2"#
+        ));
+        assert!(text.contains("visutility_model_paused{model_id=\"fraud-v3\"} 1\n"));
+        assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"1\"} 1\n"));
+        assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"60\"} 3\n"));
+        assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"7200\"} 3\n"));
+        assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
+        assert!(text.contains("visutility_hook_duration_seconds_count 4\n"));
+        assert!(text.contains("visutility_hook_duration_seconds_sum 10047.5\n"));
+    }
+
+    #[test]
+    fn textfile_is_replaced_whole_and_leaves_no_temporary() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("visutility.prom");
+        write_textfile(&path, "a 1\n").unwrap();
+        write_textfile(&path, "a 2\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "a 2\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["visutility.prom"]);
+    }
 }

@@ -9,14 +9,15 @@
 //! ```
 //!
 //! Every connection's peer credentials (SO_PEERCRED) are checked first: root, the daemon's
-//! own uid, and the uids or gids listed in `daemon.control_allow` are served; anyone else is
-//! refused and the attempt is logged.
+//! own uid, the uids or gids listed in `daemon.control_allow` and members of
+//! `daemon.control_group` are served; anyone else is refused and the attempt is logged.
 
 pub mod metrics;
+pub mod peer;
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -91,9 +92,19 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Co
     let (rd, mut wr) = stream.into_split();
     let mut line = serde_json::to_vec(req)?;
     line.push(b'\n');
-    wr.write_all(&line).await?;
+    // A refusal is written before the request is read, and the connection closed: the write
+    // may then fail, but the reply saying why is there to read.
+    let sent = wr.write_all(&line).await;
     let mut reply = String::new();
-    BufReader::new(rd).read_line(&mut reply).await?;
+    let read = BufReader::new(rd).read_line(&mut reply).await;
+    if reply.trim().is_empty() {
+        sent?;
+        read?;
+        return Err(ControlError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the daemon closed the connection without a reply",
+        )));
+    }
     let v: serde_json::Value = serde_json::from_str(&reply)?;
     if v.get("ok").and_then(|o| o.as_bool()) == Some(true) {
         Ok(v.get("data").cloned().unwrap_or(serde_json::Value::Null))
@@ -146,7 +157,10 @@ pub struct ControlCtx {
     pub stats: Arc<IngestStats>,
     pub rate: Arc<Rate>,
     pub started: Instant,
+    /// `daemon.control_allow` plus the gid of `daemon.control_group`.
     pub allow: Arc<Vec<u32>>,
+    /// Refused connections, for `metrics`.
+    pub refused: Arc<AtomicU64>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -174,24 +188,25 @@ pub async fn serve(socket: SocketFile, ctx: ControlCtx) {
     }
 }
 
-/// The peer's uid and gid.
-fn peer_cred(stream: &UnixStream) -> std::io::Result<(u32, u32)> {
-    let cred = stream.peer_cred()?;
-    Ok((cred.uid(), cred.gid()))
-}
-
 async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError> {
-    let (uid, gid) = peer_cred(&stream)?;
-    // SAFETY: geteuid cannot fail.
-    let me = unsafe { libc::geteuid() };
-    let allowed = uid == 0 || uid == me || ctx.allow.contains(&uid) || ctx.allow.contains(&gid);
+    let peer = peer::Peer::of(&stream)?;
     let (rd, mut wr) = stream.into_split();
-    if !allowed {
-        tracing::warn!(uid, gid, "control request refused: peer not allowed");
-        wr.write_all(
-            b"{\"ok\":false,\"error\":\"permission denied: not allowed on the control socket\"}\n",
-        )
-        .await?;
+    if !peer.allowed(&ctx.allow) {
+        ctx.refused.fetch_add(1, Ordering::Relaxed);
+        tracing::warn!(
+            uid = peer.uid,
+            gid = peer.gid,
+            "control request refused: peer not allowed"
+        );
+        let reply = serde_json::json!({
+            "ok": false,
+            "error": format!(
+                "permission denied: uid {} is not allowed on the control socket \
+                 (see daemon.control_allow and daemon.control_group)",
+                peer.uid
+            ),
+        });
+        wr.write_all(format!("{reply}\n").as_bytes()).await?;
         return Ok(());
     }
     let mut line = String::new();
@@ -320,7 +335,9 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
         }
         Request::Pause { model } => set_paused(ctx, model, true).await?,
         Request::Resume { model } => set_paused(ctx, model, false).await?,
-        Request::Metrics => serde_json::Value::String(metrics::render(ctx).await),
+        Request::Metrics => {
+            serde_json::Value::String(metrics::render(&metrics::snapshot(ctx).await))
+        }
     };
     Ok(v)
 }

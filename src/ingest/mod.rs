@@ -4,7 +4,9 @@
 //! (a live daemon on the same path is refused instead), the file's mode is 0660, and it is
 //! removed when the listener is dropped, unless systemd passed the socket in (then the file is
 //! systemd's). Connections are bounded by a semaphore; one over the bound gets an error line
-//! and is closed.
+//! and is closed. With `daemon.ingest_allow` set, the peer's credentials are checked first
+//! (see [`crate::control::peer`]): a writer not allowed gets one `permission_denied` error
+//! line and is closed, and the attempt is logged.
 
 pub mod connection;
 
@@ -50,6 +52,8 @@ pub struct IngestStats {
     pub connections: AtomicU64,
     pub connections_total: AtomicU64,
     pub connections_refused: AtomicU64,
+    /// Connections closed because the peer is not in `daemon.ingest_allow`.
+    pub connections_denied: AtomicU64,
     /// Rejections by error code, indexed like `protocol::ErrorCode::ALL`.
     pub rejected_by_code: [AtomicU64; 9],
 }
@@ -119,6 +123,8 @@ pub struct IngestCtx {
     pub stats: Arc<IngestStats>,
     pub settings: watch::Receiver<ConnSettings>,
     pub shutdown: watch::Receiver<bool>,
+    /// `daemon.ingest_allow`: `None` lets anyone who can open the socket file write.
+    pub allow: Option<Arc<Vec<u32>>>,
 }
 
 /// Accepts connections until shutdown; returns when every connection has finished.
@@ -141,6 +147,20 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
                 continue;
             }
         };
+        // A peer that may not write learns nothing else, not even that the daemon is busy.
+        if let Some(allow) = &ctx.allow
+            && let Some(reply) = refusal(&stream, allow)
+        {
+            ctx.stats.connections_denied.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = tokio::time::timeout(
+                    std::time::Duration::from_secs(1),
+                    stream.write_all(&reply),
+                )
+                .await;
+            });
+            continue;
+        }
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             ctx.stats
                 .connections_refused
@@ -173,4 +193,35 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
     }
     drop(socket);
     while tasks.join_next().await.is_some() {}
+}
+
+/// The error line for a peer `daemon.ingest_allow` does not admit (logged here), or `None`.
+fn refusal(stream: &tokio::net::UnixStream, allow: &[u32]) -> Option<Vec<u8>> {
+    let detail = match crate::control::peer::Peer::of(stream) {
+        Ok(peer) if peer.allowed(allow) => return None,
+        Ok(peer) => {
+            tracing::warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                "ingest connection refused: peer not in daemon.ingest_allow"
+            );
+            format!(
+                "uid {} (gid {}) may not write to this socket; see daemon.ingest_allow",
+                peer.uid, peer.gid
+            )
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, "ingest connection refused: cannot read peer credentials");
+            "cannot read the peer's credentials".to_owned()
+        }
+    };
+    let mut line = serde_json::json!({
+        "error": "permission_denied",
+        "line": 0,
+        "detail": detail,
+    })
+    .to_string()
+    .into_bytes();
+    line.push(b'\n');
+    Some(line)
 }

@@ -60,6 +60,16 @@ pub struct ModelView {
     pub policies: Vec<PolicyView>,
     pub recent_drift: Vec<f32>,
     pub recent_accuracy: Vec<f32>,
+    /// Decisions since the daemon started, per policy and action (for `metrics`); empty for
+    /// a model not loaded in this run.
+    pub decision_counts: Vec<DecisionCount>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DecisionCount {
+    pub policy: String,
+    pub action: &'static str,
+    pub count: u64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -110,6 +120,7 @@ impl ModelView {
             policies,
             recent_drift: rec.recent_drift.iter().copied().collect(),
             recent_accuracy: rec.recent_accuracy.iter().copied().collect(),
+            decision_counts: Vec::new(),
         }
     }
 }
@@ -126,6 +137,8 @@ pub struct ModelActor {
     /// A delayed write is already scheduled.
     write_scheduled: bool,
     restarts: u64,
+    /// Per policy and action, since the daemon started: a handful of entries per model.
+    decision_counts: Vec<DecisionCount>,
     /// Bumped at every restart. A connection notes it when it starts sending to this model
     /// and refuses to claim durability at its barrier if it moved: its events may have died
     /// with the failed state.
@@ -157,6 +170,7 @@ impl ModelActor {
             dirty: false,
             write_scheduled: false,
             restarts: 0,
+            decision_counts: Vec::new(),
             epoch: setup.epoch,
             fault_injection: setup.fault_injection,
         };
@@ -201,6 +215,18 @@ impl ModelActor {
                     continue;
                 }
                 self.record.decisions += 1;
+                match self
+                    .decision_counts
+                    .iter_mut()
+                    .find(|c| c.policy == spec.name && c.action == action.as_str())
+                {
+                    Some(c) => c.count += 1,
+                    None => self.decision_counts.push(DecisionCount {
+                        policy: spec.name.clone(),
+                        action: action.as_str(),
+                        count: 1,
+                    }),
+                }
                 self.record.last_decision = Some(DecisionRecord {
                     at: obs.ts,
                     policy: spec.name.clone(),
@@ -263,6 +289,7 @@ impl ModelActor {
     fn view(&self) -> ModelView {
         let mut v = ModelView::from_record(&self.id, &self.record, None);
         v.restarts = self.restarts;
+        v.decision_counts = self.decision_counts.clone();
         if let Some(rule) = &self.rule {
             v.policies = rule
                 .policies
@@ -321,7 +348,8 @@ fn obs_json(model_id: &str, obs: &Obs) -> serde_json::Value {
     serde_json::Value::Object(m)
 }
 
-/// Test seam: `{"meta": {"fault": "panic"}}` panics inside policy code, `"error"` fails.
+/// Test seam: `{"meta": {"fault": "panic"}}` panics inside policy code, `"error"` fails,
+/// `"hang"` blocks the model thread for a while.
 fn inject_fault(obs: &Obs) -> Result<(), ModelError> {
     let Some(meta) = &obs.meta else { return Ok(()) };
     if !meta.contains("fault") {
@@ -334,6 +362,12 @@ fn inject_fault(obs: &Obs) -> Result<(), ModelError> {
     {
         Some("panic") => panic!("injected panic in policy code"),
         Some("error") => Err(ModelError::Injected),
+        Some("hang") => {
+            // A wedged actor: the watchdog heartbeat must stop going through.
+            tracing::warn!("injected hang: blocking the model thread for 4 s");
+            std::thread::sleep(Duration::from_secs(4));
+            Ok(())
+        }
         _ => Ok(()),
     }
 }

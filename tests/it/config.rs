@@ -516,11 +516,12 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = vec![dir.to_path_buf()];
     let mut i = 0;
     while i < out.len() {
-        if out[i].is_dir() && !out[i].is_symlink() {
-            if let Ok(rd) = std::fs::read_dir(&out[i]) {
-                let mut more: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
-                out.append(&mut more);
-            }
+        if out[i].is_dir()
+            && !out[i].is_symlink()
+            && let Ok(rd) = std::fs::read_dir(&out[i])
+        {
+            let mut more: Vec<_> = rd.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+            out.append(&mut more);
         }
         i += 1;
     }

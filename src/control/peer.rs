@@ -1,0 +1,72 @@
+//! Who is on the other end of a Unix socket, and whether they may use it.
+//!
+//! The kernel vouches for the peer's uid and gids (SO_PEERCRED, SO_PEERGROUPS), as they were
+//! when it connected, so the check cannot be forged by the client. Both sockets use the same
+//! rule: root and the daemon's own uid always pass; otherwise the peer's uid, primary gid or
+//! one of its supplementary gids must be listed.
+
+use std::os::fd::AsRawFd;
+
+use tokio::net::UnixStream;
+
+/// The peer's credentials.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    /// Supplementary groups; empty where the kernel cannot tell (before Linux 4.13).
+    pub groups: Vec<u32>,
+}
+
+impl Peer {
+    pub fn of(stream: &UnixStream) -> std::io::Result<Peer> {
+        let cred = stream.peer_cred()?;
+        Ok(Peer {
+            uid: cred.uid(),
+            gid: cred.gid(),
+            groups: peer_groups(stream).unwrap_or_default(),
+        })
+    }
+
+    /// Root, our own uid, or any of the peer's ids in `allow`.
+    pub fn allowed(&self, allow: &[u32]) -> bool {
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let me = unsafe { libc::geteuid() };
+        self.uid == 0
+            || self.uid == me
+            || allow.contains(&self.uid)
+            || allow.contains(&self.gid)
+            || self.groups.iter().any(|g| allow.contains(g))
+    }
+}
+
+/// SO_PEERGROUPS: the peer's supplementary groups at connect time.
+fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<u32>> {
+    let fd = stream.as_raw_fd();
+    let mut groups: Vec<libc::gid_t> = vec![0; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: `groups` is valid for `len` bytes and outlives the call.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return Ok(groups);
+        }
+        let err = std::io::Error::last_os_error();
+        // ERANGE: the kernel wrote the size it needs into `len`.
+        if err.raw_os_error() == Some(libc::ERANGE) && n > groups.len() && n <= 65_536 {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Err(err);
+    }
+}
