@@ -1656,7 +1656,7 @@ impl RawFrame {
 /// Splits a byte stream into lines with a hard length limit enforced while reading.
 ///
 /// Usage, processing every buffered line before awaiting more:
-/// ```ignore
+/// ```text
 /// let mut reader = LineReader::new(stream, 64 * 1024);
 /// let mut line_no = 0u64;
 /// while reader.fill().await? {
