@@ -6,28 +6,6 @@ use serde_json::json;
 use crate::support::*;
 
 /// drift_window of 10 with threshold 0.5 (fires `full`), recording hook.
-fn drift_window_body(hook: &Hook) -> String {
-    let cmd = hook.command_toml(&[]);
-    format!(
-        r#"
-[hooks]
-max_concurrent = 2
-cooldown_s = 0
-retries = 0
-full = {{ command = {cmd}, timeout_s = 60 }}
-fine_tune = {{ command = {cmd}, timeout_s = 60 }}
-
-[[models]]
-match = "*"
-reset_on_retrain = false
-
-[[models.policies]]
-kind = "drift_window"
-window = 10
-threshold = 0.5
-"#
-    )
-}
 
 #[test]
 fn acknowledged_events_survive_sigkill() {

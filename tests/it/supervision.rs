@@ -6,29 +6,6 @@ use serde_json::json;
 
 use crate::support::*;
 
-fn body(hook: &Hook) -> String {
-    let cmd = hook.command_toml(&[]);
-    format!(
-        r#"
-[hooks]
-max_concurrent = 4
-cooldown_s = 0
-retries = 0
-full = {{ command = {cmd}, timeout_s = 60 }}
-fine_tune = {{ command = {cmd}, timeout_s = 60 }}
-
-[[models]]
-match = "*"
-reset_on_retrain = false
-
-[[models.policies]]
-kind = "drift_window"
-window = 10
-threshold = 0.5
-"#
-    )
-}
-
 fn restarts(d: &Daemon, id: &str) -> Option<u64> {
     d.model(id).and_then(|m| m["restarts"].as_u64())
 }
@@ -36,7 +13,7 @@ fn restarts(d: &Daemon, id: &str) -> Option<u64> {
 fn fault_scenario(fault: &str) {
     let b = Daemon::builder().env("VISUTILITY_FAULT_INJECTION", "1");
     let hook = b.recording_hook("hook", 0);
-    let mut d = b.body(body(&hook)).start();
+    let mut d = b.body(drift_window_body(&hook)).start();
 
     // 5 of 10 drift scores for both models, durable
     let mut c = d.connect();
@@ -125,7 +102,7 @@ fn failing_actor_is_restarted_and_keeps_its_window() {
 fn faults_are_ignored_without_fault_injection() {
     let b = Daemon::builder();
     let hook = b.recording_hook("hook", 0);
-    let d = b.body(body(&hook)).start();
+    let d = b.body(drift_window_body(&hook)).start();
     let mut c = d.connect();
     c.send_line(&json!({"model_id": "m1", "meta": {"fault": "panic"}}).to_string());
     c.send_line(&json!({"model_id": "m1", "meta": {"fault": "error"}}).to_string());

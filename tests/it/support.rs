@@ -1248,3 +1248,28 @@ pub fn assert_error(v: &Value, codes: &[&str], line: u64) {
         "error reply without a string detail: {v}"
     );
 }
+
+/// Hooks for both actions recording runs, no cooldown or retries, and one `drift_window` policy
+/// (10 scores, mean above 0.5) for every model: the tenth high score fires.
+pub fn drift_window_body(hook: &Hook) -> String {
+    let cmd = hook.command_toml(&[]);
+    format!(
+        r#"
+[hooks]
+max_concurrent = 4
+cooldown_s = 0
+retries = 0
+full = {{ command = {cmd}, timeout_s = 60 }}
+fine_tune = {{ command = {cmd}, timeout_s = 60 }}
+
+[[models]]
+match = "*"
+reset_on_retrain = false
+
+[[models.policies]]
+kind = "drift_window"
+window = 10
+threshold = 0.5
+"#
+    )
+}

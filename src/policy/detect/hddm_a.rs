@@ -215,13 +215,7 @@ impl HddmA {
 
     /// The signal of the latest update (drift wins over warning).
     fn signal(&self) -> Signal {
-        if self.drift {
-            Signal::Drift
-        } else if self.warning {
-            Signal::Warning
-        } else {
-            Signal::None
-        }
+        Signal::from_flags(self.drift, self.warning)
     }
 
     /// River's `drift_detected` after the latest update.

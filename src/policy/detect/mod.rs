@@ -17,6 +17,19 @@ pub enum Signal {
     Drift,
 }
 
+impl Signal {
+    /// The signal River's two flags amount to: drift wins over a warning set at the same time.
+    pub fn from_flags(drift: bool, warning: bool) -> Signal {
+        if drift {
+            Signal::Drift
+        } else if warning {
+            Signal::Warning
+        } else {
+            Signal::None
+        }
+    }
+}
+
 /// A detector parameter out of range; `key` is the parameter's name (config prefixes the path).
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{key}: {message}")]
