@@ -7,6 +7,7 @@ mod config;
 mod conformance;
 mod detectors;
 mod detectors_binary;
+mod faults;
 mod hooks;
 mod persistence;
 mod protocol;
