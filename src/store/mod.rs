@@ -12,7 +12,8 @@
 //!
 //! Every value is a version byte followed by its bincode 2 payload (standard config, serde), so
 //! a record format can change without a flag day: readers dispatch on the byte. The schema
-//! version covers the layout as a whole; `migrations/` has one file per version, and
+//! version covers the layout as a whole (it is also written as text to `schema_version` beside
+//! the database, read before sled opens anything); `migrations/` has one file per version, and
 //! [`Store::open`] applies pending migrations and refuses a database from a newer version.
 
 pub mod records;
@@ -33,6 +34,11 @@ const RECORD_VERSION: u8 = 1;
 
 const SCHEMA_KEY: &[u8] = b"schema_version";
 
+/// The schema version again, as text in a file beside the database, so that a store from a
+/// newer release is recognised and refused before sled opens it: opening a sled database
+/// writes to it (a fresh snapshot), and a refused store must stay untouched.
+const SCHEMA_FILE: &str = "schema_version";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the state store at {path}")]
@@ -48,6 +54,12 @@ pub enum StoreError {
         path: PathBuf,
         found: u32,
         supported: u32,
+    },
+    #[error("cannot read or write the schema version file {path}")]
+    SchemaFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error("state store i/o failed")]
     Sled(#[from] sled::Error),
@@ -160,6 +172,30 @@ impl Store {
     /// [`SCHEMA_VERSION`]. `flush_every_ms` is the background flush interval.
     pub fn open(dir: &Path, flush_every_ms: u64) -> Result<Store, StoreError> {
         let path = dir.join("db");
+        let marker = dir.join(SCHEMA_FILE);
+        match std::fs::read_to_string(&marker) {
+            Ok(text) => {
+                let found: u32 = text.trim().parse().map_err(|_| StoreError::SchemaFile {
+                    path: marker.clone(),
+                    source: std::io::Error::other(format!("not a version number: {text:?}")),
+                })?;
+                if found > SCHEMA_VERSION {
+                    return Err(StoreError::TooNew {
+                        path,
+                        found,
+                        supported: SCHEMA_VERSION,
+                    });
+                }
+            }
+            // Stores written before the file existed are all schema 1 or older.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(StoreError::SchemaFile {
+                    path: marker,
+                    source,
+                });
+            }
+        }
         let (config, db) = Handles::open_db(&path)?;
         // Read the version before creating any tree, so a newer store is left untouched.
         let meta = db.open_tree("meta")?;
@@ -192,6 +228,7 @@ impl Store {
             }),
         };
         store.migrate(&meta, found)?;
+        write_schema_file(&marker)?;
         spawn_flusher(Arc::downgrade(&store.shared));
         Ok(store)
     }
@@ -216,6 +253,16 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// The schema version recorded in the database (after [`Store::open`], this build's).
+    pub fn schema_version(&self) -> Result<u32, StoreError> {
+        let h = self.handles()?;
+        let meta = self.sled(h.db.open_tree("meta"))?;
+        Ok(match self.sled(meta.get(SCHEMA_KEY))? {
+            Some(v) if v.len() == 4 => u32::from_be_bytes([v[0], v[1], v[2], v[3]]),
+            _ => 0,
+        })
     }
 
     /// Switches the injected write fault on or off (tests and the fault suite).
@@ -512,6 +559,24 @@ fn spawn_flusher(shared: Weak<Shared>) {
     if let Err(error) = spawned {
         tracing::error!(error = %error, "cannot start the state store's flusher thread");
     }
+}
+
+/// Writes [`SCHEMA_FILE`] atomically (temp file, fsync, rename), unless it is current.
+fn write_schema_file(path: &Path) -> Result<(), StoreError> {
+    let text = format!("{SCHEMA_VERSION}\n");
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let err = |source| StoreError::SchemaFile {
+        path: path.to_owned(),
+        source,
+    };
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    std::io::Write::write_all(&mut f, text.as_bytes()).map_err(err)?;
+    f.sync_all().map_err(err)?;
+    std::fs::rename(&tmp, path).map_err(err)?;
+    Ok(())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
