@@ -137,7 +137,6 @@ fn acknowledged_events_survive_a_sigkill_loop() {
         .daemon_keys("flush_interval_ms = 50")
         .start();
     let mut last = [0u64; MODELS.len()];
-    let mut kills_mid_flush = 0;
     for round in 0..ROUNDS {
         let stop = Arc::new(AtomicBool::new(false));
         let go = Arc::new(Barrier::new(CLIENTS + 1));
@@ -153,15 +152,11 @@ fn acknowledged_events_survive_a_sigkill_loop() {
             })
             .collect();
         go.wait();
-        let acked_before = ledger.flushes_ok.load(Ordering::SeqCst);
-        thread::sleep(Duration::from_millis(rng.range(10, 400)));
+        thread::sleep(Duration::from_millis(rng.range(1, 400)));
         d.kill();
         stop.store(true, Ordering::SeqCst);
         for t in threads {
             t.join().expect("a client thread panicked");
-        }
-        if ledger.flushes_ok.load(Ordering::SeqCst) == acked_before {
-            kills_mid_flush += 1;
         }
         d.restart();
 
@@ -189,7 +184,7 @@ fn acknowledged_events_survive_a_sigkill_loop() {
     let sent: u64 = ledger.sent.iter().map(|a| a.load(Ordering::SeqCst)).sum();
     let persisted: u64 = last.iter().sum();
     eprintln!(
-        "crash: {ROUNDS} SIGKILL rounds survived in {:.1} s; {sent} events sent, {acked} acknowledged by {} ok flushes, {persisted} persisted; {} failed flushes; {kills_mid_flush} rounds killed before any flush was acknowledged",
+        "crash: {ROUNDS} SIGKILL rounds survived in {:.1} s; {sent} events sent, {acked} acknowledged by {} ok flushes, {persisted} persisted; {} failed flushes",
         started.elapsed().as_secs_f64(),
         ledger.flushes_ok.load(Ordering::SeqCst),
         ledger.flushes_failed.load(Ordering::SeqCst),
