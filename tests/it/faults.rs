@@ -155,7 +155,9 @@ fn store_failure_story(mut breaker: Breaker, b: DaemonBuilder) {
             "events refused during the fault: {errors:?}"
         );
         if reply["ok"] == json!(true) {
-            if failures > 0 {
+            // The seam fails every write. A full disk may still take a write that fits in a
+            // page sled already owns: that ok is true, and the final count checks it.
+            if failures > 0 && matches!(breaker, Breaker::Seam) {
                 d.fail(format!(
                     "a flush answered ok while the store was failing: {reply}"
                 ));

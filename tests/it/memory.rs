@@ -57,6 +57,7 @@ fn a_10_mib_line_is_refused_in_bounded_memory() {
                 let mut big = format!("{{\"model_id\":\"big-{i}\",\"meta\":\"").into_bytes();
                 big.resize(10 << 20, b'x');
                 big.extend_from_slice(b"\"}\n{\"model_id\":\"after-big\"}\n{\"op\":\"flush\"}\n");
+                s.set_read_timeout(Some(DEADLINE * 6)).unwrap();
                 s.write_all(&big).unwrap();
                 let mut r = BufReader::new(s);
                 let mut replies = Vec::new();
@@ -88,6 +89,8 @@ fn a_million_model_ids_stop_at_max_models_in_bounded_memory() {
     let base = rss_kib(d.pid());
     let s = UnixStream::connect(&d.socket).unwrap();
     let r = s.try_clone().unwrap();
+    r.set_read_timeout(Some(std::time::Duration::from_secs(300)))
+        .unwrap();
     // Read the replies while writing, or both sides block on full buffers.
     let reader = thread::spawn(move || {
         let mut r = BufReader::with_capacity(1 << 16, r);
