@@ -271,6 +271,8 @@ fn control_cmd(
             writeln!(out, "{model}: paused (decisions recorded, no hooks run)")?
         }
         Request::Resume { model } => writeln!(out, "{model}: resumed")?,
+        // Not a CLI command: the fault suite sends it over the socket directly.
+        Request::Fault { .. } => writeln!(out, "{data}")?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -75,6 +75,11 @@ pub enum Request {
         model: String,
     },
     Metrics,
+    /// Test seam, refused unless the daemon runs with `VISUTILITY_FAULT_INJECTION=1`:
+    /// `{"cmd":"fault","store":true}` makes the store fail every write and flush.
+    Fault {
+        store: bool,
+    },
 }
 
 fn default_limit() -> usize {
@@ -252,6 +257,7 @@ pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
 async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, String> {
     let v = match req {
         Request::Status => {
+            let store_error = ctx.store.health();
             let runner = ctx
                 .commander
                 .send(GetStatus)
@@ -270,6 +276,8 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 "jobs_queued": runner.queued,
                 "paused": runner.paused,
                 "store_bytes": ctx.store.size_on_disk(),
+                "store_ok": store_error.is_none(),
+                "store_error": store_error,
                 "state_dir": ctx.store.path().display().to_string(),
             })
         }
@@ -337,6 +345,15 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
         Request::Resume { model } => set_paused(ctx, model, false).await?,
         Request::Metrics => {
             serde_json::Value::String(metrics::render(&metrics::snapshot(ctx).await))
+        }
+        Request::Fault { store } => {
+            if std::env::var_os("VISUTILITY_FAULT_INJECTION").is_none_or(|v| v != "1") {
+                return Err(
+                    "fault injection is disabled (VISUTILITY_FAULT_INJECTION=1 enables it)".into(),
+                );
+            }
+            ctx.store.set_fault(store);
+            serde_json::json!({"store_fault": store})
         }
     };
     Ok(v)

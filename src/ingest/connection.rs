@@ -236,7 +236,10 @@ impl Conn<'_> {
     async fn barrier(&mut self) -> Vec<u8> {
         self.dispatch();
         let mut failure: Option<String> = None;
-        for (id, (addr, epoch, seen)) in self.touched.drain() {
+        // Models whose state may not be durable stay touched, so the next flush on this
+        // connection asks them again instead of answering a false ok.
+        let mut retry = HashMap::new();
+        for (id, (addr, epoch, seen)) in std::mem::take(&mut self.touched) {
             match addr.send(Barrier).await {
                 Ok(Ok(())) if epoch.load(Ordering::SeqCst) != seen => {
                     tracing::error!(model_id = %id, "model actor restarted since this connection's last barrier");
@@ -244,10 +247,13 @@ impl Conn<'_> {
                         format!("model {id}: {}", crate::model::ModelError::Restarted)
                     });
                 }
-                Ok(Ok(())) => {}
+                Ok(Ok(())) => {
+                    retry.insert(id, (addr, epoch, seen));
+                }
                 Ok(Err(e)) => {
                     tracing::error!(model_id = %id, error = %e, "flush barrier failed for a model");
                     failure.get_or_insert_with(|| format!("model {id}: {e}"));
+                    retry.insert(id, (addr, epoch, seen));
                 }
                 Err(e) => {
                     tracing::error!(model_id = %id, error = %e, "model actor unreachable at a flush barrier");
@@ -260,6 +266,11 @@ impl Conn<'_> {
         {
             tracing::error!(error = %e, "state store flush failed");
             failure = Some(format!("state store flush failed: {e}"));
+        }
+        if failure.is_some() {
+            for (id, t) in retry {
+                self.touched.entry(id).or_insert(t);
+            }
         }
         match failure {
             None => protocol::flush_reply(self.accepted, self.rejected),

@@ -1181,10 +1181,11 @@ impl Client {
         let mut errors = Vec::new();
         loop {
             let v = self.read_reply();
-            if v.get("error").is_some() {
-                errors.push(v);
-            } else if v.get("ok").is_some() {
+            // A failed flush is `{"ok":false,"error":...}`: the flush's own reply, not a line's.
+            if v.get("ok").is_some() {
                 return (v, errors);
+            } else if v.get("error").is_some() {
+                errors.push(v);
             } else {
                 self.fail(format!("unexpected reply while waiting for flush: {v}"));
             }
