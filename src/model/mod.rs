@@ -369,7 +369,7 @@ impl Handler<ApplyBatch> for ModelActor {
     type Result = ();
 
     fn handle(&mut self, msg: ApplyBatch, ctx: &mut Context<Self>) {
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&msg.0)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(msg.obs())));
         let error = match result {
             Ok(Ok(())) => {
                 self.dirty = true;
