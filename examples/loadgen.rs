@@ -22,6 +22,11 @@
 //! - `flush`: the round trip of a flush barrier after a small batch, against the daemon and the
 //!   Python baseline.
 //!
+//! `LOADGEN_DAEMON_WRAPPER` runs the daemon under a profiler (`"valgrind --tool=callgrind"`).
+//! `LOADGEN_LOG_LEVEL=info` sets the daemon's log level (default `warn`); each server's log is
+//! kept in its scratch directory (`/tmp/loadgen-*`), removed afterwards unless `LOADGEN_KEEP`
+//! is set.
+//!
 //! Rates are wall-clock events per second, medians of `--runs`; the servers' CPU time per event
 //! (from `/proc/PID/stat`) is reported too, as it depends less on other load.
 //!
@@ -269,7 +274,17 @@ impl Server {
         let mut cmd = match kind {
             Kind::Daemon => {
                 fs::write(&config, daemon_config)?;
-                let mut c = Command::new(&bins.daemon);
+                // A profiler in front of the daemon, e.g. "valgrind --tool=callgrind".
+                let wrapper = std::env::var("LOADGEN_DAEMON_WRAPPER").unwrap_or_default();
+                let mut words = wrapper.split_whitespace();
+                let mut c = match words.next() {
+                    Some(first) => {
+                        let mut c = Command::new(first);
+                        c.args(words).arg(&bins.daemon);
+                        c
+                    }
+                    None => Command::new(&bins.daemon),
+                };
                 c.arg("--config").arg(&config).arg("daemon");
                 c
             }
@@ -342,6 +357,30 @@ impl Server {
         ticks / hz
     }
 
+    /// CPU seconds per thread name (threads of one name summed); exited threads are missing.
+    fn thread_cpu(&self) -> HashMap<String, f64> {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut out = HashMap::new();
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for t in tasks.filter_map(Result::ok) {
+            let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_owned();
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks: f64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+                .sum();
+            *out.entry(name).or_default() += ticks / hz;
+        }
+        out
+    }
+
     /// Resident memory in KiB.
     fn rss_kib(&self) -> u64 {
         fs::read_to_string(format!("/proc/{}/status", self.pid()))
@@ -386,8 +425,8 @@ fn daemon_config(dir: &Path, window: usize, hooks: &str) -> String {
 socket = {socket}
 control_socket = {control}
 state_dir = {state}
-log_level = "warn"
-flush_interval_ms = 200
+log_level = "{log_level}"
+flush_interval_ms = {flush_ms}
 max_models = 100000
 
 [hooks]
@@ -413,6 +452,8 @@ name = "errors"
 kind = "adwin"
 metric = "error"
 "#,
+        flush_ms = std::env::var("LOADGEN_FLUSH_MS").unwrap_or_else(|_| "200".into()),
+        log_level = std::env::var("LOADGEN_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
         socket = p("ingest.sock"),
         control = p("control.sock"),
         state = p("state"),
@@ -488,6 +529,12 @@ fn throughput_load(events: usize, models: usize, conns: usize, seed: u64) -> Vec
 }
 
 const FLUSH: &[u8] = b"{\"op\":\"flush\"}\n";
+
+fn events_in(bufs: &[Vec<u8>]) -> usize {
+    bufs.iter()
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .sum()
+}
 
 /// Reads reply lines until the flush reply; returns it, with every error reply seen before.
 fn read_flush_reply(rd: &mut impl BufRead) -> io::Result<(serde_json::Value, Vec<String>)> {
@@ -575,6 +622,7 @@ fn unix_nanos() -> u128 {
 fn scratch(label: &str) -> io::Result<tempfile::TempDir> {
     tempfile::Builder::new()
         .prefix(&format!("loadgen-{label}-"))
+        .disable_cleanup(std::env::var_os("LOADGEN_KEEP").is_some())
         .tempdir()
 }
 
@@ -634,13 +682,26 @@ fn throughput(bins: &Bins, a: &ThroughputArgs) -> io::Result<()> {
                 } else {
                     &load
                 };
-                let events: usize = bufs
-                    .iter()
-                    .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-                    .sum();
+                let events = events_in(bufs);
                 let cpu0 = server.cpu_seconds();
+                let threads0 = server.thread_cpu();
                 let took = drive(&server.socket, bufs)?;
                 let cpu = server.cpu_seconds() - cpu0;
+                if kind == Kind::Daemon {
+                    let mut split: Vec<(String, f64)> = server
+                        .thread_cpu()
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let d = v - threads0.get(&k).copied().unwrap_or(0.0);
+                            (k, d * 1e6 / events_in(bufs) as f64)
+                        })
+                        .filter(|(_, us)| *us >= 0.005)
+                        .collect();
+                    split.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let split: Vec<String> =
+                        split.iter().map(|(k, us)| format!("{k} {us:.3}")).collect();
+                    eprintln!("  CPU µs/event by thread: {}", split.join(", "));
+                }
                 server.stop()?;
                 let rate = events as f64 / took.as_secs_f64();
                 let cpu_us = cpu * 1e6 / events as f64;
@@ -816,6 +877,9 @@ fn latency_run(
     probe.write_all(FLUSH)?;
     read_flush_reply(&mut probe_rd)?;
     stop.store(true, Ordering::Relaxed);
+    // Beside the hook's stamps, for a closer look at a kept run (LOADGEN_KEEP).
+    let sent: String = sent_at.iter().map(|(m, t)| format!("{m} {t}\n")).collect();
+    fs::write(stamps.with_file_name("sent"), sent)?;
     let bg_sent = bg.join().expect("background thread")?;
     let bg_secs = start.elapsed().as_secs_f64() + 0.5;
     eprintln!(

@@ -16,7 +16,7 @@ pub mod registry;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -33,6 +33,38 @@ pub use messages::*;
 
 /// How many recent values the sparklines keep.
 const RECENT: usize = 32;
+
+/// How long after a model's state is loaded the heap is trimmed (see [`trim_after_loads`]).
+const TRIM_DELAY: Duration = Duration::from_secs(1);
+
+/// A trim is scheduled.
+static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Loading a model's state leaves holes in the heap: sled pages in a whole node to read one
+/// record and drops it later, between the long-lived windows just decoded. glibc keeps such
+/// holes resident, which after a restart under traffic (every model loading at once) came to
+/// a third of the daemon's memory. So a burst of loads is followed, once, by `malloc_trim`,
+/// which hands the free pages back; on its own thread, since it walks the whole heap.
+fn trim_after_loads() {
+    if TRIM_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("visutility-trim".into())
+        .spawn(|| {
+            std::thread::sleep(TRIM_DELAY);
+            // Loads from now on schedule the next trim.
+            TRIM_PENDING.store(false, Ordering::Release);
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        });
+    if spawned.is_err() {
+        TRIM_PENDING.store(false, Ordering::Release);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -161,6 +193,7 @@ impl ModelActor {
             fault_injection: setup.fault_injection,
         };
         actor.reload()?;
+        trim_after_loads();
         Ok(actor)
     }
 
