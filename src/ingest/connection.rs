@@ -2,7 +2,8 @@
 //! model actors, answer errors and flush barriers.
 //!
 //! Batching: decoded events collect in one array until nothing more is readable without
-//! waiting, [`DISPATCH_EVENTS`] are pending, or an op arrives. Then the array is sorted by
+//! waiting, [`DISPATCH_EVENTS`] are pending, the oldest has waited [`DISPATCH_DELAY_S`], or an
+//! op arrives. Then the array is sorted by
 //! model (stably, so each model's events keep their order) and shared: each model gets one
 //! `ApplyBatch` naming its range of it. A dispatch costs one allocation for its events and one
 //! message per model, however many events each model got. Order per model is preserved because
@@ -30,11 +31,14 @@ use crate::protocol::{self, ErrorCode, Frame, Line, LineReader, Op};
 
 use super::IngestCtx;
 
-/// Most events decoded before they are sent, even while the socket has more. Bounds the
-/// delay an event waits for the ones after it (about a millisecond of decoding) and the
-/// memory held per connection; large enough that under load each model gets several events
-/// per message.
-pub const DISPATCH_EVENTS: usize = 4096;
+/// Most events decoded before they are sent, even while the socket has more: bounds the
+/// memory held per connection, and is large enough that under load each of a thousand models
+/// gets several events per message (a message costs about as much as applying four events).
+pub const DISPATCH_EVENTS: usize = 8192;
+
+/// Longest an event waits for the ones read after it before its batch is sent, checked at
+/// each read (so exceeded by at most one read's decoding, a fraction of a millisecond).
+pub const DISPATCH_DELAY_S: f64 = 0.002;
 
 /// What a connection needs from the config; reloads update it through a watch channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -71,7 +75,13 @@ struct Conn<'a> {
     /// Slots touched since the last barrier.
     touched: Vec<u32>,
     replies: Vec<u8>,
+    /// Time of receipt of the current read (Unix seconds).
     now: f64,
+    /// `now` when the oldest event in `pending` was read.
+    first_pending: f64,
+    /// Dispatches and messages sent, for the log line at close (batching at a glance).
+    dispatches: u64,
+    messages: u64,
 }
 
 pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
@@ -91,6 +101,9 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         touched: Vec::new(),
         replies: Vec::new(),
         now: 0.0,
+        first_pending: 0.0,
+        dispatches: 0,
+        messages: 0,
     };
     loop {
         let mut op;
@@ -131,6 +144,13 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         // Everything else readable without waiting, up to an op (its barrier covers exactly
         // the lines before it) or a full dispatch. An error or EOF here is met again by the
         // next wait, which handles it.
+        //
+        // tokio assumes a socket is drained when a read returns less than asked for, and
+        // until the runtime next polls for I/O it reports "not ready" without trying. Under
+        // load the sender has usually written more by then, so a drained-looking socket gets
+        // one yield (the runtime polls for I/O before resuming this task) before the batch
+        // goes: batches then fill to `DISPATCH_EVENTS` instead of ending with each read.
+        let mut yielded = false;
         while op.is_none() {
             if let Some(frame) = reader.try_next_buffered() {
                 op = conn.frame(frame);
@@ -140,8 +160,19 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
                 break;
             }
             match poll_once(reader.fill()) {
-                Some(Ok(true)) => conn.now = crate::command::now(),
-                _ => break,
+                Some(Ok(true)) => {
+                    conn.now = crate::command::now();
+                    yielded = false;
+                    if conn.now - conn.first_pending >= DISPATCH_DELAY_S {
+                        break;
+                    }
+                }
+                Some(_) => break,
+                None if !yielded && !conn.pending.is_empty() => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                }
+                None => break,
             }
         }
         conn.dispatch();
@@ -162,6 +193,8 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         accepted = conn.accepted,
         rejected = conn.rejected,
         lines = conn.line_no,
+        dispatches = conn.dispatches,
+        messages = conn.messages,
         "connection closed"
     );
 }
@@ -234,6 +267,9 @@ impl Conn<'_> {
                     },
                     meta: ev.meta.map(|m| m.get().into()),
                 };
+                if self.pending.is_empty() {
+                    self.first_pending = self.now;
+                }
                 self.pending.push((slot, obs));
                 self.accepted += 1;
                 None
@@ -292,6 +328,8 @@ impl Conn<'_> {
             slot.count += 1;
         }
         let events = Arc::new(sorted);
+        self.dispatches += 1;
+        self.messages += active.len() as u64;
         let mut start = 0;
         for s in active.drain(..) {
             let slot = &mut slots[s as usize];

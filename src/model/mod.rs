@@ -7,8 +7,10 @@
 //! since the last write are lost with the failed state, so the next barrier reports an error
 //! instead of a false "durable".
 //!
-//! Persistence is coalesced: a batch marks the state dirty and schedules one write after
-//! `flush_interval`; a barrier writes at once. Durability (fsync) is the store's flush.
+//! Persistence is coalesced: a batch marks the state dirty and schedules one write, at the
+//! model's own slot within the next `flush_interval` (slots are spread by model id, so a
+//! thousand models that woke together do not all write in the same millisecond and hold up
+//! the events behind them); a barrier writes at once. Durability (fsync) is the store's flush.
 
 pub mod messages;
 pub mod registry;
@@ -157,6 +159,8 @@ pub struct ModelActor {
     dirty: bool,
     /// A delayed write is already scheduled.
     write_scheduled: bool,
+    /// This model's write slot within each flush interval, in nanoseconds.
+    write_phase: u64,
     restarts: u64,
     /// Bumped at every restart. A connection notes it when it starts sending to this model
     /// and refuses to claim durability at its barrier if it moved: its events may have died
@@ -179,6 +183,11 @@ pub struct ModelSetup {
 impl ModelActor {
     /// Builds the actor with its persisted state (or a fresh one).
     pub fn new(setup: ModelSetup) -> Result<ModelActor, StoreError> {
+        let write_phase = {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&*setup.id, &mut h);
+            std::hash::Hasher::finish(&h)
+        };
         let mut actor = ModelActor {
             id: setup.id,
             rule: setup.rule,
@@ -188,6 +197,7 @@ impl ModelActor {
             flush_interval: setup.flush_interval,
             dirty: false,
             write_scheduled: false,
+            write_phase,
             restarts: 0,
             epoch: setup.epoch,
             fault_injection: setup.fault_injection,
@@ -217,6 +227,9 @@ impl ModelActor {
         // At most one decision per action per batch goes to the command actor: a flapping
         // metric must not flood it; every fire is still counted.
         let mut sent = [false; 2];
+        // The batch's last decision, recorded once at its end: a policy over its threshold
+        // fires on every event, and only the last one is ever seen.
+        let mut last = None;
         for obs in batch {
             if self.fault_injection {
                 inject_fault(obs)?;
@@ -234,12 +247,7 @@ impl ModelActor {
                     continue;
                 }
                 self.record.decisions += 1;
-                self.record.last_decision = Some(DecisionRecord {
-                    at: obs.ts,
-                    policy: spec.name.clone(),
-                    action,
-                    reason: fire.reason.clone(),
-                });
+                last = Some((obs.ts, spec, action, fire.reason));
                 let slot = action as usize;
                 if !sent[slot] {
                     sent[slot] = true;
@@ -248,7 +256,7 @@ impl ModelActor {
                         model_id: self.id.clone(),
                         policy: spec.name.clone(),
                         action,
-                        reason: fire.reason,
+                        reason: fire.reason.to_string(),
                         event: obs_json(&self.id, obs),
                         at: obs.ts,
                         manual: false,
@@ -256,6 +264,14 @@ impl ModelActor {
                 }
             }
             self.record.warmup_left = self.record.warmup_left.saturating_sub(1);
+        }
+        if let Some((at, spec, action, reason)) = last {
+            self.record.last_decision = Some(DecisionRecord {
+                at,
+                policy: spec.name.clone(),
+                action,
+                reason: reason.to_string(),
+            });
         }
         Ok(())
     }
@@ -284,7 +300,13 @@ impl ModelActor {
             return;
         }
         self.write_scheduled = true;
-        ctx.run_later(self.flush_interval, |act, ctx| {
+        // The next time this model's slot comes round: within one interval, so dirty state
+        // is never older than `flush_interval` on disk, and an active model still writes
+        // once per interval.
+        let interval = (self.flush_interval.as_nanos() as u64).max(1);
+        let now = clock_epoch().elapsed().as_nanos() as u64;
+        let delay = interval - now.wrapping_add(self.write_phase) % interval;
+        ctx.run_later(Duration::from_nanos(delay), |act, ctx| {
             act.write_scheduled = false;
             if let Err(error) = act.write() {
                 tracing::error!(model_id = %act.id, error = %error, "cannot persist model state; will retry");
@@ -310,6 +332,12 @@ impl ModelActor {
         }
         v
     }
+}
+
+/// A process-wide origin for the write slots.
+fn clock_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 fn push_recent(q: &mut VecDeque<f32>, v: Option<f64>) {
