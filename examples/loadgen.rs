@@ -976,7 +976,9 @@ fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
     let mut ready_ms = Vec::new();
     let mut rss_ready = Vec::new();
     let mut loaded_ms = Vec::new();
+    let mut rss_loading = Vec::new();
     let mut rss_loaded = Vec::new();
+    const IDLE: Duration = Duration::from_secs(3);
     // Touch every model once: its actor starts and reloads its full state.
     let mut touch = Vec::new();
     let mut rng = Rng(12);
@@ -989,20 +991,25 @@ fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
         let rss0 = server.rss_kib();
         drive(&server.socket, std::slice::from_ref(&touch))?;
         let loaded = server.spawned.elapsed();
-        // Let the coalesced writes of the touch settle before reading memory.
-        thread::sleep(Duration::from_millis(300));
+        let rss_busy = server.rss_kib();
+        // Idle models: the coalesced writes of the touch are done, and so is the heap trim
+        // the daemon schedules a second after a burst of loads.
+        thread::sleep(IDLE);
         let rss1 = server.rss_kib();
         server.stop()?;
         eprintln!(
-            "recovery run={run}: ready {:.1} ms (RSS {} KiB), all loaded {:.1} ms (RSS {} KiB)",
+            "recovery run={run}: ready {:.1} ms (RSS {} KiB), all loaded {:.1} ms (RSS {} KiB, {} KiB after {} s idle)",
             ready.as_secs_f64() * 1e3,
             rss0,
             loaded.as_secs_f64() * 1e3,
-            rss1
+            rss_busy,
+            rss1,
+            IDLE.as_secs()
         );
         ready_ms.push(ready.as_secs_f64() * 1e3);
         rss_ready.push(rss0 as f64);
         loaded_ms.push(loaded.as_secs_f64() * 1e3);
+        rss_loading.push(rss_busy as f64);
         rss_loaded.push(rss1 as f64);
     }
     let per_model = (median(&rss_loaded) - median(&rss_ready)) * 1024.0 / a.models as f64;
@@ -1021,11 +1028,16 @@ fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
         median(&loaded_ms)
     );
     println!(
-        "| resident memory with every model loaded | {:.1} MiB |",
+        "| resident memory just after every model loaded | {:.1} MiB |",
+        median(&rss_loading) / 1024.0
+    );
+    println!(
+        "| resident memory with every model loaded, {} s idle | {:.1} MiB |",
+        IDLE.as_secs(),
         median(&rss_loaded) / 1024.0
     );
     println!(
-        "| memory per loaded model | {:.0} B ({:.0} B beyond its {window_bytes} B drift window) |\n",
+        "| memory per idle model | {:.0} B ({:.0} B beyond its {window_bytes} B drift window) |\n",
         per_model,
         per_model - window_bytes as f64
     );

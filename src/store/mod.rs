@@ -86,7 +86,8 @@ pub struct Store {
     models: sled::Tree,
     jobs: sled::Tree,
     runner: sled::Tree,
-    path: PathBuf,
+    /// Shared: every model's actor holds a clone of the store.
+    path: Arc<Path>,
     /// Test seam: while set, writes and flushes fail, as with a full or read-only disk.
     fault: Arc<AtomicBool>,
 }
@@ -127,7 +128,7 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             runner: db.open_tree("runner")?,
             db,
-            path,
+            path: path.into(),
             fault: Arc::new(AtomicBool::new(false)),
         };
         store.migrate(&meta, found)?;
