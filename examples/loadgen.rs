@@ -418,7 +418,7 @@ impl Drop for Server {
 }
 
 /// The benchmark's daemon config: the default policies plus ADWIN on `error`.
-fn daemon_config(dir: &Path, window: usize, hooks: &str) -> String {
+fn daemon_config(dir: &Path, window: usize, hooks: &str, log_level: &str) -> String {
     let p = |name: &str| format!("{:?}", dir.join(name).to_str().expect("utf-8 path"));
     format!(
         r#"[daemon]
@@ -453,7 +453,7 @@ kind = "adwin"
 metric = "error"
 "#,
         flush_ms = std::env::var("LOADGEN_FLUSH_MS").unwrap_or_else(|_| "200".into()),
-        log_level = std::env::var("LOADGEN_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        log_level = std::env::var("LOADGEN_LOG_LEVEL").unwrap_or_else(|_| log_level.into()),
         socket = p("ingest.sock"),
         control = p("control.sock"),
         state = p("state"),
@@ -675,7 +675,7 @@ fn throughput(bins: &Bins, a: &ThroughputArgs) -> io::Result<()> {
             }
             for kind in kinds {
                 let dir = scratch("tp")?;
-                let cfg = daemon_config(dir.path(), 500, "");
+                let cfg = daemon_config(dir.path(), 500, "", "warn");
                 let server = Server::start(bins, kind, dir.path(), &cfg)?;
                 let bufs = if kind == Kind::Python {
                     &py_load
@@ -756,9 +756,8 @@ fn latency(bins: &Bins, a: &LatencyArgs) -> io::Result<()> {
         machine(),
         a.runs
     );
-    let mut p50s = (Vec::new(), Vec::new());
-    let mut p99s = (Vec::new(), Vec::new());
-    let mut maxs = (Vec::new(), Vec::new());
+    // Per stage: (p50, p99, max) of each run.
+    let mut stages: Vec<[Vec<f64>; 3]> = (0..3).map(|_| Default::default()).collect();
     for run in 0..a.runs {
         let dir = scratch("lat")?;
         let stamps = dir.path().join("stamps");
@@ -769,51 +768,120 @@ fn latency(bins: &Bins, a: &LatencyArgs) -> io::Result<()> {
             &format!(
                 "full = {{ command = {hook}, timeout_s = 60 }}\nfine_tune = {{ command = {hook}, timeout_s = 60 }}"
             ),
+            // The model actor's "decision" line (one per probe) times the first stage.
+            "info",
         );
         let server = Server::start(bins, Kind::Daemon, dir.path(), &cfg)?;
-        let (hook_ms, journal_ms) = latency_run(bins, &server, a, &stamps)?;
+        let runs = latency_run(bins, &server, a, &stamps)?;
         server.stop()?;
-        eprintln!(
-            "latency run={run}: hook p50 {:.3} ms p99 {:.3} ms max {:.3} ms; journal started p50 {:.3} ms p99 {:.3} ms",
-            percentile(&hook_ms, 50.0),
-            percentile(&hook_ms, 99.0),
-            percentile(&hook_ms, 100.0),
-            percentile(&journal_ms, 50.0),
-            percentile(&journal_ms, 99.0),
-        );
-        p50s.0.push(percentile(&hook_ms, 50.0));
-        p99s.0.push(percentile(&hook_ms, 99.0));
-        maxs.0.push(percentile(&hook_ms, 100.0));
-        p50s.1.push(percentile(&journal_ms, 50.0));
-        p99s.1.push(percentile(&journal_ms, 99.0));
-        maxs.1.push(percentile(&journal_ms, 100.0));
+        let decided = decision_times(&dir.path().join("Daemon.log"));
+        let decision_ms: Vec<f64> = runs
+            .sent
+            .iter()
+            .filter_map(|(m, sent)| Some((decided.get(m)? - sent) * 1e3))
+            .collect();
+        let mut line = format!("latency run={run}:");
+        for (i, xs) in [&decision_ms, &runs.journal_ms, &runs.hook_ms]
+            .into_iter()
+            .enumerate()
+        {
+            let q = [50.0, 99.0, 100.0].map(|p| percentile(xs, p));
+            for (k, v) in q.iter().enumerate() {
+                stages[i][k].push(*v);
+            }
+            let _ = write!(
+                line,
+                " [{}] n={} p50 {:.3} p99 {:.3} max {:.3} ms;",
+                ["decision", "journal", "hook"][i],
+                xs.len(),
+                q[0],
+                q[1],
+                q[2]
+            );
+        }
+        eprintln!("{line}");
     }
     println!(
         "| from writing the crossing event to | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|"
     );
-    println!(
-        "| the job journal's `started` (just before spawn) | {:.3} | {:.3} | {:.3} |",
-        median(&p50s.1),
-        median(&p99s.1),
-        median(&maxs.1)
-    );
-    println!(
-        "| the hook process running (its first instruction) | {:.3} | {:.3} | {:.3} |\n",
-        median(&p50s.0),
-        median(&p99s.0),
-        median(&maxs.0)
-    );
+    for (i, what) in [
+        "the model's decision (read, decoded, batched, applied; the daemon's log)",
+        "the job's `started` in the journal (the hook runner journaled it; just before spawn)",
+        "the hook process running (its first instruction stamps the time)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "| {what} | {:.3} | {:.3} | {:.3} |",
+            median(&stages[i][0]),
+            median(&stages[i][1]),
+            median(&stages[i][2])
+        );
+    }
+    println!();
     Ok(())
 }
 
-/// One latency run: returns the per-probe latencies to the hook's stamp and to the journal's
-/// `started`, in milliseconds.
+/// Unix seconds of each model's first "decision" line in the daemon's log.
+fn decision_times(log: &Path) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in fs::read_to_string(log).unwrap_or_default().lines() {
+        if !line.contains(" decision ") {
+            continue;
+        }
+        let Some(t) = line.split_whitespace().next().and_then(parse_rfc3339) else {
+            continue;
+        };
+        let Some(m) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("model_id="))
+        else {
+            continue;
+        };
+        out.entry(m.trim_matches('"').to_owned()).or_insert(t);
+    }
+    out
+}
+
+/// `2026-11-26T20:22:58.960558Z` (tracing's UTC timestamps) to Unix seconds.
+fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+/// What one latency run measured.
+struct LatencyRun {
+    /// Each probe model and when its crossing event was written (Unix seconds).
+    sent: HashMap<String, f64>,
+    journal_ms: Vec<f64>,
+    hook_ms: Vec<f64>,
+}
+
+/// One latency run: the probes' send times and their latencies to the journal's `started` and
+/// to the hook's stamp, in milliseconds.
 fn latency_run(
     bins: &Bins,
     server: &Server,
     a: &LatencyArgs,
     stamps: &Path,
-) -> io::Result<(Vec<f64>, Vec<f64>)> {
+) -> io::Result<LatencyRun> {
     // Probe models exist (actors started, state loaded) before they are measured.
     let mut probe = UnixStream::connect(&server.socket)?;
     let mut rng = Rng(7);
@@ -928,13 +996,20 @@ fn latency_run(
             Some((j["started"].as_f64()? - sent) * 1e3)
         })
         .collect();
-    Ok((hook_ms, journal_ms))
+    Ok(LatencyRun {
+        sent: sent_at
+            .into_iter()
+            .map(|(m, t)| (m, t as f64 / 1e9))
+            .collect(),
+        journal_ms,
+        hook_ms,
+    })
 }
 
 fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
     println!("## Recovery\n");
     let dir = scratch("rec")?;
-    let cfg = daemon_config(dir.path(), a.window, "");
+    let cfg = daemon_config(dir.path(), a.window, "", "warn");
     // Seed: every model gets `window` events, so every window is full, over 4 connections.
     let seed_events = a.models * a.window;
     {
@@ -1079,7 +1154,7 @@ fn flush(bins: &Bins, a: &FlushArgs) -> io::Result<()> {
     for run in 0..a.runs {
         for &kind in &kinds {
             let dir = scratch("fl")?;
-            let cfg = daemon_config(dir.path(), 500, "");
+            let cfg = daemon_config(dir.path(), 500, "", "warn");
             let server = Server::start(bins, kind, dir.path(), &cfg)?;
             let mut st = UnixStream::connect(&server.socket)?;
             let mut rd = BufReader::new(st.try_clone()?);

@@ -57,11 +57,16 @@ fn trim_after_loads() {
             std::thread::sleep(TRIM_DELAY);
             // Loads from now on schedule the next trim.
             TRIM_PENDING.store(false, Ordering::Release);
+            let started = std::time::Instant::now();
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
             // SAFETY: malloc_trim has no preconditions; it only releases free memory.
             unsafe {
                 libc::malloc_trim(0);
             }
+            tracing::debug!(
+                took_us = started.elapsed().as_micros() as u64,
+                "heap trimmed"
+            );
         });
     if spawned.is_err() {
         TRIM_PENDING.store(false, Ordering::Release);
