@@ -1,30 +1,44 @@
 //! One ingest connection: read frames, decode lines, group events per model, send batches to
 //! model actors, answer errors and flush barriers.
 //!
-//! Batching: every complete line already in the read buffer is decoded before anything is
-//! sent, and each model gets one `ApplyBatch` per read. Order per model is preserved because
-//! an actor's mailbox is FIFO and batches leave in read order.
+//! Batching: decoded events collect in one array until nothing more is readable without
+//! waiting, [`DISPATCH_EVENTS`] are pending, the oldest has waited [`DISPATCH_DELAY_S`], or an
+//! op arrives. Then the array is sorted by
+//! model (stably, so each model's events keep their order) and shared: each model gets one
+//! `ApplyBatch` naming its range of it. A dispatch costs one allocation for its events and one
+//! message per model, however many events each model got. Order per model is preserved because
+//! an actor's mailbox is FIFO and dispatches leave in read order.
 //!
-//! The flush barrier: pending batches are sent, then every model this connection touched since
-//! its last barrier is asked for a `Barrier` (answered after all earlier batches are applied
-//! and the state is written to the store), then the store is flushed (fsync). Only then is
-//! `{"ok": true, ...}` written.
+//! The flush barrier: pending events are dispatched, then every model this connection touched
+//! since its last barrier is asked for a `Barrier` (all at once; each is answered after all
+//! earlier batches are applied and the state is written to the store), then the store is
+//! flushed (fsync). Only then is `{"ok": true, ...}` written.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use actix::Addr;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use crate::model::registry::{ModelHandle, RegistryError};
-use crate::model::{ApplyBatch, Barrier, ModelActor};
+use crate::model::{ApplyBatch, Barrier};
 use crate::policy::Obs;
 use crate::protocol::{self, ErrorCode, Frame, Line, LineReader, Op};
 
 use super::IngestCtx;
+
+/// Most events decoded before they are sent, even while the socket has more: bounds the
+/// memory held per connection, and is large enough that under load each of a thousand models
+/// gets several events per message (a message costs about as much as applying four events).
+pub const DISPATCH_EVENTS: usize = 8192;
+
+/// Longest an event waits for the ones read after it before its batch is sent, checked at
+/// each read (so exceeded by at most one read's decoding, a fraction of a millisecond).
+pub const DISPATCH_DELAY_S: f64 = 0.002;
 
 /// What a connection needs from the config; reloads update it through a watch channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -33,19 +47,41 @@ pub struct ConnSettings {
     pub idle_timeout: Option<Duration>,
 }
 
+/// A model this connection has sent to.
+struct Slot {
+    handle: ModelHandle,
+    /// The model's restart epoch when this connection first sent to it since its last
+    /// barrier; `None` while untouched since then.
+    touched: Option<u64>,
+    /// Scratch for the dispatch's counting sort: this model's events in `pending`, then the
+    /// start of its range.
+    count: u32,
+}
+
 struct Conn<'a> {
     ctx: &'a IngestCtx,
     line_no: u64,
     accepted: u64,
     rejected: u64,
-    /// Events decoded from the current read, per model, not yet sent.
-    pending: HashMap<Arc<str>, (ModelHandle, Vec<Obs>)>,
-    /// Models that got events since the last barrier, with their restart epoch at the first.
-    touched: HashMap<Arc<str>, (Addr<ModelActor>, Arc<AtomicU64>, u64)>,
-    /// This connection's view of the registry, so the hot path takes no lock.
-    known: HashMap<Box<str>, ModelHandle>,
+    /// Every model this connection has sent to; indices are stable for its life.
+    slots: Vec<Slot>,
+    /// Model id to slot: this connection's view of the registry, so the hot path takes no
+    /// lock and hashes each event's model id once.
+    index: HashMap<Box<str>, u32>,
+    /// Events decoded and not yet sent, with their slot, in arrival order.
+    pending: Vec<(u32, Obs)>,
+    /// Slots with events in `pending`, in first-seen order (dispatch scratch).
+    active: Vec<u32>,
+    /// Slots touched since the last barrier.
+    touched: Vec<u32>,
     replies: Vec<u8>,
+    /// Time of receipt of the current read (Unix seconds).
     now: f64,
+    /// `now` when the oldest event in `pending` was read.
+    first_pending: f64,
+    /// Dispatches and messages sent, for the log line at close (batching at a glance).
+    dispatches: u64,
+    messages: u64,
 }
 
 pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
@@ -58,14 +94,19 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         line_no: 0,
         accepted: 0,
         rejected: 0,
-        pending: HashMap::new(),
-        touched: HashMap::new(),
-        known: HashMap::new(),
+        slots: Vec::new(),
+        index: HashMap::new(),
+        pending: Vec::new(),
+        active: Vec::new(),
+        touched: Vec::new(),
         replies: Vec::new(),
         now: 0.0,
+        first_pending: 0.0,
+        dispatches: 0,
+        messages: 0,
     };
     loop {
-        let mut ops = Vec::new();
+        let mut op;
         {
             let next = async {
                 match settings.idle_timeout {
@@ -98,28 +139,47 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
                 }
             };
             conn.now = crate::command::now();
-            if let Some(op) = conn.frame(frame) {
-                ops.push((op, conn.line_no));
-            }
+            op = conn.frame(frame);
         }
-        // Everything else already buffered, without waiting.
-        while ops.is_empty() {
-            let Some(frame) = reader.try_next_buffered() else {
+        // Everything else readable without waiting, up to an op (its barrier covers exactly
+        // the lines before it) or a full dispatch. An error or EOF here is met again by the
+        // next wait, which handles it.
+        //
+        // tokio assumes a socket is drained when a read returns less than asked for, and
+        // until the runtime next polls for I/O it reports "not ready" without trying. Under
+        // load the sender has usually written more by then, so a drained-looking socket gets
+        // one yield (the runtime polls for I/O before resuming this task) before the batch
+        // goes: batches then fill to `DISPATCH_EVENTS` instead of ending with each read.
+        let mut yielded = false;
+        while op.is_none() {
+            if let Some(frame) = reader.try_next_buffered() {
+                op = conn.frame(frame);
+                continue;
+            }
+            if conn.pending.len() >= DISPATCH_EVENTS {
                 break;
-            };
-            if let Some(op) = conn.frame(frame) {
-                ops.push((op, conn.line_no));
+            }
+            match poll_once(reader.fill()) {
+                Some(Ok(true)) => {
+                    conn.now = crate::command::now();
+                    yielded = false;
+                    if conn.now - conn.first_pending >= DISPATCH_DELAY_S {
+                        break;
+                    }
+                }
+                Some(_) => break,
+                None if !yielded && !conn.pending.is_empty() => {
+                    yielded = true;
+                    tokio::task::yield_now().await;
+                }
+                None => break,
             }
         }
         conn.dispatch();
-        for (op, _line) in ops {
-            match op {
-                Op::Flush => {
-                    let reply = conn.barrier().await;
-                    conn.replies.extend_from_slice(&reply);
-                }
-                Op::Ping => conn.replies.extend_from_slice(b"{\"ok\":true}\n"),
-            }
+        match op {
+            Some(Op::Flush) => conn.barrier().await,
+            Some(Op::Ping) => conn.replies.extend_from_slice(protocol::PING_REPLY),
+            None => {}
         }
         if !conn.replies.is_empty() {
             if wr.write_all(&conn.replies).await.is_err() {
@@ -129,14 +189,25 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         }
     }
     conn.dispatch();
-    let stats = &ctx.stats;
     tracing::debug!(
         accepted = conn.accepted,
         rejected = conn.rejected,
         lines = conn.line_no,
+        dispatches = conn.dispatches,
+        messages = conn.messages,
         "connection closed"
     );
-    let _ = stats;
+}
+
+/// Polls `f` once: its output if it is ready now, without waiting. Only for cancel-safe
+/// futures (the reader's `fill`): a pending one is dropped, and the next real wait registers
+/// the task's waker again.
+fn poll_once<F: Future>(f: F) -> Option<F::Output> {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
 }
 
 impl Conn<'_> {
@@ -158,42 +229,48 @@ impl Conn<'_> {
             Ok(Line::Empty) => None,
             Ok(Line::Op(op)) => Some(op),
             Ok(Line::Event(ev)) => {
+                let slot = match self.index.get(ev.model_id) {
+                    Some(&s) => s,
+                    None => match self.ctx.registry.get_or_create(ev.model_id) {
+                        Ok(handle) => {
+                            let s = self.slots.len() as u32;
+                            self.slots.push(Slot {
+                                handle,
+                                touched: None,
+                                count: 0,
+                            });
+                            self.index.insert(ev.model_id.into(), s);
+                            s
+                        }
+                        Err(e @ RegistryError::TooManyModels(_)) => {
+                            self.reject(ErrorCode::TooManyModels, &e.to_string());
+                            return None;
+                        }
+                        Err(e) => {
+                            tracing::error!(model_id = ev.model_id, error = %e, "cannot start the model's actor");
+                            self.reject(ErrorCode::Internal, &e.to_string());
+                            return None;
+                        }
+                    },
+                };
+                // Custom metrics and meta allocate only when the event has them.
                 let obs = Obs {
                     ts: ev.ts.unwrap_or(self.now),
                     drift_score: ev.drift_score,
                     accuracy: ev.accuracy,
                     error: ev.error,
                     value: ev.value,
-                    metrics: ev
-                        .metrics
-                        .iter()
-                        .map(|(k, v)| (Box::<str>::from(k), v))
-                        .collect(),
-                    meta: ev.meta.map(|m| Box::<str>::from(m.get())),
-                };
-                let model_id = ev.model_id;
-                let handle = match self.known.get(model_id) {
-                    Some(h) => h,
-                    None => match self.ctx.registry.get_or_create(model_id) {
-                        Ok(h) => self.known.entry(model_id.into()).or_insert(h),
-                        Err(e @ RegistryError::TooManyModels(_)) => {
-                            self.reject(ErrorCode::TooManyModels, &e.to_string());
-                            return None;
-                        }
-                        Err(e) => {
-                            tracing::error!(model_id, error = %e, "cannot start the model's actor");
-                            self.reject(ErrorCode::Internal, &e.to_string());
-                            return None;
-                        }
+                    metrics: if ev.metrics.is_empty() {
+                        Vec::new()
+                    } else {
+                        ev.metrics.iter().map(|(k, v)| (k.into(), v)).collect()
                     },
+                    meta: ev.meta.map(|m| m.get().into()),
                 };
-                match self.pending.get_mut(&handle.id) {
-                    Some((_, batch)) => batch.push(obs),
-                    None => {
-                        self.pending
-                            .insert(handle.id.clone(), (handle.clone(), vec![obs]));
-                    }
+                if self.pending.is_empty() {
+                    self.first_pending = self.now;
                 }
+                self.pending.push((slot, obs));
                 self.accepted += 1;
                 None
             }
@@ -211,49 +288,102 @@ impl Conn<'_> {
         if let Some(c) = stats.rejected_by_code.get(code as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
-        self.replies
-            .extend_from_slice(&protocol::error_reply(code, self.line_no, detail));
+        protocol::write_error_reply(&mut self.replies, code, self.line_no, detail);
     }
 
-    /// Sends every pending batch to its model.
+    /// Sends every pending event to its model: one shared array sorted by model, one message
+    /// per model.
     fn dispatch(&mut self) {
-        let mut n = 0;
-        for (id, (h, batch)) in self.pending.drain() {
-            n += batch.len() as u64;
-            self.touched.entry(id).or_insert_with(|| {
-                (
-                    h.addr.clone(),
-                    h.epoch.clone(),
-                    h.epoch.load(Ordering::SeqCst),
-                )
-            });
-            h.addr.do_send(ApplyBatch(batch));
+        let n = self.pending.len();
+        if n == 0 {
+            return;
         }
-        self.ctx.stats.accepted.fetch_add(n, Ordering::Relaxed);
+        let Conn {
+            slots,
+            pending,
+            active,
+            touched,
+            ..
+        } = self;
+        // A stable counting sort by slot.
+        for &(s, _) in pending.iter() {
+            let slot = &mut slots[s as usize];
+            if slot.count == 0 {
+                active.push(s);
+            }
+            slot.count += 1;
+        }
+        let mut at = 0;
+        for &s in active.iter() {
+            let slot = &mut slots[s as usize];
+            let c = slot.count;
+            slot.count = at;
+            at += c;
+        }
+        let mut sorted = Vec::with_capacity(n);
+        sorted.resize_with(n, Obs::default);
+        for (s, obs) in pending.drain(..) {
+            let slot = &mut slots[s as usize];
+            sorted[slot.count as usize] = obs;
+            slot.count += 1;
+        }
+        let events = Arc::new(sorted);
+        self.dispatches += 1;
+        self.messages += active.len() as u64;
+        let mut start = 0;
+        for s in active.drain(..) {
+            let slot = &mut slots[s as usize];
+            // `count` is now the end of this model's range, which starts where the last ended.
+            let end = slot.count as usize;
+            slot.count = 0;
+            if slot.touched.is_none() {
+                slot.touched = Some(slot.handle.epoch.load(Ordering::SeqCst));
+                touched.push(s);
+            }
+            slot.handle.addr.do_send(ApplyBatch {
+                events: events.clone(),
+                range: start..end,
+            });
+            start = end;
+        }
+        self.ctx
+            .stats
+            .accepted
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
-    /// The flush barrier; returns the reply line.
-    async fn barrier(&mut self) -> Vec<u8> {
+    /// The flush barrier; appends the reply line to `replies`.
+    async fn barrier(&mut self) {
         self.dispatch();
+        // Every barrier is in its model's mailbox before the first is awaited, so the models
+        // write their state in parallel with the waiting rather than one round trip each.
+        let requests: Vec<_> = self
+            .touched
+            .drain(..)
+            .map(|s| {
+                let slot = &mut self.slots[s as usize];
+                let seen = slot.touched.take();
+                let h = &slot.handle;
+                (s, h.id.clone(), h.epoch.clone(), seen, h.addr.send(Barrier))
+            })
+            .collect();
         let mut failure: Option<String> = None;
         // Models whose state may not be durable stay touched, so the next flush on this
         // connection asks them again instead of answering a false ok.
-        let mut retry = HashMap::new();
-        for (id, (addr, epoch, seen)) in std::mem::take(&mut self.touched) {
-            match addr.send(Barrier).await {
-                Ok(Ok(())) if epoch.load(Ordering::SeqCst) != seen => {
+        let mut retry = Vec::new();
+        for (s, id, epoch, seen, request) in requests {
+            match request.await {
+                Ok(Ok(())) if Some(epoch.load(Ordering::SeqCst)) != seen => {
                     tracing::error!(model_id = %id, "model actor restarted since this connection's last barrier");
                     failure.get_or_insert_with(|| {
                         format!("model {id}: {}", crate::model::ModelError::Restarted)
                     });
                 }
-                Ok(Ok(())) => {
-                    retry.insert(id, (addr, epoch, seen));
-                }
+                Ok(Ok(())) => retry.push((s, seen)),
                 Ok(Err(e)) => {
                     tracing::error!(model_id = %id, error = %e, "flush barrier failed for a model");
                     failure.get_or_insert_with(|| format!("model {id}: {e}"));
-                    retry.insert(id, (addr, epoch, seen));
+                    retry.push((s, seen));
                 }
                 Err(e) => {
                     tracing::error!(model_id = %id, error = %e, "model actor unreachable at a flush barrier");
@@ -268,13 +398,19 @@ impl Conn<'_> {
             failure = Some(format!("state store flush failed: {e}"));
         }
         if failure.is_some() {
-            for (id, t) in retry {
-                self.touched.entry(id).or_insert(t);
+            for (s, seen) in retry {
+                let slot = &mut self.slots[s as usize];
+                if slot.touched.is_none() {
+                    slot.touched = seen;
+                    self.touched.push(s);
+                }
             }
         }
         match failure {
-            None => protocol::flush_reply(self.accepted, self.rejected),
-            Some(detail) => protocol::flush_error_reply(ErrorCode::Internal, &detail),
+            None => protocol::write_flush_reply(&mut self.replies, self.accepted, self.rejected),
+            Some(detail) => {
+                protocol::write_flush_error_reply(&mut self.replies, ErrorCode::Internal, &detail)
+            }
         }
     }
 }

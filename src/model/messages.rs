@@ -1,5 +1,6 @@
 //! The closed set of messages a [`super::ModelActor`] handles.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use actix::Message;
@@ -9,10 +10,22 @@ use crate::policy::Obs;
 
 use super::{ModelError, ModelView};
 
-/// Events for this model, in arrival order, batched by the connection that read them.
+/// Events for this model, in arrival order: `events[range]`. A connection sends one shared
+/// array per dispatch, sorted by model, and each model its range of it, so a dispatch costs one
+/// allocation however many models it reaches.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct ApplyBatch(pub Vec<Obs>);
+pub struct ApplyBatch {
+    pub events: Arc<Vec<Obs>>,
+    pub range: Range<usize>,
+}
+
+impl ApplyBatch {
+    /// This model's events (empty if the range is out of bounds, which a sender never does).
+    pub fn obs(&self) -> &[Obs] {
+        self.events.get(self.range.clone()).unwrap_or(&[])
+    }
+}
 
 /// Answered once every earlier message has been applied and the state written to the store
 /// (the caller then flushes the store to make it durable).

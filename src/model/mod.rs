@@ -7,8 +7,10 @@
 //! since the last write are lost with the failed state, so the next barrier reports an error
 //! instead of a false "durable".
 //!
-//! Persistence is coalesced: a batch marks the state dirty and schedules one write after
-//! `flush_interval`; a barrier writes at once. Durability (fsync) is the store's flush.
+//! Persistence is coalesced: a batch marks the state dirty and schedules one write, at the
+//! model's own slot within the next `flush_interval` (slots are spread by model id, so a
+//! thousand models that woke together do not all write in the same millisecond and hold up
+//! the events behind them); a barrier writes at once. Durability (fsync) is the store's flush.
 
 pub mod messages;
 pub mod registry;
@@ -16,7 +18,7 @@ pub mod registry;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -33,6 +35,43 @@ pub use messages::*;
 
 /// How many recent values the sparklines keep.
 const RECENT: usize = 32;
+
+/// How long after a model's state is loaded the heap is trimmed (see [`trim_after_loads`]).
+const TRIM_DELAY: Duration = Duration::from_secs(1);
+
+/// A trim is scheduled.
+static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Loading a model's state leaves holes in the heap: sled pages in a whole node to read one
+/// record and drops it later, between the long-lived windows just decoded. glibc keeps such
+/// holes resident, which after a restart under traffic (every model loading at once) came to
+/// a third of the daemon's memory. So a burst of loads is followed, once, by `malloc_trim`,
+/// which hands the free pages back; on its own thread, since it walks the whole heap.
+fn trim_after_loads() {
+    if TRIM_PENDING.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("visutility-trim".into())
+        .spawn(|| {
+            std::thread::sleep(TRIM_DELAY);
+            // Loads from now on schedule the next trim.
+            TRIM_PENDING.store(false, Ordering::Release);
+            let started = std::time::Instant::now();
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim has no preconditions; it only releases free memory.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+            tracing::debug!(
+                took_us = started.elapsed().as_micros() as u64,
+                "heap trimmed"
+            );
+        });
+    if spawned.is_err() {
+        TRIM_PENDING.store(false, Ordering::Release);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -136,6 +175,8 @@ pub struct ModelActor {
     dirty: bool,
     /// A delayed write is already scheduled.
     write_scheduled: bool,
+    /// This model's write slot within each flush interval, in nanoseconds.
+    write_phase: u64,
     restarts: u64,
     /// Per policy and action, since the daemon started: a handful of entries per model.
     decision_counts: Vec<DecisionCount>,
@@ -160,6 +201,11 @@ pub struct ModelSetup {
 impl ModelActor {
     /// Builds the actor with its persisted state (or a fresh one).
     pub fn new(setup: ModelSetup) -> Result<ModelActor, StoreError> {
+        let write_phase = {
+            let mut h = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&*setup.id, &mut h);
+            std::hash::Hasher::finish(&h)
+        };
         let mut actor = ModelActor {
             id: setup.id,
             rule: setup.rule,
@@ -169,12 +215,14 @@ impl ModelActor {
             flush_interval: setup.flush_interval,
             dirty: false,
             write_scheduled: false,
+            write_phase,
             restarts: 0,
             decision_counts: Vec::new(),
             epoch: setup.epoch,
             fault_injection: setup.fault_injection,
         };
         actor.reload()?;
+        trim_after_loads();
         Ok(actor)
     }
 
@@ -198,6 +246,9 @@ impl ModelActor {
         // At most one decision per action per batch goes to the command actor: a flapping
         // metric must not flood it; every fire is still counted.
         let mut sent = [false; 3];
+        // The batch's last decision, recorded once at its end: a policy over its threshold
+        // fires on every event, and only the last one is ever seen.
+        let mut last = None;
         for obs in batch {
             if self.fault_injection {
                 inject_fault(obs)?;
@@ -227,12 +278,7 @@ impl ModelActor {
                         count: 1,
                     }),
                 }
-                self.record.last_decision = Some(DecisionRecord {
-                    at: obs.ts,
-                    policy: spec.name.clone(),
-                    action,
-                    reason: fire.reason.clone(),
-                });
+                last = Some((obs.ts, spec, action, fire.reason));
                 let slot = action as usize;
                 if !sent[slot] {
                     sent[slot] = true;
@@ -241,7 +287,7 @@ impl ModelActor {
                         model_id: self.id.clone(),
                         policy: spec.name.clone(),
                         action,
-                        reason: fire.reason,
+                        reason: fire.reason.to_string(),
                         event: obs_json(&self.id, obs),
                         at: obs.ts,
                         manual: false,
@@ -249,6 +295,14 @@ impl ModelActor {
                 }
             }
             self.record.warmup_left = self.record.warmup_left.saturating_sub(1);
+        }
+        if let Some((at, spec, action, reason)) = last {
+            self.record.last_decision = Some(DecisionRecord {
+                at,
+                policy: spec.name.clone(),
+                action,
+                reason: reason.to_string(),
+            });
         }
         Ok(())
     }
@@ -277,7 +331,13 @@ impl ModelActor {
             return;
         }
         self.write_scheduled = true;
-        ctx.run_later(self.flush_interval, |act, ctx| {
+        // The next time this model's slot comes round: within one interval, so dirty state
+        // is never older than `flush_interval` on disk, and an active model still writes
+        // once per interval.
+        let interval = (self.flush_interval.as_nanos() as u64).max(1);
+        let now = clock_epoch().elapsed().as_nanos() as u64;
+        let delay = interval - now.wrapping_add(self.write_phase) % interval;
+        ctx.run_later(Duration::from_nanos(delay), |act, ctx| {
             act.write_scheduled = false;
             if let Err(error) = act.write() {
                 tracing::error!(model_id = %act.id, error = %error, "cannot persist model state; will retry");
@@ -304,6 +364,12 @@ impl ModelActor {
         }
         v
     }
+}
+
+/// A process-wide origin for the write slots.
+fn clock_epoch() -> std::time::Instant {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(std::time::Instant::now)
 }
 
 fn push_recent(q: &mut VecDeque<f32>, v: Option<f64>) {
@@ -403,7 +469,7 @@ impl Handler<ApplyBatch> for ModelActor {
     type Result = ();
 
     fn handle(&mut self, msg: ApplyBatch, ctx: &mut Context<Self>) {
-        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(&msg.0)));
+        let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(msg.obs())));
         let error = match result {
             Ok(Ok(())) => {
                 self.dirty = true;

@@ -131,11 +131,70 @@ impl PolicyKind {
 
 /// What one observation made a policy conclude, when it concluded anything.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Fire {
+pub struct Fire<'s> {
     /// `Drift` asks for `action`; `Warning` (detectors with a warning zone) only informs.
     pub signal: Signal,
     pub action: Option<Action>,
-    pub reason: String,
+    pub reason: Reason<'s>,
+}
+
+/// Why a policy fired, in words when displayed. Kept as data until then: a policy over its
+/// threshold, or a detector in its warning zone, fires on every event, and most of those
+/// reasons are never read (one decision per batch goes to the hook runner; warnings are logged
+/// at debug level).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reason<'s> {
+    MaxDrift {
+        drift: f64,
+        max: f64,
+    },
+    MinAccuracy {
+        accuracy: f64,
+        min: f64,
+    },
+    WindowMean {
+        window: usize,
+        metric: &'s str,
+        mean: f64,
+        threshold: f64,
+    },
+    Detector {
+        kind: &'static str,
+        signal: Signal,
+        metric: &'s str,
+    },
+}
+
+impl fmt::Display for Reason<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Reason::MaxDrift { drift, max } => write!(f, "drift_score {drift} > max_drift {max}"),
+            Reason::MinAccuracy { accuracy, min } => {
+                write!(f, "accuracy {accuracy} < min_accuracy {min}")
+            }
+            Reason::WindowMean {
+                window,
+                metric,
+                mean,
+                threshold,
+            } => write!(
+                f,
+                "mean of the last {window} {metric} values {mean:.6} > threshold {threshold}"
+            ),
+            Reason::Detector {
+                kind,
+                signal,
+                metric,
+            } => {
+                let what = if signal == Signal::Warning {
+                    "warning"
+                } else {
+                    "drift"
+                };
+                write!(f, "{kind} {what} on {metric}")
+            }
+        }
+    }
 }
 
 /// A policy's persisted state.
@@ -194,7 +253,7 @@ impl PolicyState {
     }
 
     /// Feeds one observation; returns what the policy concluded, if anything.
-    pub fn observe(&mut self, spec: &PolicySpec, obs: &Obs, _now: f64) -> Option<Fire> {
+    pub fn observe<'s>(&mut self, spec: &'s PolicySpec, obs: &Obs, _now: f64) -> Option<Fire<'s>> {
         let fire = match (&mut self.kind, &spec.kind) {
             (
                 StateKind::StaticThreshold,
@@ -213,12 +272,15 @@ impl PolicyState {
                     (Some((d, m)), _) => Some(Fire {
                         signal: Signal::Drift,
                         action: Some(Action::Full),
-                        reason: format!("drift_score {d} > max_drift {m}"),
+                        reason: Reason::MaxDrift { drift: d, max: m },
                     }),
                     (None, Some((a, m))) => Some(Fire {
                         signal: Signal::Drift,
                         action: Some(Action::FineTune),
-                        reason: format!("accuracy {a} < min_accuracy {m}"),
+                        reason: Reason::MinAccuracy {
+                            accuracy: a,
+                            min: m,
+                        },
                     }),
                     (None, None) => None,
                 }
@@ -247,10 +309,12 @@ impl PolicyState {
                 (values.len() >= *window && mean > *threshold).then(|| Fire {
                     signal: Signal::Drift,
                     action: Some(spec.action),
-                    reason: format!(
-                        "mean of the last {window} {} values {mean:.6} > threshold {threshold}",
-                        spec.metric
-                    ),
+                    reason: Reason::WindowMean {
+                        window: *window,
+                        metric: &spec.metric,
+                        mean,
+                        threshold: *threshold,
+                    },
                 })
             }
             (StateKind::Detector(det), PolicyKind::Detector(_)) => {
@@ -266,13 +330,21 @@ impl PolicyState {
                         return Some(Fire {
                             signal: Signal::Warning,
                             action: None,
-                            reason: format!("{} warning on {}", spec.kind.kind_name(), spec.metric),
+                            reason: Reason::Detector {
+                                kind: spec.kind.kind_name(),
+                                signal: Signal::Warning,
+                                metric: &spec.metric,
+                            },
                         });
                     }
                     Signal::Drift => Some(Fire {
                         signal: Signal::Drift,
                         action: Some(spec.action),
-                        reason: format!("{} drift on {}", spec.kind.kind_name(), spec.metric),
+                        reason: Reason::Detector {
+                            kind: spec.kind.kind_name(),
+                            signal: Signal::Drift,
+                            metric: &spec.metric,
+                        },
                     }),
                 }
             }

@@ -1,0 +1,227 @@
+//! Criterion micro-benchmarks of the per-event hot path: the line decoder, every policy kind's
+//! `observe`, and the store's record write and read.
+//!
+//! ```sh
+//! cargo bench --bench micro                  # everything
+//! cargo bench --bench micro -- policy/adwin  # one group or function, by name
+//! ```
+//!
+//! Each policy runs the way a model actor runs it: `PolicyState::observe` with a spec from a
+//! parsed config, over a pre-built stream (N(0.1, 0.05) drift scores for the real-valued ones,
+//! Bernoulli(0.1) errors for the binary detectors), one event per iteration.
+
+use std::hint::black_box;
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use visutility::config::{Config, Env};
+use visutility::policy::{Obs, PolicySpec, PolicyState};
+use visutility::protocol::decode_line;
+use visutility::store::{ModelRecord, Store};
+
+/// SplitMix64, seeded.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        ((self.next_u64() >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    }
+    fn normal(&mut self) -> f64 {
+        let (u, v) = (self.uniform(), self.uniform());
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+/// Every policy kind, with its config defaults, as the daemon would build it.
+fn specs() -> Vec<PolicySpec> {
+    let kinds = [
+        ("static_threshold", "max_drift = 0.3\nmin_accuracy = 0.9"),
+        ("drift_window", "window = 500\nthreshold = 0.3"),
+        ("adwin", "metric = \"drift_score\""),
+        ("page_hinkley", "metric = \"drift_score\""),
+        ("kswin", "metric = \"drift_score\""),
+        ("cusum", "metric = \"drift_score\""),
+        ("ddm", "metric = \"error\""),
+        ("eddm", "metric = \"error\""),
+        ("hddm_a", "metric = \"error\""),
+        ("hddm_w", "metric = \"error\""),
+    ];
+    let mut toml = String::from(
+        "[daemon]\nsocket = \"/tmp/x/in.sock\"\ncontrol_socket = \"/tmp/x/ctl.sock\"\nstate_dir = \"/tmp/x\"\n\n[[models]]\nmatch = \"*\"\n",
+    );
+    for (kind, params) in kinds {
+        toml.push_str(&format!(
+            "\n[[models.policies]]\nkind = \"{kind}\"\n{params}\n"
+        ));
+    }
+    let config = Config::from_toml(&toml, &Env::default()).expect("the benchmark config is valid");
+    config.models[0].policies.clone()
+}
+
+fn stream(n: usize) -> Vec<Obs> {
+    let mut rng = Rng(42);
+    (0..n)
+        .map(|i| Obs {
+            ts: 1_764_172_800.0 + i as f64,
+            drift_score: Some(0.1 + 0.05 * rng.normal()),
+            accuracy: Some(0.95 + 0.02 * rng.normal()),
+            error: Some(rng.uniform() < 0.1),
+            ..Obs::default()
+        })
+        .collect()
+}
+
+fn decoder(c: &mut Criterion) {
+    let lines: [(&str, &[u8]); 4] = [
+        (
+            "event",
+            br#"{"model_id":"model-00042","ts":1764172800.123456,"drift_score":0.1234,"accuracy":0.9512,"error":0}"#,
+        ),
+        (
+            "event_with_metrics_and_meta",
+            br#"{"model_id":"fraud-v3","ts":1764172800.25,"drift_score":0.12,"accuracy":0.93,"error":0,"value":4.2,"metrics":{"latency_ms":12.5,"p99_ms":40.1},"meta":{"host":"edge-7","batch":[1,2,3]}}"#,
+        ),
+        ("flush_op", br#"{"op":"flush"}"#),
+        (
+            "rejected_bad_field",
+            br#"{"model_id":"model-00042","drift":0.1}"#,
+        ),
+    ];
+    let mut g = c.benchmark_group("decode_line");
+    g.throughput(Throughput::Elements(1));
+    for (name, line) in lines {
+        g.bench_function(name, |b| {
+            b.iter(|| black_box(decode_line(black_box(line)).is_ok()))
+        });
+    }
+    g.finish();
+}
+
+fn policies(c: &mut Criterion) {
+    let data = stream(1 << 16);
+    let mut g = c.benchmark_group("policy");
+    g.throughput(Throughput::Elements(1));
+    for spec in specs() {
+        g.bench_function(spec.kind.kind_name(), |b| {
+            let mut state = PolicyState::new(&spec);
+            let mut i = 0;
+            b.iter(|| {
+                let obs = &data[i & (data.len() - 1)];
+                i += 1;
+                black_box(state.observe(&spec, black_box(obs), obs.ts).is_some())
+            })
+        });
+    }
+    // Over the threshold, every event fires.
+    let hot: Vec<Obs> = data
+        .iter()
+        .map(|o| Obs {
+            drift_score: o.drift_score.map(|d| d + 0.4),
+            ..o.clone()
+        })
+        .collect();
+    for spec in specs()
+        .into_iter()
+        .filter(|s| matches!(s.kind.kind_name(), "static_threshold" | "drift_window"))
+    {
+        g.bench_function(format!("{}_firing", spec.kind.kind_name()), |b| {
+            let mut state = PolicyState::new(&spec);
+            let mut i = 0;
+            b.iter(|| {
+                let obs = &hot[i & (hot.len() - 1)];
+                i += 1;
+                black_box(state.observe(&spec, black_box(obs), obs.ts).is_some())
+            })
+        });
+    }
+    g.finish();
+}
+
+/// A model's record as it is persisted after a long run: every policy warmed up on 500 events
+/// (so the drift window is full).
+fn warm_record(specs: &[PolicySpec]) -> ModelRecord {
+    let mut record = ModelRecord {
+        policies: specs.iter().map(PolicyState::new).collect(),
+        ..ModelRecord::default()
+    };
+    for obs in stream(500) {
+        for (spec, state) in specs.iter().zip(record.policies.iter_mut()) {
+            state.observe(spec, &obs, obs.ts);
+        }
+        record.events += 1;
+        record
+            .recent_drift
+            .push_back(obs.drift_score.unwrap_or(0.0) as f32);
+    }
+    record
+}
+
+fn store(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 200).expect("store");
+    // The benchmark daemon's policies: the defaults plus ADWIN on `error`.
+    let all = specs();
+    let daemon: Vec<PolicySpec> = all
+        .iter()
+        .filter(|s| matches!(s.kind.kind_name(), "static_threshold" | "drift_window"))
+        .cloned()
+        .chain(
+            all.iter()
+                .filter(|s| s.kind.kind_name() == "adwin")
+                .cloned()
+                .map(|mut s| {
+                    s.metric = "error".into();
+                    s
+                }),
+        )
+        .collect();
+    let record = warm_record(&daemon);
+    let ids: Vec<String> = (0..1000).map(|i| format!("model-{i:05}")).collect();
+    for id in &ids {
+        store.save_model(id, &record).expect("save");
+    }
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("save_model_1000_models", |b| {
+        b.iter(|| {
+            i += 1;
+            store
+                .save_model(&ids[i % ids.len()], &record)
+                .expect("save")
+        })
+    });
+    g.bench_function("load_model_1000_models", |b| {
+        b.iter(|| {
+            i += 1;
+            black_box(store.load_model(&ids[i % ids.len()]).expect("load"))
+        })
+    });
+    g.throughput(Throughput::Elements(ids.len() as u64));
+    g.bench_function("save_1000_then_flush", |b| {
+        b.iter_batched(
+            || (),
+            |()| {
+                for id in &ids {
+                    store.save_model(id, &record).expect("save");
+                }
+                store.flush_sync().expect("flush")
+            },
+            BatchSize::PerIteration,
+        )
+    });
+    g.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().noise_threshold(0.05);
+    targets = decoder, policies, store
+}
+criterion_main!(benches);

@@ -1,0 +1,1215 @@
+//! Load generator and benchmark harness: the numbers in the README's Performance section.
+//!
+//! Every scenario starts the real `visutility` binary (release build) in a fresh temporary
+//! directory, drives it over its real Unix socket, and runs the baselines in the same
+//! invocation, interleaved run by run so that other load on the machine hits them alike:
+//!
+//! - the *ceiling* (`examples/ceiling.rs`): a server that only frames and parses the same lines
+//!   from the same kind of socket, with no actors, no policies and no disk;
+//! - the *Python baseline* (`benches/python_baseline.py`): the asyncio server with River
+//!   detectors and state pickled to sqlite that a user would otherwise write.
+//!
+//! Scenarios:
+//!
+//! - `throughput`: 2 million events over 1 and over 4 connections, 1,000 models, the default
+//!   policies plus ADWIN on `error`, ending with a flush (so every model's state is written and
+//!   fsynced before the clock stops).
+//! - `latency`: the time from writing an event that crosses a threshold to the hook process
+//!   running (the hook is this binary's `stamp` subcommand, which appends the clock to a file)
+//!   and to the job journal's `started`, under 50,000 events/s of background load.
+//! - `recovery`: 10,000 models with full 500-item windows: time from start to the ingest socket
+//!   accepting connections, resident memory then, and after every model is loaded again.
+//! - `flush`: the round trip of a flush barrier after a small batch, against the daemon and the
+//!   Python baseline.
+//!
+//! `LOADGEN_DAEMON_WRAPPER` runs the daemon under a profiler (`"valgrind --tool=callgrind"`).
+//! `LOADGEN_LOG_LEVEL=info` sets the daemon's log level (default `warn`); each server's log is
+//! kept in its scratch directory (`/tmp/loadgen-*`), removed afterwards unless `LOADGEN_KEEP`
+//! is set.
+//!
+//! Rates are wall-clock events per second, medians of `--runs`; the servers' CPU time per event
+//! (from `/proc/PID/stat`) is reported too, as it depends less on other load.
+//!
+//! ```sh
+//! cargo build --release --bin visutility --example ceiling --example loadgen
+//! target/release/examples/loadgen all
+//! ```
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks visutility against a parse-only ceiling and a Python baseline")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Events per second through the daemon, the ceiling and the Python baseline.
+    Throughput(ThroughputArgs),
+    /// Threshold crossing to hook start, under background load.
+    Latency(LatencyArgs),
+    /// Start-up time and memory with many models persisted.
+    Recovery(RecoveryArgs),
+    /// Flush barrier round trip.
+    Flush(FlushArgs),
+    /// Every scenario with its defaults.
+    All,
+    /// The latency scenario's hook: appends "MODEL_ID UNIX_NANOS" to FILE.
+    #[command(hide = true)]
+    Stamp { file: PathBuf },
+}
+
+#[derive(Args, Clone)]
+struct ThroughputArgs {
+    #[arg(long, default_value_t = 2_000_000)]
+    events: usize,
+    /// Events sent to the Python baseline (it is slow; its rate is what is compared).
+    #[arg(long, default_value_t = 300_000)]
+    python_events: usize,
+    #[arg(long, default_value_t = 1_000)]
+    models: usize,
+    /// Connection counts to measure, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    conns: Vec<usize>,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// Runs of the Python baseline (at most --runs).
+    #[arg(long, default_value_t = 3)]
+    python_runs: usize,
+    #[arg(long)]
+    no_python: bool,
+    /// Measure only the daemon (e.g. under a profiler).
+    #[arg(long)]
+    daemon_only: bool,
+}
+
+#[derive(Args, Clone)]
+struct LatencyArgs {
+    /// Background events per second.
+    #[arg(long, default_value_t = 50_000)]
+    rate: usize,
+    /// Threshold crossings per run (one every --interval-ms).
+    #[arg(long, default_value_t = 400)]
+    probes: usize,
+    #[arg(long, default_value_t = 10)]
+    interval_ms: u64,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+}
+
+#[derive(Args, Clone)]
+struct RecoveryArgs {
+    #[arg(long, default_value_t = 10_000)]
+    models: usize,
+    /// Window length (the drift_window policy's `window`, and events sent per model).
+    #[arg(long, default_value_t = 500)]
+    window: usize,
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+}
+
+#[derive(Args, Clone)]
+struct FlushArgs {
+    /// Flushes per run, each after --batch events.
+    #[arg(long, default_value_t = 2_000)]
+    iters: usize,
+    #[arg(long, default_value_t = 10)]
+    batch: usize,
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    #[arg(long)]
+    no_python: bool,
+}
+
+fn main() {
+    // The hook path first, before anything else, so it starts as fast as it can.
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("stamp") {
+        stamp(args.get(2).map(PathBuf::from));
+        return;
+    }
+    let cli = Cli::parse();
+    let bins = Bins::locate();
+    let result = match cli.cmd {
+        Cmd::Throughput(a) => throughput(&bins, &a),
+        Cmd::Latency(a) => latency(&bins, &a),
+        Cmd::Recovery(a) => recovery(&bins, &a),
+        Cmd::Flush(a) => flush(&bins, &a),
+        Cmd::All => (|| {
+            throughput(&bins, &ThroughputArgs::parse_default())?;
+            latency(&bins, &LatencyArgs::parse_default())?;
+            recovery(&bins, &RecoveryArgs::parse_default())?;
+            flush(&bins, &FlushArgs::parse_default())
+        })(),
+        Cmd::Stamp { .. } => Ok(()),
+    };
+    if let Err(e) = result {
+        eprintln!("loadgen: {e}");
+        std::process::exit(1);
+    }
+}
+
+trait ParseDefault: Sized {
+    fn parse_default() -> Self;
+}
+
+impl<T: Args> ParseDefault for T {
+    fn parse_default() -> T {
+        #[derive(Parser)]
+        struct Wrap<U: Args> {
+            #[command(flatten)]
+            inner: U,
+        }
+        Wrap::<T>::parse_from(["loadgen"]).inner
+    }
+}
+
+fn stamp(file: Option<PathBuf>) {
+    let now = unix_nanos();
+    let model = std::env::var("VISUTILITY_MODEL_ID").unwrap_or_default();
+    if let Some(file) = file
+        && let Ok(mut f) = fs::OpenOptions::new().append(true).create(true).open(file)
+    {
+        // One write(2) of one short line on an O_APPEND file: lines never interleave.
+        let _ = f.write_all(format!("{model} {now}\n").as_bytes());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes under test
+// ---------------------------------------------------------------------------------------------
+
+struct Bins {
+    daemon: PathBuf,
+    ceiling: PathBuf,
+    loadgen: PathBuf,
+    python: Option<PathBuf>,
+}
+
+impl Bins {
+    fn locate() -> Bins {
+        let loadgen = std::env::current_exe().expect("current exe");
+        let examples = loadgen.parent().expect("examples dir").to_owned();
+        let daemon = examples.parent().expect("profile dir").join("visutility");
+        let ceiling = examples.join("ceiling");
+        for p in [&daemon, &ceiling] {
+            if !p.exists() {
+                eprintln!(
+                    "loadgen: {} is missing; run: cargo build --release --bin visutility --example ceiling --example loadgen",
+                    p.display()
+                );
+                std::process::exit(2);
+            }
+        }
+        let script = PathBuf::from(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/benches/python_baseline.py"
+        ));
+        let python = Command::new("python3")
+            .args(["-c", "import river; assert river.__version__ == '0.26.1'"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+            .then_some(script);
+        if python.is_none() {
+            eprintln!(
+                "loadgen: python3 with river 0.26.1 not found (pip install river==0.26.1); the Python baseline is skipped"
+            );
+        }
+        Bins {
+            daemon,
+            ceiling,
+            loadgen,
+            python,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Kind {
+    Daemon,
+    Ceiling,
+    Python,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Daemon => "visutility",
+            Kind::Ceiling => "ceiling (parse only)",
+            Kind::Python => "Python + River",
+        }
+    }
+}
+
+/// A server process under test, killed when dropped.
+struct Server {
+    child: Child,
+    socket: PathBuf,
+    config: PathBuf,
+    spawned: Instant,
+}
+
+impl Server {
+    fn start(bins: &Bins, kind: Kind, dir: &Path, daemon_config: &str) -> io::Result<Server> {
+        fs::create_dir_all(dir)?;
+        let socket = dir.join("ingest.sock");
+        let _ = fs::remove_file(&socket);
+        let config = dir.join("config.toml");
+        let log = fs::File::create(dir.join(format!("{kind:?}.log")))?;
+        let mut cmd = match kind {
+            Kind::Daemon => {
+                fs::write(&config, daemon_config)?;
+                // A profiler in front of the daemon, e.g. "valgrind --tool=callgrind".
+                let wrapper = std::env::var("LOADGEN_DAEMON_WRAPPER").unwrap_or_default();
+                let mut words = wrapper.split_whitespace();
+                let mut c = match words.next() {
+                    Some(first) => {
+                        let mut c = Command::new(first);
+                        c.args(words).arg(&bins.daemon);
+                        c
+                    }
+                    None => Command::new(&bins.daemon),
+                };
+                c.arg("--config").arg(&config).arg("daemon");
+                c
+            }
+            Kind::Ceiling => {
+                let mut c = Command::new(&bins.ceiling);
+                c.arg(&socket);
+                c
+            }
+            Kind::Python => {
+                let mut c = Command::new("python3");
+                c.arg(bins.python.as_ref().expect("python available"))
+                    .arg("--socket")
+                    .arg(&socket)
+                    .arg("--db")
+                    .arg(dir.join("py.sqlite"));
+                c
+            }
+        };
+        let spawned = Instant::now();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        let mut s = Server {
+            child,
+            socket,
+            config,
+            spawned,
+        };
+        s.wait_connectable()?;
+        Ok(s)
+    }
+
+    /// Polls until the socket accepts a connection; returns the time since spawn.
+    fn wait_connectable(&mut self) -> io::Result<Duration> {
+        let deadline = self.spawned + Duration::from_secs(120);
+        loop {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return Ok(self.spawned.elapsed());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                return Err(io::Error::other(format!("server exited early: {status}")));
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other("server did not start listening"));
+            }
+            thread::sleep(Duration::from_micros(500));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// User + system CPU seconds of the whole process so far.
+    fn cpu_seconds(&self) -> f64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().collect())
+            .unwrap_or_default();
+        // After the command name: state is field 3, utime 14, stime 15 (1-based).
+        let ticks: f64 = [11, 12]
+            .iter()
+            .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+            .sum();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        ticks / hz
+    }
+
+    /// CPU seconds per thread name (threads of one name summed); exited threads are missing.
+    fn thread_cpu(&self) -> HashMap<String, f64> {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut out = HashMap::new();
+        let Ok(tasks) = fs::read_dir(format!("/proc/{}/task", self.pid())) else {
+            return out;
+        };
+        for t in tasks.filter_map(Result::ok) {
+            let stat = fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+            let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+                continue;
+            };
+            let name = stat[open + 1..close].to_owned();
+            let fields: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+            let ticks: f64 = [11, 12]
+                .iter()
+                .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
+                .sum();
+            *out.entry(name).or_default() += ticks / hz;
+        }
+        out
+    }
+
+    /// Resident memory in KiB.
+    fn rss_kib(&self) -> u64 {
+        fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// SIGTERM, then wait (the daemon drains and flushes); SIGKILL after a deadline.
+    fn stop(mut self) -> io::Result<()> {
+        // SAFETY: signalling our own child by its pid.
+        unsafe { libc::kill(self.pid() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(io::Error::other("server did not stop on SIGTERM"));
+            }
+            thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The benchmark's daemon config: the default policies plus ADWIN on `error`.
+fn daemon_config(dir: &Path, window: usize, hooks: &str, log_level: &str) -> String {
+    let p = |name: &str| format!("{:?}", dir.join(name).to_str().expect("utf-8 path"));
+    format!(
+        r#"[daemon]
+socket = {socket}
+control_socket = {control}
+state_dir = {state}
+log_level = "{log_level}"
+flush_interval_ms = {flush_ms}
+max_models = 100000
+
+[hooks]
+cooldown_s = 0
+retries = 0
+{hooks}
+
+[[models]]
+match = "*"
+
+[[models.policies]]
+kind = "static_threshold"
+max_drift = 0.3
+min_accuracy = 0.9
+
+[[models.policies]]
+kind = "drift_window"
+window = {window}
+threshold = 0.3
+
+[[models.policies]]
+name = "errors"
+kind = "adwin"
+metric = "error"
+"#,
+        flush_ms = std::env::var("LOADGEN_FLUSH_MS").unwrap_or_else(|_| "200".into()),
+        log_level = std::env::var("LOADGEN_LOG_LEVEL").unwrap_or_else(|_| log_level.into()),
+        socket = p("ingest.sock"),
+        control = p("control.sock"),
+        state = p("state"),
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+// ---------------------------------------------------------------------------------------------
+
+/// SplitMix64: deterministic, seeded, fast.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+}
+
+const TS0: f64 = 1_764_172_800.0;
+
+/// One calm event (no policy fires on a stream of these): a line of about 100 bytes.
+fn calm_event(out: &mut Vec<u8>, rng: &mut Rng, model: &str, ts: Option<f64>, error_p: f64) {
+    let drift = rng.uniform() * 0.25;
+    let acc = 0.92 + rng.uniform() * 0.08;
+    let err = u8::from(rng.uniform() < error_p);
+    let _ = write!(out, "{{\"model_id\":\"{model}\"");
+    if let Some(ts) = ts {
+        let _ = write!(out, ",\"ts\":{ts:.6}");
+    }
+    let _ = writeln!(
+        out,
+        ",\"drift_score\":{drift:.4},\"accuracy\":{acc:.4},\"error\":{err}}}"
+    );
+}
+
+fn model_name(i: usize) -> String {
+    format!("model-{i:05}")
+}
+
+/// `events` calm events over `conns` connections; model `i` is sent only by connection
+/// `i % conns` (as each model server sends its own models), in random order.
+fn throughput_load(events: usize, models: usize, conns: usize, seed: u64) -> Vec<Vec<u8>> {
+    let names: Vec<String> = (0..models).map(model_name).collect();
+    (0..conns)
+        .map(|c| {
+            let mine: Vec<&str> = names
+                .iter()
+                .skip(c)
+                .step_by(conns)
+                .map(String::as_str)
+                .collect();
+            let n = events / conns + usize::from(c < events % conns);
+            let mut rng = Rng(seed ^ c as u64);
+            let mut buf = Vec::with_capacity(n * 104);
+            for k in 0..n {
+                let m = mine[rng.below(mine.len())];
+                calm_event(&mut buf, &mut rng, m, Some(TS0 + k as f64 * 1e-6), 0.05);
+            }
+            buf
+        })
+        .collect()
+}
+
+const FLUSH: &[u8] = b"{\"op\":\"flush\"}\n";
+
+fn events_in(bufs: &[Vec<u8>]) -> usize {
+    bufs.iter()
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .sum()
+}
+
+/// Reads reply lines until the flush reply; returns it, with every error reply seen before.
+fn read_flush_reply(rd: &mut impl BufRead) -> io::Result<(serde_json::Value, Vec<String>)> {
+    let mut errors = Vec::new();
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if rd.read_line(&mut line)? == 0 {
+            return Err(io::Error::other("connection closed before the flush reply"));
+        }
+        let v: serde_json::Value = serde_json::from_str(line.trim())
+            .map_err(|e| io::Error::other(format!("bad reply {line:?}: {e}")))?;
+        if v.get("ok").is_some() {
+            return Ok((v, errors));
+        }
+        errors.push(line.trim().to_owned());
+    }
+}
+
+/// Sends every buffer on its own connection at once, then a flush on each; returns the time
+/// from the first byte to the last flush reply.
+fn drive(socket: &Path, bufs: &[Vec<u8>]) -> io::Result<Duration> {
+    let streams = bufs
+        .iter()
+        .map(|_| UnixStream::connect(socket))
+        .collect::<io::Result<Vec<_>>>()?;
+    let go = Barrier::new(bufs.len() + 1);
+    thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .into_iter()
+            .zip(bufs)
+            .map(|(mut st, buf)| {
+                let go = &go;
+                s.spawn(move || -> io::Result<Instant> {
+                    go.wait();
+                    st.write_all(buf)?;
+                    st.write_all(FLUSH)?;
+                    let (reply, errors) = read_flush_reply(&mut BufReader::new(&st))?;
+                    let sent = buf.iter().filter(|&&b| b == b'\n').count() as u64;
+                    if reply["ok"] != true || reply["accepted"] != sent || !errors.is_empty() {
+                        return Err(io::Error::other(format!(
+                            "flush reply {reply} (sent {sent}); errors: {errors:?}"
+                        )));
+                    }
+                    Ok(Instant::now())
+                })
+            })
+            .collect();
+        go.wait();
+        let t0 = Instant::now();
+        let mut end = t0;
+        for h in handles {
+            end = end.max(h.join().expect("client thread")?);
+        }
+        Ok(end - t0)
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Statistics
+// ---------------------------------------------------------------------------------------------
+
+fn median(xs: &[f64]) -> f64 {
+    percentile(xs, 50.0)
+}
+
+/// Nearest-rank percentile.
+fn percentile(xs: &[f64], p: f64) -> f64 {
+    if xs.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+fn scratch(label: &str) -> io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("loadgen-{label}-"))
+        .disable_cleanup(std::env::var_os("LOADGEN_KEEP").is_some())
+        .tempdir()
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let load = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "{cores} cores, {cpu}, load average {} at start",
+        load.join(" ")
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+fn throughput(bins: &Bins, a: &ThroughputArgs) -> io::Result<()> {
+    println!("## Throughput\n");
+    println!(
+        "{} events ({} for Python), {} models, default policies + ADWIN on error, flush at the end; {}; medians of {} runs ({} for Python).\n",
+        a.events,
+        a.python_events,
+        a.models,
+        machine(),
+        a.runs,
+        a.python_runs.min(a.runs)
+    );
+    let mut table = String::new();
+    table.push_str("| connections | server | events/s | CPU µs/event | vs ceiling | vs Python |\n|---|---|---:|---:|---:|---:|\n");
+    let python = bins.python.is_some() && !a.no_python;
+    for &conns in &a.conns {
+        let load = throughput_load(a.events, a.models, conns, 42);
+        let py_load = throughput_load(a.python_events, a.models, conns, 43);
+        let mut results: HashMap<Kind, (Vec<f64>, Vec<f64>)> = HashMap::new();
+        for run in 0..a.runs {
+            let mut kinds = vec![Kind::Ceiling, Kind::Daemon];
+            if a.daemon_only {
+                kinds.remove(0);
+            } else if python && run < a.python_runs {
+                kinds.push(Kind::Python);
+            }
+            for kind in kinds {
+                let dir = scratch("tp")?;
+                let cfg = daemon_config(dir.path(), 500, "", "warn");
+                let server = Server::start(bins, kind, dir.path(), &cfg)?;
+                let bufs = if kind == Kind::Python {
+                    &py_load
+                } else {
+                    &load
+                };
+                let events = events_in(bufs);
+                let cpu0 = server.cpu_seconds();
+                let threads0 = server.thread_cpu();
+                let took = drive(&server.socket, bufs)?;
+                let cpu = server.cpu_seconds() - cpu0;
+                if kind == Kind::Daemon {
+                    let mut split: Vec<(String, f64)> = server
+                        .thread_cpu()
+                        .into_iter()
+                        .map(|(k, v)| {
+                            let d = v - threads0.get(&k).copied().unwrap_or(0.0);
+                            (k, d * 1e6 / events_in(bufs) as f64)
+                        })
+                        .filter(|(_, us)| *us >= 0.005)
+                        .collect();
+                    split.sort_by(|a, b| b.1.total_cmp(&a.1));
+                    let split: Vec<String> =
+                        split.iter().map(|(k, us)| format!("{k} {us:.3}")).collect();
+                    eprintln!("  CPU µs/event by thread: {}", split.join(", "));
+                }
+                server.stop()?;
+                let rate = events as f64 / took.as_secs_f64();
+                let cpu_us = cpu * 1e6 / events as f64;
+                eprintln!(
+                    "throughput conns={conns} run={run} {:<22} {:>10.0} events/s  {:.3} CPU µs/event",
+                    kind.name(),
+                    rate,
+                    cpu_us
+                );
+                let e = results.entry(kind).or_default();
+                e.0.push(rate);
+                e.1.push(cpu_us);
+            }
+        }
+        let med = |k: Kind| results.get(&k).map(|(r, c)| (median(r), median(c)));
+        let ceiling = med(Kind::Ceiling);
+        let py = med(Kind::Python);
+        for kind in [Kind::Ceiling, Kind::Daemon, Kind::Python] {
+            let Some((rate, cpu)) = med(kind) else {
+                continue;
+            };
+            let ratio = |base: Option<(f64, f64)>| {
+                base.map_or("".into(), |(b, bc)| {
+                    format!("{:.1}% (CPU {:.1}%)", 100.0 * rate / b, 100.0 * bc / cpu)
+                })
+            };
+            let vs_py = py.map_or("".into(), |(b, bc)| {
+                format!("{:.1}× (CPU {:.1}×)", rate / b, bc / cpu)
+            });
+            let _ = writeln!(
+                table,
+                "| {conns} | {} | {:.0} | {:.3} | {} | {} |",
+                kind.name(),
+                rate,
+                cpu,
+                ratio(ceiling),
+                vs_py
+            );
+        }
+    }
+    println!("{table}");
+    Ok(())
+}
+
+fn latency(bins: &Bins, a: &LatencyArgs) -> io::Result<()> {
+    println!("## Decision-to-hook latency\n");
+    println!(
+        "{} threshold crossings per run, one every {} ms, under {} background events/s over another connection; {}; medians of {} runs.\n",
+        a.probes,
+        a.interval_ms,
+        a.rate,
+        machine(),
+        a.runs
+    );
+    // Per stage: (p50, p99, max) of each run.
+    let mut stages: Vec<[Vec<f64>; 3]> = (0..3).map(|_| Default::default()).collect();
+    for run in 0..a.runs {
+        let dir = scratch("lat")?;
+        let stamps = dir.path().join("stamps");
+        let hook = format!("[{:?}, \"stamp\", {:?}]", bins.loadgen, stamps);
+        let cfg = daemon_config(
+            dir.path(),
+            500,
+            &format!(
+                "full = {{ command = {hook}, timeout_s = 60 }}\nfine_tune = {{ command = {hook}, timeout_s = 60 }}"
+            ),
+            // The model actor's "decision" line (one per probe) times the first stage.
+            "info",
+        );
+        let server = Server::start(bins, Kind::Daemon, dir.path(), &cfg)?;
+        let runs = latency_run(bins, &server, a, &stamps)?;
+        server.stop()?;
+        let decided = decision_times(&dir.path().join("Daemon.log"));
+        let decision_ms: Vec<f64> = runs
+            .sent
+            .iter()
+            .filter_map(|(m, sent)| Some((decided.get(m)? - sent) * 1e3))
+            .collect();
+        let mut line = format!("latency run={run}:");
+        for (i, xs) in [&decision_ms, &runs.journal_ms, &runs.hook_ms]
+            .into_iter()
+            .enumerate()
+        {
+            let q = [50.0, 99.0, 100.0].map(|p| percentile(xs, p));
+            for (k, v) in q.iter().enumerate() {
+                stages[i][k].push(*v);
+            }
+            let _ = write!(
+                line,
+                " [{}] n={} p50 {:.3} p99 {:.3} max {:.3} ms;",
+                ["decision", "journal", "hook"][i],
+                xs.len(),
+                q[0],
+                q[1],
+                q[2]
+            );
+        }
+        eprintln!("{line}");
+    }
+    println!(
+        "| from writing the crossing event to | p50 ms | p99 ms | max ms |\n|---|---:|---:|---:|"
+    );
+    for (i, what) in [
+        "the model's decision (read, decoded, batched, applied; the daemon's log)",
+        "the job's `started` in the journal (the hook runner journaled it; just before spawn)",
+        "the hook process running (its first instruction stamps the time)",
+    ]
+    .iter()
+    .enumerate()
+    {
+        println!(
+            "| {what} | {:.3} | {:.3} | {:.3} |",
+            median(&stages[i][0]),
+            median(&stages[i][1]),
+            median(&stages[i][2])
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// Unix seconds of each model's first "decision" line in the daemon's log.
+fn decision_times(log: &Path) -> HashMap<String, f64> {
+    let mut out = HashMap::new();
+    for line in fs::read_to_string(log).unwrap_or_default().lines() {
+        if !line.contains(" decision ") {
+            continue;
+        }
+        let Some(t) = line.split_whitespace().next().and_then(parse_rfc3339) else {
+            continue;
+        };
+        let Some(m) = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("model_id="))
+        else {
+            continue;
+        };
+        out.entry(m.trim_matches('"').to_owned()).or_insert(t);
+    }
+    out
+}
+
+/// `2026-11-26T20:22:58.960558Z` (tracing's UTC timestamps) to Unix seconds.
+fn parse_rfc3339(s: &str) -> Option<f64> {
+    let s = s.strip_suffix('Z')?;
+    let (date, time) = s.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
+    let ss = t.next()?.parse::<f64>().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days as f64 * 86_400.0 + hh * 3600.0 + mm * 60.0 + ss)
+}
+
+/// What one latency run measured.
+struct LatencyRun {
+    /// Each probe model and when its crossing event was written (Unix seconds).
+    sent: HashMap<String, f64>,
+    journal_ms: Vec<f64>,
+    hook_ms: Vec<f64>,
+}
+
+/// One latency run: the probes' send times and their latencies to the journal's `started` and
+/// to the hook's stamp, in milliseconds.
+fn latency_run(
+    bins: &Bins,
+    server: &Server,
+    a: &LatencyArgs,
+    stamps: &Path,
+) -> io::Result<LatencyRun> {
+    // Probe models exist (actors started, state loaded) before they are measured.
+    let mut probe = UnixStream::connect(&server.socket)?;
+    let mut rng = Rng(7);
+    let mut warm = Vec::new();
+    for k in 0..a.probes {
+        calm_event(&mut warm, &mut rng, &format!("probe-{k:05}"), None, 0.0);
+    }
+    warm.extend_from_slice(FLUSH);
+    probe.write_all(&warm)?;
+    let mut probe_rd = BufReader::new(probe.try_clone()?);
+    read_flush_reply(&mut probe_rd)?;
+
+    // Background: `rate` calm events per second to 1,000 models, in 1 ms slices. Errors are
+    // all 0 so ADWIN stays quiet and no background hook competes with the probes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let per_ms = a.rate / 1000;
+    let mut bg_buf = Vec::new();
+    let mut offsets = vec![0];
+    for i in 0..1000 * per_ms.max(1) {
+        calm_event(&mut bg_buf, &mut rng, &model_name(i % 1000), None, 0.0);
+        if (i + 1) % per_ms.max(1) == 0 {
+            offsets.push(bg_buf.len());
+        }
+    }
+    let bg = {
+        let stop = stop.clone();
+        let mut st = UnixStream::connect(&server.socket)?;
+        thread::spawn(move || -> io::Result<u64> {
+            let start = Instant::now();
+            let mut slice = 0usize;
+            let mut sent = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let due = start + Duration::from_millis(slice as u64);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    thread::sleep(wait);
+                }
+                let i = slice % (offsets.len() - 1);
+                st.write_all(&bg_buf[offsets[i]..offsets[i + 1]])?;
+                sent += per_ms as u64;
+                slice += 1;
+            }
+            st.write_all(FLUSH)?;
+            read_flush_reply(&mut BufReader::new(&st))?;
+            Ok(sent)
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+
+    let mut sent_at = HashMap::new();
+    let start = Instant::now();
+    for k in 0..a.probes {
+        let due = start + Duration::from_millis(k as u64 * a.interval_ms);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            thread::sleep(wait);
+        }
+        let line = format!("{{\"model_id\":\"probe-{k:05}\",\"drift_score\":0.9}}\n");
+        let t = unix_nanos();
+        probe.write_all(line.as_bytes())?;
+        sent_at.insert(format!("probe-{k:05}"), t);
+    }
+    probe.write_all(FLUSH)?;
+    read_flush_reply(&mut probe_rd)?;
+    stop.store(true, Ordering::Relaxed);
+    // Beside the hook's stamps, for a closer look at a kept run (LOADGEN_KEEP).
+    let sent: String = sent_at.iter().map(|(m, t)| format!("{m} {t}\n")).collect();
+    fs::write(stamps.with_file_name("sent"), sent)?;
+    let bg_sent = bg.join().expect("background thread")?;
+    let bg_secs = start.elapsed().as_secs_f64() + 0.5;
+    eprintln!(
+        "latency: background sent {bg_sent} events ({:.0}/s)",
+        bg_sent as f64 / bg_secs
+    );
+
+    // Every probe's hook has run (or the deadline passed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stamped = loop {
+        let text = fs::read_to_string(stamps).unwrap_or_default();
+        let lines: Vec<(String, u128)> = text
+            .lines()
+            .filter_map(|l| {
+                let (m, t) = l.split_once(' ')?;
+                Some((m.to_owned(), t.parse().ok()?))
+            })
+            .collect();
+        if lines.len() >= a.probes || Instant::now() > deadline {
+            break lines;
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    if stamped.len() < a.probes {
+        eprintln!("latency: only {} of {} hooks ran", stamped.len(), a.probes);
+    }
+    let hook_ms: Vec<f64> = stamped
+        .iter()
+        .filter_map(|(m, t)| Some((*t as f64 - *sent_at.get(m)? as f64) / 1e6))
+        .collect();
+
+    let out = Command::new(&bins.daemon)
+        .arg("--config")
+        .arg(&server.config)
+        .args(["history", "--json", "--limit"])
+        .arg((a.probes * 2).to_string())
+        .output()?;
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| io::Error::other(format!("history --json: {e}")))?;
+    let journal_ms: Vec<f64> = jobs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|j| {
+            let sent = *sent_at.get(j["model_id"].as_str()?)? as f64 / 1e9;
+            Some((j["started"].as_f64()? - sent) * 1e3)
+        })
+        .collect();
+    Ok(LatencyRun {
+        sent: sent_at
+            .into_iter()
+            .map(|(m, t)| (m, t as f64 / 1e9))
+            .collect(),
+        journal_ms,
+        hook_ms,
+    })
+}
+
+fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
+    println!("## Recovery\n");
+    let dir = scratch("rec")?;
+    let cfg = daemon_config(dir.path(), a.window, "", "warn");
+    // Seed: every model gets `window` events, so every window is full, over 4 connections.
+    let seed_events = a.models * a.window;
+    {
+        let server = Server::start(bins, Kind::Daemon, dir.path(), &cfg)?;
+        let conns = 4;
+        let names: Vec<String> = (0..a.models).map(model_name).collect();
+        let mut rng = Rng(11);
+        let mut bufs = vec![Vec::new(); conns];
+        for round in 0..a.window {
+            for (i, m) in names.iter().enumerate() {
+                calm_event(
+                    &mut bufs[i % conns],
+                    &mut rng,
+                    m,
+                    Some(TS0 + round as f64),
+                    0.05,
+                );
+            }
+        }
+        let took = drive(&server.socket, &bufs)?;
+        eprintln!(
+            "recovery: seeded {} models x {} events in {:.1} s ({:.0} events/s)",
+            a.models,
+            a.window,
+            took.as_secs_f64(),
+            seed_events as f64 / took.as_secs_f64()
+        );
+        server.stop()?;
+    }
+    let db_bytes = dir_size(&dir.path().join("state"));
+    println!(
+        "{} models, each with a full {}-value drift window and ADWIN state, {:.1} MiB on disk; {}; medians of {} runs.\n",
+        a.models,
+        a.window,
+        db_bytes as f64 / (1 << 20) as f64,
+        machine(),
+        a.runs
+    );
+    let mut ready_ms = Vec::new();
+    let mut rss_ready = Vec::new();
+    let mut loaded_ms = Vec::new();
+    let mut rss_loading = Vec::new();
+    let mut rss_loaded = Vec::new();
+    const IDLE: Duration = Duration::from_secs(3);
+    // Touch every model once: its actor starts and reloads its full state.
+    let mut touch = Vec::new();
+    let mut rng = Rng(12);
+    for i in 0..a.models {
+        calm_event(&mut touch, &mut rng, &model_name(i), None, 0.05);
+    }
+    for run in 0..a.runs {
+        let mut server = Server::start(bins, Kind::Daemon, dir.path(), &cfg)?;
+        let ready = server.wait_connectable()?;
+        let rss0 = server.rss_kib();
+        drive(&server.socket, std::slice::from_ref(&touch))?;
+        let loaded = server.spawned.elapsed();
+        let rss_busy = server.rss_kib();
+        // Idle models: the coalesced writes of the touch are done, and so is the heap trim
+        // the daemon schedules a second after a burst of loads.
+        thread::sleep(IDLE);
+        let rss1 = server.rss_kib();
+        server.stop()?;
+        eprintln!(
+            "recovery run={run}: ready {:.1} ms (RSS {} KiB), all loaded {:.1} ms (RSS {} KiB, {} KiB after {} s idle)",
+            ready.as_secs_f64() * 1e3,
+            rss0,
+            loaded.as_secs_f64() * 1e3,
+            rss_busy,
+            rss1,
+            IDLE.as_secs()
+        );
+        ready_ms.push(ready.as_secs_f64() * 1e3);
+        rss_ready.push(rss0 as f64);
+        loaded_ms.push(loaded.as_secs_f64() * 1e3);
+        rss_loading.push(rss_busy as f64);
+        rss_loaded.push(rss1 as f64);
+    }
+    let per_model = (median(&rss_loaded) - median(&rss_ready)) * 1024.0 / a.models as f64;
+    let window_bytes = a.window * 8;
+    println!("| measure | median |\n|---|---:|");
+    println!(
+        "| start to READY (ingest socket accepts) | {:.1} ms |",
+        median(&ready_ms)
+    );
+    println!(
+        "| resident memory at READY | {:.1} MiB |",
+        median(&rss_ready) / 1024.0
+    );
+    println!(
+        "| start to every model loaded (one event each, flushed) | {:.1} ms |",
+        median(&loaded_ms)
+    );
+    println!(
+        "| resident memory just after every model loaded | {:.1} MiB |",
+        median(&rss_loading) / 1024.0
+    );
+    println!(
+        "| resident memory with every model loaded, {} s idle | {:.1} MiB |",
+        IDLE.as_secs(),
+        median(&rss_loaded) / 1024.0
+    );
+    println!(
+        "| memory per idle model | {:.0} B ({:.0} B beyond its {window_bytes} B drift window) |\n",
+        per_model,
+        per_model - window_bytes as f64
+    );
+    Ok(())
+}
+
+fn dir_size(p: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(p) else {
+        return fs::metadata(p).map_or(0, |m| m.len());
+    };
+    rd.filter_map(Result::ok)
+        .map(|e| {
+            let path = e.path();
+            if path.is_dir() {
+                dir_size(&path)
+            } else {
+                e.metadata().map_or(0, |m| m.len())
+            }
+        })
+        .sum()
+}
+
+fn flush(bins: &Bins, a: &FlushArgs) -> io::Result<()> {
+    println!("## Flush round trip\n");
+    println!(
+        "{} flushes per run, each after {} events to {} models of 1,000 (so each flush writes and fsyncs {} models' state); {}; medians of {} runs.\n",
+        a.iters,
+        a.batch,
+        a.batch,
+        a.batch,
+        machine(),
+        a.runs
+    );
+    let mut kinds = vec![Kind::Daemon];
+    if bins.python.is_some() && !a.no_python {
+        kinds.push(Kind::Python);
+    }
+    let mut res: HashMap<Kind, (Vec<f64>, Vec<f64>)> = HashMap::new();
+    for run in 0..a.runs {
+        for &kind in &kinds {
+            let dir = scratch("fl")?;
+            let cfg = daemon_config(dir.path(), 500, "", "warn");
+            let server = Server::start(bins, kind, dir.path(), &cfg)?;
+            let mut st = UnixStream::connect(&server.socket)?;
+            let mut rd = BufReader::new(st.try_clone()?);
+            let mut rng = Rng(5);
+            // Every model exists and has state before the clock starts.
+            let mut warm = Vec::new();
+            for i in 0..1000 {
+                calm_event(&mut warm, &mut rng, &model_name(i), None, 0.05);
+            }
+            warm.extend_from_slice(FLUSH);
+            st.write_all(&warm)?;
+            read_flush_reply(&mut rd)?;
+            let mut samples = Vec::with_capacity(a.iters);
+            let mut buf = Vec::new();
+            for i in 0..a.iters {
+                buf.clear();
+                for j in 0..a.batch {
+                    calm_event(
+                        &mut buf,
+                        &mut rng,
+                        &model_name((i * a.batch + j) % 1000),
+                        None,
+                        0.05,
+                    );
+                }
+                buf.extend_from_slice(FLUSH);
+                let t = Instant::now();
+                st.write_all(&buf)?;
+                let (reply, _) = read_flush_reply(&mut rd)?;
+                samples.push(t.elapsed().as_secs_f64() * 1e3);
+                if reply["ok"] != true {
+                    return Err(io::Error::other(format!("flush failed: {reply}")));
+                }
+            }
+            server.stop()?;
+            let (p50, p99) = (percentile(&samples, 50.0), percentile(&samples, 99.0));
+            eprintln!(
+                "flush run={run} {:<16} p50 {p50:.3} ms p99 {p99:.3} ms",
+                kind.name()
+            );
+            let e = res.entry(kind).or_default();
+            e.0.push(p50);
+            e.1.push(p99);
+        }
+    }
+    println!("| server | p50 ms | p99 ms |\n|---|---:|---:|");
+    for kind in kinds {
+        let (p50, p99) = &res[&kind];
+        println!(
+            "| {} | {:.3} | {:.3} |",
+            kind.name(),
+            median(p50),
+            median(p99)
+        );
+    }
+    println!();
+    Ok(())
+}
