@@ -329,10 +329,15 @@ mod tests {
 
     #[test]
     fn our_own_process_is_ours_and_a_changed_start_is_not() {
-        let me = std::process::id() as i32;
-        // SAFETY: getpgrp has no preconditions.
-        let pgid = unsafe { libc::getpgrp() };
-        let leader = leader_identity(pgid).expect("/proc tells our group leader");
+        use std::os::unix::process::CommandExt;
+        // A group of our own: the test runner's group leader may be long gone.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pgid = child.id() as i32;
+        let leader = leader_identity(pgid).expect("/proc tells the group leader");
         assert!(group_running(pgid));
         assert!(group_is_ours(pgid, Some(&leader)));
         let stranger = GroupLeader {
@@ -345,6 +350,8 @@ mod tests {
             ..leader
         };
         assert!(!group_is_ours(pgid, Some(&other_boot)));
-        assert!(leader_identity(me).is_some());
+        assert!(leader_identity(std::process::id() as i32).is_some());
+        let _ = child.kill();
+        let _ = child.wait();
     }
 }
