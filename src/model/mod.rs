@@ -340,7 +340,7 @@ impl ModelActor {
         ctx.run_later(Duration::from_nanos(delay), |act, ctx| {
             act.write_scheduled = false;
             if let Err(error) = act.write() {
-                tracing::error!(model_id = %act.id, error = %error, "cannot persist model state; will retry");
+                log_write_failure(&act.id, &error);
                 act.schedule_write(ctx);
             }
         });
@@ -365,6 +365,30 @@ impl ModelActor {
         v
     }
 }
+
+/// Logs a failed state write, at most once per `WRITE_ERROR_LOG_EVERY` over all models: on a
+/// failing disk every dirty model retries every interval, and one line per retry would bury
+/// the journal (the store logs the disk error itself, and `status` shows it).
+fn log_write_failure(model_id: &str, error: &StoreError) {
+    use std::sync::atomic::AtomicU64;
+    static LAST: AtomicU64 = AtomicU64::new(0);
+    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
+    let now = clock_epoch().elapsed().as_secs() + WRITE_ERROR_LOG_EVERY;
+    let last = LAST.load(Ordering::Relaxed);
+    if now >= last + WRITE_ERROR_LOG_EVERY
+        && LAST
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let suppressed = SUPPRESSED.swap(0, Ordering::Relaxed);
+        tracing::error!(model_id, error = %error, suppressed, "cannot persist model state; will retry");
+    } else {
+        SUPPRESSED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Seconds between two logged state-write failures.
+const WRITE_ERROR_LOG_EVERY: u64 = 10;
 
 /// A process-wide origin for the write slots.
 fn clock_epoch() -> std::time::Instant {
