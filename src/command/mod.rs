@@ -41,6 +41,9 @@ use crate::store::{Job, JobState, RunnerRecord, Store, StoreError};
 pub use hook::{HookEnd, HookOutcome};
 pub use messages::*;
 
+/// A job cut off by this many daemon restarts in a row is not redone again.
+const MAX_INTERRUPTIONS: u32 = 3;
+
 /// How many jobs the journal keeps.
 const JOURNAL_KEEP: usize = 10_000;
 /// How often the queue looks again at a hook group that outlived a restart.
@@ -633,14 +636,35 @@ impl CommandActor {
         *self.outcomes.entry(state.as_str()).or_default() += 1;
     }
 
+    /// How many interrupted jobs this one redoes, following `retry_of` back (bounded).
+    fn interruptions_before(&self, job: &Job) -> u32 {
+        let mut n = 0;
+        let mut cur = job.retry_of;
+        while let Some(id) = cur
+            && n < MAX_INTERRUPTIONS
+        {
+            n += 1;
+            cur = self
+                .store
+                .load_job(id)
+                .ok()
+                .flatten()
+                .and_then(|j| j.retry_of);
+        }
+        n
+    }
+
     /// Marks a job whose hook was cut off `interrupted` and, by `hooks.on_interrupted`,
     /// returns a new queued job that redoes it (both journaled). The interrupted job keeps
     /// its state in the history, so an operator sees what happened.
     fn interrupt(&mut self, mut job: Job, why: &str, now: f64) -> Option<Job> {
         job.pgid = None;
         job.leader = None;
+        let chain = self.interruptions_before(&job);
         let retry = match self.hooks.on_interrupted {
             OnInterrupted::Drop => None,
+            // A daemon that dies during every run of this hook must not redo it forever.
+            OnInterrupted::Retry if chain + 1 >= MAX_INTERRUPTIONS => None,
             OnInterrupted::Retry => match self.store.next_job_id() {
                 Ok(id) => Some(id),
                 Err(error) => {
@@ -669,6 +693,10 @@ impl CommandActor {
         });
         job.note = match &redo {
             Some(r) => format!("{why}; retried as job {}", r.job_id),
+            None if self.hooks.on_interrupted == OnInterrupted::Retry => format!(
+                "{why}; not retried: interrupted {} times in a row",
+                chain + 1
+            ),
             None => format!("{why}; not retried (hooks.on_interrupted)"),
         };
         job.transition(JobState::Interrupted, now);

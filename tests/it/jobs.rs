@@ -416,6 +416,35 @@ fn interrupted_job_is_dropped_when_configured() {
 }
 
 #[test]
+fn a_job_interrupted_three_times_in_a_row_is_not_redone_again() {
+    let b = Daemon::builder();
+    let hook = b.recording_hook("gated", 0);
+    let conf = Conf::new().hook("full", &hook.command_toml(&[]));
+    let mut d = b.body(conf.toml()).start();
+    hook.close_gate();
+    d.push_events(&[drift_event("m1", 0.9, 1)]);
+    for round in 1..=3 {
+        d.wait_for("the hook to start", || {
+            (hook.started() >= round).then_some(())
+        });
+        d.wait_job(Some("m1"), "a job running", |j| j["state"] == "running");
+        d.kill_and_restart();
+    }
+    let last = d.wait_job(Some("m1"), "the third run interrupted and dropped", |j| {
+        j["state"] == "interrupted"
+            && j["note"]
+                .as_str()
+                .is_some_and(|n| n.contains("interrupted 3 times in a row"))
+    });
+    hook.open_gate();
+    settle(&d);
+    let jobs = jobs_of(&d, "m1");
+    assert_eq!(jobs.len(), 3, "the original and two redos: {jobs:?}");
+    assert!(jobs.iter().all(|j| j["state"] == "interrupted"), "{jobs:?}");
+    assert_eq!(hook.started(), 3, "no fourth run after {last}");
+}
+
+#[test]
 fn budget_exhaustion_calls_the_escalate_hook_once() {
     let b = Daemon::builder();
     let retrain = b.recording_hook("retrain", 0);
