@@ -1,15 +1,18 @@
-//! `update` of the binary detectors (DDM, EDDM, HDDM_A, HDDM_W) never allocates.
+//! The hot paths never touch the heap: `update` of the binary detectors (DDM, EDDM, HDDM_A,
+//! HDDM_W), decoding a well-formed line, and framing a stream.
 //!
-//! A counting global allocator wraps the system one; this file holds a single test so no
-//! other test thread allocates while it counts.
+//! A counting global allocator wraps the system one; this file holds a single test (running
+//! the checks one after the other) so no other test thread allocates while it counts.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use visutility::policy::detect::ddm::{Ddm, DdmParams};
 use visutility::policy::detect::eddm::{Eddm, EddmParams};
 use visutility::policy::detect::hddm_a::{HddmA, HddmAParams};
 use visutility::policy::detect::hddm_w::{HddmW, HddmWParams};
+use visutility::protocol::{Frame, Line, LineReader, decode_line};
 
 struct Counting;
 
@@ -37,7 +40,12 @@ unsafe impl GlobalAlloc for Counting {
 static GLOBAL: Counting = Counting;
 
 #[test]
-fn update_is_allocation_free() {
+fn hot_paths_are_allocation_free() {
+    detector_updates();
+    decode_and_framing();
+}
+
+fn detector_updates() {
     // A stream with bursts so every detector drifts and resets several times.
     let xs: Vec<f64> = (0..200_000u32)
         .map(|i| {
@@ -74,4 +82,59 @@ fn update_is_allocation_free() {
         drifts.iter().all(|&d| d > 0),
         "every detector reset at least once: {drifts:?}"
     );
+}
+
+const LINES: &[&str] = &[
+    r#"{"model_id": "fraud-v3", "ts": 1764172800.25, "drift_score": 0.12, "accuracy": 0.93, "error": 0, "value": 4.2, "metrics": {"latency_ms": 12.5}, "meta": {"any": "json"}}"#,
+    r#"{"model_id":"a/b:c","value":0.30000000000000004,"metrics":{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8}}"#,
+    r#"{"model_id":"m","error":true,"meta":"text","ts":1e300}"#,
+    r#"{"op":"flush"}"#,
+    "   ",
+];
+
+fn decode_and_framing() {
+    let mut stream = Vec::new();
+    for i in 0..20_000 {
+        stream.extend_from_slice(LINES[i % LINES.len()].as_bytes());
+        stream.extend_from_slice(if i % 2 == 0 { b"\n" } else { b"\r\n" });
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let mut reader = LineReader::new(&stream[..], 1024);
+
+    let start = ALLOCS.load(Ordering::Relaxed);
+    for _ in 0..1000 {
+        for l in LINES {
+            assert!(decode_line(black_box(l.as_bytes())).is_ok());
+        }
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed) - start,
+        0,
+        "decode_line allocated"
+    );
+    // The read buffer is sized once per connection (it may grow once to its bound), and the
+    // runtime sets itself up: warm up on the first batches, then count the steady state.
+    let (mut events, mut frames) = (0, 0);
+    let mut before = 0;
+    rt.block_on(async {
+        while reader.fill().await.unwrap() {
+            if frames > 0 && before == 0 {
+                before = ALLOCS.load(Ordering::Relaxed);
+            }
+            for f in reader.batch() {
+                frames += 1;
+                if let Frame::Line(l) = f {
+                    if let Ok(Line::Event(e)) = decode_line(l) {
+                        black_box(&e);
+                        events += 1;
+                    }
+                }
+            }
+        }
+    });
+    let after = ALLOCS.load(Ordering::Relaxed);
+    assert_eq!((frames, events), (20_000, 12_000));
+    assert_eq!(after - before, 0, "framing allocated in the steady state");
 }
