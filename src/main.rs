@@ -18,6 +18,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // A reader that went away (`visutility manpage | head`) is not an error to report.
+        Err(e)
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("visutility: {e:#}");
             ExitCode::FAILURE
@@ -46,15 +55,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::CheckConfig { file } => match Config::load(&file, &env) {
             Ok(c) => {
-                print!("{}", c.summary());
-                println!("ok");
+                let mut out = std::io::stdout().lock();
+                write!(out, "{}", c.summary())?;
+                writeln!(out, "ok")?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(ConfigError::Invalid(errors)) => {
+                let mut out = std::io::stdout().lock();
                 for e in &errors {
-                    println!("{}: {e}", file.display());
+                    writeln!(out, "{}: {e}", file.display())?;
                 }
-                println!("{} error(s)", errors.len());
+                writeln!(out, "{} error(s)", errors.len())?;
                 Ok(ExitCode::FAILURE)
             }
             Err(e) => Err(config_error(e)),
@@ -103,12 +114,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Metrics => control_cmd(&cli.config, &env, Request::Metrics, false),
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "visutility",
-                &mut std::io::stdout().lock(),
-            );
+            // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "visutility", &mut buf);
+            std::io::stdout().lock().write_all(&buf)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Manpage { dir } => {
@@ -593,9 +602,9 @@ async fn push(socket: &Path, file: &Path) -> Result<ExitCode> {
             let v: Value = serde_json::from_str(&line).unwrap_or(Value::Null);
             if v.get("error").is_some() && v.get("ok").is_none() {
                 errors += 1;
-                eprintln!("{line}");
+                writeln!(std::io::stderr(), "{line}")?;
             } else {
-                println!("{line}");
+                writeln!(std::io::stdout(), "{line}")?;
                 return Ok::<_, anyhow::Error>((errors, v));
             }
         }

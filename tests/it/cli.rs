@@ -445,3 +445,22 @@ fn ingest_socket_mode_is_0660() {
     let mode = std::fs::metadata(&d.socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660, "ingest socket mode {mode:o}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_is_neither_a_panic_nor_an_error() {
+    let sb = Sandbox::new();
+    for args in [&["completions", "bash"][..], &["manpage"][..]] {
+        let mut child = sb
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The reader goes away before the writer has written anything.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+    }
+}
