@@ -102,12 +102,15 @@ async fn serve(
         models_arbiter.handle(),
         fault_injection,
     );
-    let commander = CommandActor::new(
+    // The command actor journals every job transition with an fsync: on a thread of its own
+    // those waits never stall the connections on the System arbiter.
+    let command_arbiter = Arbiter::new();
+    let command = CommandActor::new(
         Arc::new(config.hooks.clone()),
         store.clone(),
         registry.clone(),
-    )
-    .start();
+    );
+    let commander = CommandActor::start_in_arbiter(&command_arbiter.handle(), move |_| command);
     registry.set_commander(commander.clone());
 
     let ingest_socket = match inherited {
@@ -291,6 +294,7 @@ async fn serve(
         tracing::error!(error = %error, "flush at shutdown failed");
     }
     models_arbiter.stop();
+    command_arbiter.stop();
     tracing::info!("stopped");
     System::current().stop();
     Ok(())
