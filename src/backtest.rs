@@ -65,19 +65,8 @@ pub fn run(
         let states = models
             .entry(ev.model_id.to_owned())
             .or_insert_with(|| bind_states(&rule.policies, Vec::new()));
-        let obs = Obs {
-            ts: ev.ts.unwrap_or(index as f64),
-            drift_score: ev.drift_score,
-            accuracy: ev.accuracy,
-            error: ev.error,
-            value: ev.value,
-            metrics: ev
-                .metrics
-                .iter()
-                .map(|(k, v)| (Box::<str>::from(k), v))
-                .collect(),
-            meta: None,
-        };
+        // Without a `ts`, an event's time is its line index: replays are reproducible.
+        let obs = Obs::from_event(&ev, index as f64);
         for (spec, state) in rule.policies.iter().zip(states.iter_mut()) {
             let fire = state.observe(spec, &obs, obs.ts);
             let mut line = |signal: &str, action: Option<&str>| {

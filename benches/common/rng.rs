@@ -1,4 +1,6 @@
-//! SplitMix64, seeded: the benchmarks' reproducible streams (uniform, normal).
+//! SplitMix64, seeded: the benchmarks' and the load generator's reproducible streams. Each
+//! target that includes this file uses part of it.
+#![allow(dead_code)]
 
 pub struct Rng(pub u64);
 
@@ -18,5 +20,10 @@ impl Rng {
     pub fn normal(&mut self) -> f64 {
         let (u, v) = (self.uniform(), self.uniform());
         (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+
+    /// An index below `n` (`n > 0`).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
     }
 }

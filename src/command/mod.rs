@@ -57,8 +57,6 @@ pub enum CommandError {
     NoHook(Action),
     #[error("model {0} is paused")]
     Paused(String),
-    #[error("model {0} already has a job")]
-    Busy(String),
 }
 
 /// What `status` shows of the runner.
@@ -914,16 +912,23 @@ impl Handler<Shutdown> for CommandActor {
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) {
         let now = now();
         let jobs: Vec<Job> = self.running.drain().map(|(_, j)| j).collect();
-        for job in jobs {
+        // Every group gets SIGTERM at once and one grace period is shared, so a stop takes
+        // the grace once however many hooks run.
+        let groups: Vec<i32> = jobs.iter().filter_map(|j| j.pgid).collect();
+        for job in &jobs {
             if let Some(pgid) = job.pgid {
                 tracing::warn!(model_id = %job.model_id, job_id = job.job_id, pgid, "stopping a running hook for shutdown");
                 hook::kill_group(pgid, libc::SIGTERM);
-                let deadline = Instant::now() + hook::KILL_GRACE;
-                while hook::group_running(pgid) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                hook::kill_group(pgid, libc::SIGKILL);
             }
+        }
+        let deadline = Instant::now() + hook::KILL_GRACE;
+        while groups.iter().any(|&g| hook::group_running(g)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        for &pgid in &groups {
+            hook::kill_group(pgid, libc::SIGKILL);
+        }
+        for job in jobs {
             // The retry, if any, is journaled `queued`: the next start runs it.
             self.interrupt(job, "interrupted by daemon shutdown", now);
         }

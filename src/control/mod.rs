@@ -338,9 +338,6 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 .map_err(|e| e.to_string())?;
             serde_json::json!({"model_id": model, "reset": true})
         }
-        Request::Pause { model } | Request::Resume { model } if model.is_empty() => {
-            return Err("model id must not be empty".into());
-        }
         Request::Pause { model } => set_paused(ctx, model, true).await?,
         Request::Resume { model } => set_paused(ctx, model, false).await?,
         Request::Metrics => {

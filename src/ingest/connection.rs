@@ -254,19 +254,7 @@ impl Conn<'_> {
                     },
                 };
                 // Custom metrics and meta allocate only when the event has them.
-                let obs = Obs {
-                    ts: ev.ts.unwrap_or(self.now),
-                    drift_score: ev.drift_score,
-                    accuracy: ev.accuracy,
-                    error: ev.error,
-                    value: ev.value,
-                    metrics: if ev.metrics.is_empty() {
-                        Vec::new()
-                    } else {
-                        ev.metrics.iter().map(|(k, v)| (k.into(), v)).collect()
-                    },
-                    meta: ev.meta.map(|m| m.get().into()),
-                };
+                let obs = Obs::from_event(&ev, self.now);
                 if self.pending.is_empty() {
                     self.first_pending = self.now;
                 }

@@ -73,6 +73,24 @@ pub struct Obs {
 }
 
 impl Obs {
+    /// The observation of a decoded event; `receipt` is the time used when it has no `ts`.
+    /// Custom metrics and `meta` allocate only when the event has them.
+    pub fn from_event(ev: &crate::protocol::Event<'_>, receipt: f64) -> Obs {
+        Obs {
+            ts: ev.ts.unwrap_or(receipt),
+            drift_score: ev.drift_score,
+            accuracy: ev.accuracy,
+            error: ev.error,
+            value: ev.value,
+            metrics: if ev.metrics.is_empty() {
+                Vec::new()
+            } else {
+                ev.metrics.iter().map(|(k, v)| (k.into(), v)).collect()
+            },
+            meta: ev.meta.map(|m| m.get().into()),
+        }
+    }
+
     /// The value of a metric by the name policies use.
     pub fn metric(&self, name: &str) -> Option<f64> {
         match name {

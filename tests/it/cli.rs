@@ -210,18 +210,7 @@ fn history_json_shape_and_model_filter() {
     let job = d.wait_job(Some("h1"), "h1 job succeeded", |j| {
         j["state"] == "succeeded"
     });
-    for k in [
-        "job_id",
-        "model_id",
-        "action",
-        "state",
-        "attempts",
-        "exit_code",
-        "started",
-        "ended",
-    ] {
-        assert!(job.get(k).is_some(), "job lacks {k}: {job}");
-    }
+    assert_contract_fields(&job);
     assert_eq!(job["model_id"], "h1");
     assert_eq!(job["action"], "full");
     assert_eq!(job["attempts"].as_u64(), Some(1), "{job}");
@@ -262,27 +251,7 @@ fn pause_and_resume_show_in_models() {
 fn reset_clears_the_detector_window() {
     let b = Daemon::builder();
     let hook = b.recording_hook("hook", 0);
-    let cmd = hook.command_toml(&[]);
-    let d = b
-        .body(format!(
-            r#"
-[hooks]
-cooldown_s = 0
-retries = 0
-full = {{ command = {cmd}, timeout_s = 60 }}
-fine_tune = {{ command = {cmd}, timeout_s = 60 }}
-
-[[models]]
-match = "*"
-reset_on_retrain = false
-
-[[models.policies]]
-kind = "drift_window"
-window = 10
-threshold = 0.5
-"#
-        ))
-        .start();
+    let d = b.body(drift_window_body(&hook)).start();
     d.push_events(
         &(1..=9)
             .map(|s| drift_event("rz", 1.0, s))

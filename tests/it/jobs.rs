@@ -107,22 +107,6 @@ fn transition_times(job: &Value, state: &str) -> Vec<f64> {
         .collect()
 }
 
-#[track_caller]
-fn assert_contract_fields(job: &Value) {
-    for key in [
-        "job_id",
-        "model_id",
-        "action",
-        "state",
-        "attempts",
-        "exit_code",
-        "started",
-        "ended",
-    ] {
-        assert!(job.get(key).is_some(), "history job without {key}: {job}");
-    }
-}
-
 #[test]
 fn failing_hook_is_retried_with_backoff_and_each_attempt_recorded() {
     let b = Daemon::builder();

@@ -7,27 +7,11 @@ use serde_json::json;
 use crate::support::*;
 
 fn threshold_body(hook: &Hook, max_drift: f64, extra_policy_line: &str) -> String {
-    let cmd = hook.command_toml(&[]);
-    format!(
-        r#"
-[hooks]
-max_concurrent = 2
-cooldown_s = 0
-retries = 0
-full = {{ command = {cmd}, timeout_s = 60 }}
-fine_tune = {{ command = {cmd}, timeout_s = 60 }}
-
-[[models]]
-match = "*"
-reset_on_retrain = false
-
-[[models.policies]]
-name = "limit"
-kind = "static_threshold"
-max_drift = {max_drift:?}
-min_accuracy = 0.0
-{extra_policy_line}
-"#
+    hooks_body(
+        hook,
+        &format!(
+            "[[models.policies]]\nname = \"limit\"\nkind = \"static_threshold\"\nmax_drift = {max_drift:?}\nmin_accuracy = 0.0\n{extra_policy_line}\n"
+        ),
     )
 }
 

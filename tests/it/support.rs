@@ -1250,9 +1250,9 @@ pub fn assert_error(v: &Value, codes: &[&str], line: u64) {
     );
 }
 
-/// Hooks for both actions recording runs, no cooldown or retries, and one `drift_window` policy
-/// (10 scores, mean above 0.5) for every model: the tenth high score fires.
-pub fn drift_window_body(hook: &Hook) -> String {
+/// Hooks for both actions recording runs, no cooldown, no retries, no reset after a retrain,
+/// and `policies` (TOML `[[models.policies]]` tables) for every model.
+pub fn hooks_body(hook: &Hook, policies: &str) -> String {
     let cmd = hook.command_toml(&[]);
     format!(
         r#"
@@ -1267,10 +1267,33 @@ fine_tune = {{ command = {cmd}, timeout_s = 60 }}
 match = "*"
 reset_on_retrain = false
 
-[[models.policies]]
-kind = "drift_window"
-window = 10
-threshold = 0.5
+{policies}
 "#
     )
+}
+
+/// [`hooks_body`] with one `drift_window` policy (10 scores, mean above 0.5): the tenth high
+/// score fires.
+pub fn drift_window_body(hook: &Hook) -> String {
+    hooks_body(
+        hook,
+        "[[models.policies]]\nkind = \"drift_window\"\nwindow = 10\nthreshold = 0.5\n",
+    )
+}
+
+#[track_caller]
+/// A `history --json` job has every field the contract names.
+pub fn assert_contract_fields(job: &Value) {
+    for key in [
+        "job_id",
+        "model_id",
+        "action",
+        "state",
+        "attempts",
+        "exit_code",
+        "started",
+        "ended",
+    ] {
+        assert!(job.get(key).is_some(), "history job without {key}: {job}");
+    }
 }
