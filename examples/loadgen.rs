@@ -95,6 +95,9 @@ struct ThroughputArgs {
     /// Measure only the daemon (e.g. under a profiler).
     #[arg(long)]
     daemon_only: bool,
+    /// Another build of the daemon, run interleaved with this one (A/B on a noisy machine).
+    #[arg(long)]
+    compare_daemon: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -143,9 +146,12 @@ fn main() {
         return;
     }
     let cli = Cli::parse();
-    let bins = Bins::locate();
+    let mut bins = Bins::locate();
     let result = match cli.cmd {
-        Cmd::Throughput(a) => throughput(&bins, &a),
+        Cmd::Throughput(a) => {
+            bins.compare = a.compare_daemon.clone();
+            throughput(&bins, &a)
+        }
         Cmd::Latency(a) => latency(&bins, &a),
         Cmd::Recovery(a) => recovery(&bins, &a),
         Cmd::Flush(a) => flush(&bins, &a),
@@ -198,6 +204,8 @@ struct Bins {
     ceiling: PathBuf,
     loadgen: PathBuf,
     python: Option<PathBuf>,
+    /// A second daemon binary measured beside the first (`throughput --compare-daemon`).
+    compare: Option<PathBuf>,
 }
 
 impl Bins {
@@ -235,6 +243,7 @@ impl Bins {
             ceiling,
             loadgen,
             python,
+            compare: None,
         }
     }
 }
@@ -242,6 +251,8 @@ impl Bins {
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 enum Kind {
     Daemon,
+    /// Another build of the daemon (`--compare-daemon`), for A/B runs in one invocation.
+    Compare,
     Ceiling,
     Python,
 }
@@ -250,6 +261,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Daemon => "visutility",
+            Kind::Compare => "visutility (compared build)",
             Kind::Ceiling => "ceiling (parse only)",
             Kind::Python => "Python + River",
         }
@@ -272,18 +284,22 @@ impl Server {
         let config = dir.join("config.toml");
         let log = fs::File::create(dir.join(format!("{kind:?}.log")))?;
         let mut cmd = match kind {
-            Kind::Daemon => {
+            Kind::Daemon | Kind::Compare => {
                 fs::write(&config, daemon_config)?;
                 // A profiler in front of the daemon, e.g. "valgrind --tool=callgrind".
                 let wrapper = std::env::var("LOADGEN_DAEMON_WRAPPER").unwrap_or_default();
                 let mut words = wrapper.split_whitespace();
+                let exe = match kind {
+                    Kind::Compare => bins.compare.as_ref().expect("--compare-daemon given"),
+                    _ => &bins.daemon,
+                };
                 let mut c = match words.next() {
                     Some(first) => {
                         let mut c = Command::new(first);
-                        c.args(words).arg(&bins.daemon);
+                        c.args(words).arg(exe);
                         c
                     }
-                    None => Command::new(&bins.daemon),
+                    None => Command::new(exe),
                 };
                 c.arg("--config").arg(&config).arg("daemon");
                 c
@@ -341,6 +357,14 @@ impl Server {
     }
 
     /// User + system CPU seconds of the whole process so far.
+    /// Minor page faults so far (field 10 of /proc/PID/stat): fresh memory being touched.
+    fn minor_faults(&self) -> u64 {
+        let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(7)?.parse().ok())
+            .unwrap_or(0)
+    }
+
     fn cpu_seconds(&self) -> f64 {
         let stat = fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap_or_default();
         let fields: Vec<&str> = stat
@@ -653,6 +677,9 @@ fn throughput(bins: &Bins, a: &ThroughputArgs) -> io::Result<()> {
         let mut results: HashMap<Kind, (Vec<f64>, Vec<f64>)> = HashMap::new();
         for run in 0..a.runs {
             let mut kinds = vec![Kind::Ceiling, Kind::Daemon];
+            if bins.compare.is_some() {
+                kinds.push(Kind::Compare);
+            }
             if a.daemon_only {
                 kinds.remove(0);
             } else if python && run < a.python_runs {
@@ -669,10 +696,12 @@ fn throughput(bins: &Bins, a: &ThroughputArgs) -> io::Result<()> {
                 };
                 let events = events_in(bufs);
                 let cpu0 = server.cpu_seconds();
+                let faults0 = server.minor_faults();
                 let threads0 = server.thread_cpu();
                 let took = drive(&server.socket, bufs)?;
                 let cpu = server.cpu_seconds() - cpu0;
-                if kind == Kind::Daemon {
+                let faults = server.minor_faults().saturating_sub(faults0);
+                if matches!(kind, Kind::Daemon | Kind::Compare) {
                     let mut split: Vec<(String, f64)> = server
                         .thread_cpu()
                         .into_iter()
@@ -685,7 +714,11 @@ fn throughput(bins: &Bins, a: &ThroughputArgs) -> io::Result<()> {
                     split.sort_by(|a, b| b.1.total_cmp(&a.1));
                     let split: Vec<String> =
                         split.iter().map(|(k, us)| format!("{k} {us:.3}")).collect();
-                    eprintln!("  CPU µs/event by thread: {}", split.join(", "));
+                    eprintln!(
+                        "  CPU µs/event by thread: {}; {:.2} page faults per 1,000 events",
+                        split.join(", "),
+                        faults as f64 * 1e3 / events as f64
+                    );
                 }
                 server.stop()?;
                 let rate = events as f64 / took.as_secs_f64();
@@ -704,7 +737,7 @@ fn throughput(bins: &Bins, a: &ThroughputArgs) -> io::Result<()> {
         let med = |k: Kind| results.get(&k).map(|(r, c)| (median(r), median(c)));
         let ceiling = med(Kind::Ceiling);
         let py = med(Kind::Python);
-        for kind in [Kind::Ceiling, Kind::Daemon, Kind::Python] {
+        for kind in [Kind::Ceiling, Kind::Daemon, Kind::Compare, Kind::Python] {
             let Some((rate, cpu)) = med(kind) else {
                 continue;
             };

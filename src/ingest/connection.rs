@@ -5,9 +5,15 @@
 //! waiting, [`DISPATCH_EVENTS`] are pending, the oldest has waited [`DISPATCH_DELAY_S`], or an
 //! op arrives. Then the array is sorted by
 //! model (stably, so each model's events keep their order) and shared: each model gets one
-//! `ApplyBatch` naming its range of it. A dispatch costs one allocation for its events and one
-//! message per model, however many events each model got. Order per model is preserved because
-//! an actor's mailbox is FIFO and dispatches leave in read order.
+//! `ApplyBatch` naming its range of it. A dispatch costs one message per model, however many
+//! events each model got, and no allocation: the array comes back to the connection when the
+//! last model is done with it and is reused. Order per model is preserved because an actor's
+//! mailbox is FIFO and dispatches leave in read order.
+//!
+//! Backpressure: at most [`MAX_IN_FLIGHT`] dispatches of a connection are being applied at a
+//! time; beyond that the connection stops reading until the models catch up, so a client that
+//! sends faster than the models apply is slowed down (its writes block) instead of the daemon
+//! queueing its events without bound.
 //!
 //! The flush barrier: pending events are dispatched, then every model this connection touched
 //! since its last barrier is asked for a `Barrier` (all at once; each is answered after all
@@ -23,9 +29,10 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
+use tokio::sync::mpsc;
 
 use crate::model::registry::{ModelHandle, RegistryError};
-use crate::model::{ApplyBatch, Barrier};
+use crate::model::{ApplyBatch, Barrier, EventArray};
 use crate::policy::Obs;
 use crate::protocol::{self, ErrorCode, Frame, Line, LineReader, Op};
 
@@ -39,6 +46,23 @@ pub const DISPATCH_EVENTS: usize = 8192;
 /// Longest an event waits for the ones read after it before its batch is sent, checked at
 /// each read (so exceeded by at most one read's decoding, a fraction of a millisecond).
 pub const DISPATCH_DELAY_S: f64 = 0.002;
+
+/// Dispatches of one connection that models may still be applying. At the limit, the
+/// connection waits for the oldest to be done before it reads on: the models set the pace
+/// (the client's writes block once the socket buffer is full) and the events queued in
+/// mailboxes stay bounded, instead of growing without limit while models fall behind.
+pub const MAX_IN_FLIGHT: usize = 4;
+
+/// Returned dispatch arrays a connection keeps for reuse, so that under load it never
+/// allocates (and page-faults in) a fresh one.
+const SPARE_ARRAYS: usize = 2;
+
+/// Events a connection keeps room for while it is idle; the batch buffers beyond this are
+/// released when nothing is readable, so an idle connection holds little memory.
+const IDLE_EVENTS: usize = 64;
+
+/// How long a quiet connection keeps its batch buffers.
+const BATCH_MEMORY_KEEP: Duration = Duration::from_secs(1);
 
 /// What a connection needs from the config; reloads update it through a watch channel.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,6 +94,13 @@ struct Conn<'a> {
     index: HashMap<Box<str>, u32>,
     /// Events decoded and not yet sent, with their slot, in arrival order.
     pending: Vec<(u32, Obs)>,
+    /// Arrays of earlier dispatches, back from the models, for reuse.
+    spare: Vec<Vec<Obs>>,
+    /// Where the models send dispatch arrays back once done with them.
+    home: mpsc::UnboundedSender<Vec<Obs>>,
+    returned: mpsc::UnboundedReceiver<Vec<Obs>>,
+    /// Dispatches whose array has not come back yet.
+    in_flight: usize,
     /// Slots with events in `pending`, in first-seen order (dispatch scratch).
     active: Vec<u32>,
     /// Slots touched since the last barrier.
@@ -89,6 +120,7 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
     let (rd, mut wr) = stream.into_split();
     let mut reader = LineReader::new(rd, settings.max_line_bytes);
     let mut shutdown = ctx.shutdown.clone();
+    let (home, returned) = mpsc::unbounded_channel();
     let mut conn = Conn {
         ctx,
         line_no: 0,
@@ -97,6 +129,10 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         slots: Vec::new(),
         index: HashMap::new(),
         pending: Vec::new(),
+        spare: Vec::new(),
+        home,
+        returned,
+        in_flight: 0,
         active: Vec::new(),
         touched: Vec::new(),
         replies: Vec::new(),
@@ -108,6 +144,19 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
     loop {
         let mut op;
         {
+            // About to wait for more input. A busy connection's batch buffers (a few MiB) are
+            // kept across the short gaps of a burst, and let go once it has been quiet for
+            // a while, so an idle connection keeps only a little room.
+            if conn.holds_batch_memory() && poll_once(reader.fill()).is_none() {
+                let quiet = tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    r = tokio::time::timeout(BATCH_MEMORY_KEEP, reader.fill()) => r.is_err(),
+                };
+                if quiet {
+                    conn.release_batch_memory();
+                }
+            }
             let next = async {
                 match settings.idle_timeout {
                     Some(t) => tokio::time::timeout(t, reader.next_frame()).await.ok(),
@@ -172,6 +221,19 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
                     yielded = true;
                     tokio::task::yield_now().await;
                 }
+                None => break,
+            }
+        }
+        // Backpressure: wait for the models to finish an earlier dispatch of this connection.
+        while conn.in_flight >= MAX_IN_FLIGHT {
+            let back = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => break,
+                back = conn.returned.recv() => back,
+            };
+            match back {
+                Some(array) => conn.take_back(array),
+                // Unreachable (the connection holds a sender); never wait forever.
                 None => break,
             }
         }
@@ -286,6 +348,9 @@ impl Conn<'_> {
         if n == 0 {
             return;
         }
+        while let Ok(array) = self.returned.try_recv() {
+            self.take_back(array);
+        }
         let Conn {
             slots,
             pending,
@@ -308,14 +373,15 @@ impl Conn<'_> {
             slot.count = at;
             at += c;
         }
-        let mut sorted = Vec::with_capacity(n);
+        let mut sorted = self.spare.pop().unwrap_or_default();
         sorted.resize_with(n, Obs::default);
         for (s, obs) in pending.drain(..) {
             let slot = &mut slots[s as usize];
             sorted[slot.count as usize] = obs;
             slot.count += 1;
         }
-        let events = Arc::new(sorted);
+        let events = Arc::new(EventArray::new(sorted, Some(self.home.clone())));
+        self.in_flight += 1;
         self.dispatches += 1;
         self.messages += active.len() as u64;
         let mut start = 0;
@@ -338,6 +404,23 @@ impl Conn<'_> {
             .stats
             .accepted
             .fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// A dispatch array came back from the models.
+    fn take_back(&mut self, array: Vec<Obs>) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        if self.spare.len() < SPARE_ARRAYS {
+            self.spare.push(array);
+        }
+    }
+
+    fn holds_batch_memory(&self) -> bool {
+        !self.spare.is_empty() || self.pending.capacity() > IDLE_EVENTS
+    }
+
+    fn release_batch_memory(&mut self) {
+        self.spare.clear();
+        self.pending.shrink_to(IDLE_EVENTS);
     }
 
     /// The flush barrier; appends the reply line to `replies`.

@@ -4,6 +4,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use actix::Message;
+use tokio::sync::mpsc::UnboundedSender;
 
 use crate::config::ModelRule;
 use crate::policy::Obs;
@@ -12,18 +13,44 @@ use super::{ModelError, ModelView};
 
 /// Events for this model, in arrival order: `events[range]`. A connection sends one shared
 /// array per dispatch, sorted by model, and each model its range of it, so a dispatch costs one
-/// allocation however many models it reaches.
+/// message per model and no allocation once the connection's arrays are recycled.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ApplyBatch {
-    pub events: Arc<Vec<Obs>>,
+    pub events: Arc<EventArray>,
     pub range: Range<usize>,
 }
 
 impl ApplyBatch {
     /// This model's events (empty if the range is out of bounds, which a sender never does).
     pub fn obs(&self) -> &[Obs] {
-        self.events.get(self.range.clone()).unwrap_or(&[])
+        self.events.events.get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
+/// One dispatch's events, shared by the batches that name ranges of it. When the last batch is
+/// done with it (applied, or dropped with a stopped actor's mailbox) the emptied vector goes
+/// back to the connection that filled it: for reuse, and to tell it how many of its dispatches
+/// are still in flight.
+pub struct EventArray {
+    events: Vec<Obs>,
+    home: Option<UnboundedSender<Vec<Obs>>>,
+}
+
+impl EventArray {
+    pub fn new(events: Vec<Obs>, home: Option<UnboundedSender<Vec<Obs>>>) -> Self {
+        EventArray { events, home }
+    }
+}
+
+impl Drop for EventArray {
+    fn drop(&mut self) {
+        if let Some(home) = &self.home {
+            let mut events = std::mem::take(&mut self.events);
+            events.clear();
+            // A closed connection no longer wants it; then it is simply freed.
+            let _ = home.send(events);
+        }
     }
 }
 

@@ -169,3 +169,80 @@ max_drift = 1000000.0
     );
     check(&d, "after a hook wrote 100 MiB", base);
 }
+
+/// Models that fall behind hold the sender back instead of piling events up in memory: while
+/// the model thread is wedged (an injected 4 s hang), a client writing 1.5 million events is
+/// blocked after a bounded number, and everything it wrote is applied once the models move
+/// again.
+#[test]
+fn models_that_fall_behind_hold_the_sender_back_in_bounded_memory() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const EVENTS: usize = 1_500_000;
+    const MODELS: usize = 100;
+    let d = Daemon::builder()
+        .env("VISUTILITY_FAULT_INJECTION", "1")
+        .start();
+    let base = rss_kib(d.pid());
+    let mut c = d.connect();
+    c.send_line(&json!({"model_id": "slow", "meta": {"fault": "hang"}}).to_string());
+    d.wait_for("the model thread to hang", || {
+        d.logs().contains("injected hang").then_some(())
+    });
+    let hung = std::time::Instant::now();
+    let written = Arc::new(AtomicUsize::new(0));
+    let s = UnixStream::connect(&d.socket).unwrap();
+    let r = s.try_clone().unwrap();
+    r.set_read_timeout(Some(std::time::Duration::from_secs(300)))
+        .unwrap();
+    let writer = {
+        let written = written.clone();
+        thread::spawn(move || {
+            let mut s = s;
+            let mut buf = Vec::with_capacity(1 << 16);
+            for i in 0..EVENTS {
+                writeln!(
+                    buf,
+                    "{{\"model_id\":\"m-{}\",\"drift_score\":0.1}}",
+                    i % MODELS
+                )
+                .unwrap();
+                if buf.len() >= 1 << 16 || i + 1 == EVENTS {
+                    s.write_all(&buf).unwrap();
+                    buf.clear();
+                    written.store(i + 1, Ordering::Relaxed);
+                }
+            }
+            s.write_all(b"{\"op\":\"flush\"}\n").unwrap();
+        })
+    };
+    // While the models are wedged the writer must stall: wait until it stops making progress
+    // (or most of the hang has passed), well inside the 4 s hang.
+    let mut last = 0;
+    let mut still = 0;
+    while hung.elapsed() < std::time::Duration::from_millis(2500) && still < 5 {
+        thread::sleep(std::time::Duration::from_millis(100));
+        let now = written.load(Ordering::Relaxed);
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+    }
+    let stalled_at = written.load(Ordering::Relaxed);
+    eprintln!("backpressure: the writer stalled at {stalled_at} of {EVENTS} events");
+    assert!(
+        stalled_at < EVENTS / 4,
+        "the writer got {stalled_at} of {EVENTS} events in while the models were wedged"
+    );
+    writer.join().unwrap();
+    let mut line = String::new();
+    BufReader::new(r).read_line(&mut line).unwrap();
+    let flush: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_flush(&flush, EVENTS as u64, 0);
+    for m in 0..MODELS {
+        assert_eq!(
+            d.events_of(&format!("m-{m}")),
+            (EVENTS / MODELS) as u64,
+            "m-{m}"
+        );
+    }
+    check(&d, "after 1.5 million events sent to wedged models", base);
+}
