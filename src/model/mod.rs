@@ -36,26 +36,52 @@ pub use messages::*;
 /// How many recent values the sparklines keep.
 const RECENT: usize = 32;
 
-/// How long after a model's state is loaded the heap is trimmed (see [`trim_after_loads`]).
-const TRIM_DELAY: Duration = Duration::from_secs(1);
+/// How long loads must have stopped before the heap is trimmed (see [`trim_after_loads`]).
+const TRIM_QUIET: Duration = Duration::from_secs(1);
+
+/// A burst that never pauses is trimmed this long after it started anyway.
+const TRIM_MAX_WAIT: Duration = Duration::from_secs(10);
 
 /// A trim is scheduled.
 static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
 
+/// When the last load happened, in milliseconds since [`clock_epoch`], and the longest flush
+/// interval of the loaded models (their first writes follow the load within it).
+static LAST_LOAD_MS: AtomicU64 = AtomicU64::new(0);
+static LOAD_WRITE_MS: AtomicU64 = AtomicU64::new(0);
+
 /// Loading a model's state leaves holes in the heap: sled pages in a whole node to read one
-/// record and drops it later, between the long-lived windows just decoded. glibc keeps such
-/// holes resident, which after a restart under traffic (every model loading at once) came to
-/// a third of the daemon's memory. So a burst of loads is followed, once, by `malloc_trim`,
-/// which hands the free pages back; on its own thread, since it walks the whole heap.
-fn trim_after_loads() {
+/// record and drops it later, between the long-lived windows just decoded, and the first
+/// write of each loaded model churns sled's buffers again. glibc keeps such holes resident,
+/// which after a restart under traffic (every model loading at once) came to a third of the
+/// daemon's memory. So a burst of loads is followed, once it is over (no load for
+/// [`TRIM_QUIET`] and the loaded models' first writes done), by `malloc_trim`, which hands the
+/// free pages back; on its own thread, since it walks the whole heap. Trimming at a fixed
+/// delay after the first load instead missed whatever a burst longer than the delay, or its
+/// writes, freed afterwards.
+fn trim_after_loads(flush_interval: Duration) {
+    let now = clock_epoch().elapsed().as_millis() as u64;
+    LAST_LOAD_MS.fetch_max(now, Ordering::AcqRel);
+    LOAD_WRITE_MS.fetch_max(flush_interval.as_millis() as u64, Ordering::AcqRel);
     if TRIM_PENDING.swap(true, Ordering::AcqRel) {
         return;
     }
     let spawned = std::thread::Builder::new()
         .name("visutility-trim".into())
         .spawn(|| {
-            std::thread::sleep(TRIM_DELAY);
+            let started = std::time::Instant::now();
+            while started.elapsed() < TRIM_MAX_WAIT {
+                let quiet = TRIM_QUIET
+                    .max(Duration::from_millis(LOAD_WRITE_MS.load(Ordering::Acquire)) * 2);
+                let last = Duration::from_millis(LAST_LOAD_MS.load(Ordering::Acquire));
+                let since = clock_epoch().elapsed().saturating_sub(last);
+                if since >= quiet {
+                    break;
+                }
+                std::thread::sleep((quiet - since).min(TRIM_MAX_WAIT));
+            }
             // Loads from now on schedule the next trim.
+            LOAD_WRITE_MS.store(0, Ordering::Release);
             TRIM_PENDING.store(false, Ordering::Release);
             let started = std::time::Instant::now();
             #[cfg(all(target_os = "linux", target_env = "gnu"))]
@@ -222,7 +248,7 @@ impl ModelActor {
             fault_injection: setup.fault_injection,
         };
         actor.reload()?;
-        trim_after_loads();
+        trim_after_loads(actor.flush_interval);
         Ok(actor)
     }
 
