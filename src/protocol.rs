@@ -433,6 +433,8 @@ const fn byte_class(extra: &[u8]) -> [bool; 256] {
 
 static MODEL_ID_BYTES: [bool; 256] = byte_class(b"._:/-");
 static METRIC_NAME_BYTES: [bool; 256] = byte_class(b"_.:-");
+/// Model id bytes allowed anywhere in an id ('.' has position rules, '/' only a first-byte one).
+static MODEL_ID_PLAIN: [bool; 256] = byte_class(b"_:/-");
 
 /// Describes the offending char at byte `i` of `s` (Debug form, so it is always printable).
 fn char_at(s: &str, i: usize) -> String {
@@ -1093,47 +1095,51 @@ const POW10_EXACT: [f64; 23] = [
     1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
 ];
 
-fn model_id_ok(b: &[u8]) -> bool {
-    !b.is_empty()
-        && b.len() <= MODEL_ID_MAX
-        && b[0] != b'.'
-        && b[0] != b'/'
-        && b.iter().all(|&c| MODEL_ID_BYTES[c as usize])
-        && !b.windows(2).any(|w| w == b"..")
+/// Bytes that may stand between JSON tokens. All are below `!`, so one compare rules out the
+/// common case (the next byte is a token).
+#[inline(always)]
+fn maybe_ws(b: u8) -> bool {
+    b <= b' '
 }
 
-fn metric_name_ok(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= METRIC_NAME_MAX
-        && b.iter().all(|&c| METRIC_NAME_BYTES[c as usize])
-        && !matches!(s, "drift_score" | "accuracy" | "error" | "value")
+/// `b` as text. Only for bytes checked against one of the class tables above, which hold
+/// ASCII bytes only.
+#[inline(always)]
+fn ascii_str(b: &[u8]) -> &str {
+    debug_assert!(b.is_ascii());
+    // SAFETY: every caller passes bytes it has checked against MODEL_ID_PLAIN/MODEL_ID_BYTES or
+    // METRIC_NAME_BYTES, whose members are all ASCII, and ASCII is valid UTF-8. The checked
+    // `from_utf8` here cost ~8% of a typical line's instructions (callgrind), for no benefit.
+    unsafe { std::str::from_utf8_unchecked(b) }
 }
 
+/// No whole-line UTF-8 check: every byte the scanner accepts outside `meta` is either matched
+/// against an ASCII literal (structure, keys, `null`/`true`/`false`, op names), a digit or sign
+/// of a number, or a byte of a model id or metric name checked against its ASCII class table.
+/// `meta` is validated by serde_json (a borrowed RawValue is UTF-8-checked as a whole). So a
+/// line the scanner accepts is valid UTF-8, as the full decoder requires.
 struct Scan<'a> {
-    /// The line, UTF-8-checked once up front so strings can be sliced out without re-checking.
-    s: &'a str,
     b: &'a [u8],
     i: usize,
 }
 
 impl<'a> Scan<'a> {
-    #[inline]
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.b.get(self.i).copied()
     }
 
-    #[inline]
+    #[inline(always)]
     fn ws(&mut self) {
-        while let Some(c) = self.peek() {
-            if !is_json_ws(c) {
+        while let Some(&c) = self.b.get(self.i) {
+            if !maybe_ws(c) || !is_json_ws(c) {
                 break;
             }
             self.i += 1;
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn eat(&mut self, c: u8) -> Option<()> {
         if self.peek() == Some(c) {
             self.i += 1;
@@ -1143,7 +1149,7 @@ impl<'a> Scan<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn literal(&mut self, lit: &[u8]) -> bool {
         if self.b[self.i..].starts_with(lit) {
             self.i += lit.len();
@@ -1153,8 +1159,8 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// `ws (',' | '}')`: true after ',', false after '}'.
-    #[inline]
+    /// `ws (',' ws | '}')`: true after ',', false after '}'.
+    #[inline(always)]
     fn comma_or_close(&mut self) -> Option<bool> {
         self.ws();
         match self.peek()? {
@@ -1171,81 +1177,169 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// A string without escapes or control characters (the full decoder handles those).
-    fn plain_str(&mut self) -> Option<&'a str> {
-        self.eat(b'"')?;
-        let start = self.i;
-        let len = self.b[start..]
-            .iter()
-            .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-        self.i = start + len;
-        self.eat(b'"')?;
-        // Both ends are next to an ASCII '"', so they are char boundaries.
-        self.s.get(start..start + len)
+    /// A top-level key spelled exactly as one of the known names (quotes included): picked by
+    /// its first byte(s), then compared whole, closing quote included, so a longer key that
+    /// starts like a known one (`"model_idx"`), an escaped one or an unknown one gives None.
+    #[inline(always)]
+    fn key(&mut self) -> Option<Field> {
+        let rest = &self.b[self.i..];
+        // Each arm compares against a constant of known length, which compiles to a few word
+        // compares instead of a memcmp call.
+        #[inline(always)]
+        fn is<const N: usize>(rest: &[u8], lit: &[u8; N]) -> Option<usize> {
+            rest.starts_with(lit).then_some(N)
+        }
+        let (f, n) = match *rest.get(1)? {
+            b'm' => match rest.get(3) {
+                Some(b'd') => (Field::ModelId, is(rest, b"\"model_id\"")?),
+                Some(b't') if rest.get(4) == Some(&b'r') => {
+                    (Field::Metrics, is(rest, b"\"metrics\"")?)
+                }
+                Some(b't') => (Field::Meta, is(rest, b"\"meta\"")?),
+                _ => return None,
+            },
+            b't' => (Field::Ts, is(rest, b"\"ts\"")?),
+            b'd' => (Field::DriftScore, is(rest, b"\"drift_score\"")?),
+            b'a' => (Field::Accuracy, is(rest, b"\"accuracy\"")?),
+            b'e' => (Field::Error, is(rest, b"\"error\"")?),
+            b'v' => (Field::Value, is(rest, b"\"value\"")?),
+            b'o' => (Field::Op, is(rest, b"\"op\"")?),
+            _ => return None,
+        };
+        self.i += n;
+        Some(f)
+    }
+
+    /// A `model_id` that passes every id rule and needs no unescaping; None otherwise (the
+    /// full decoder then explains why). One pass over the bytes: runs of bytes allowed
+    /// anywhere, and at each '.' a check that it is not first and not doubled.
+    #[inline(always)]
+    fn model_id(&mut self) -> Option<&'a str> {
+        let rest = &self.b[self.i..];
+        if rest.first() != Some(&b'"') {
+            return None;
+        }
+        let body = &rest[1..];
+        let mut n = 0;
+        loop {
+            n += body[n..]
+                .iter()
+                .position(|&c| !MODEL_ID_PLAIN[c as usize])?;
+            if body[n] != b'.' {
+                break;
+            }
+            if n == 0 || body.get(n + 1) == Some(&b'.') {
+                return None;
+            }
+            n += 1;
+        }
+        if body[n] != b'"' || n == 0 || n > MODEL_ID_MAX || body[0] == b'/' {
+            return None;
+        }
+        self.i += n + 2;
+        Some(ascii_str(&body[..n]))
+    }
+
+    /// A metric name that passes the name rules (not counting duplicates) and needs no
+    /// unescaping.
+    #[inline(always)]
+    fn metric_name(&mut self) -> Option<&'a str> {
+        let rest = &self.b[self.i..];
+        if rest.first() != Some(&b'"') {
+            return None;
+        }
+        let body = &rest[1..];
+        let n = body.iter().position(|&c| !METRIC_NAME_BYTES[c as usize])?;
+        if body[n] != b'"' || n == 0 || n > METRIC_NAME_MAX {
+            return None;
+        }
+        let name = &body[..n];
+        if matches!(name, b"drift_score" | b"accuracy" | b"error" | b"value") {
+            return None;
+        }
+        self.i += n + 2;
+        Some(ascii_str(name))
+    }
+
+    /// The value of `op`, if it names a known op plainly.
+    fn op(&mut self) -> Option<Op> {
+        if self.literal(b"\"flush\"") {
+            Some(Op::Flush)
+        } else if self.literal(b"\"ping\"") {
+            Some(Op::Ping)
+        } else {
+            None
+        }
+    }
+
+    /// Digits from `i` on: (index after them, `acc` with them appended, wrapping).
+    #[inline(always)]
+    fn digits(b: &[u8], mut i: usize, mut acc: u64) -> (usize, u64) {
+        while let Some(&d) = b.get(i) {
+            let d = d.wrapping_sub(b'0');
+            if d > 9 {
+                break;
+            }
+            acc = acc.wrapping_mul(10).wrapping_add(u64::from(d));
+            i += 1;
+        }
+        (i, acc)
     }
 
     /// A JSON number, converted exactly as serde_json converts it (so both paths agree to the
     /// bit): integers and Clinger's exact case inline, anything else by serde_json itself.
+    #[inline(always)]
     fn number(&mut self) -> Option<f64> {
+        let b = self.b;
         let start = self.i;
-        let neg = self.eat(b'-').is_some();
-        let mut sig: u64 = 0;
-        let mut digits = 0u32;
-        match self.peek()? {
-            b'0' => {
-                self.i += 1;
-                digits = 1;
-            }
-            b'1'..=b'9' => {
-                while let Some(d @ b'0'..=b'9') = self.peek() {
-                    sig = sig.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
-                    digits = digits.saturating_add(1);
-                    self.i += 1;
-                }
-            }
+        let neg = b.get(start) == Some(&b'-');
+        let int_start = start + usize::from(neg);
+        let (mut i, mut sig) = match b.get(int_start) {
+            Some(b'0') => (int_start + 1, 0),
+            Some(b'1'..=b'9') => Self::digits(b, int_start, 0),
             _ => return None,
-        }
-        let mut exp: i32 = 0;
+        };
+        // Counts a leading "0" too (as the exponent's digit budget below assumes nothing else).
+        let mut digits = i - int_start;
+        let mut exp: i64 = 0;
         let mut int = true;
-        if self.peek() == Some(b'.') {
+        if b.get(i) == Some(&b'.') {
             int = false;
-            self.i += 1;
-            let frac_start = self.i;
-            while let Some(d @ b'0'..=b'9') = self.peek() {
-                sig = sig.wrapping_mul(10).wrapping_add(u64::from(d - b'0'));
-                digits = digits.saturating_add(1);
-                exp = exp.saturating_sub(1);
-                self.i += 1;
-            }
-            if self.i == frac_start {
+            let frac_start = i + 1;
+            (i, sig) = Self::digits(b, frac_start, sig);
+            let frac = i - frac_start;
+            if frac == 0 {
                 return None;
             }
+            digits += frac;
+            exp = -(frac as i64);
         }
-        if let Some(b'e' | b'E') = self.peek() {
+        if let Some(b'e' | b'E') = b.get(i) {
             int = false;
-            self.i += 1;
-            let eneg = match self.peek() {
+            i += 1;
+            let eneg = match b.get(i) {
                 Some(b'-') => {
-                    self.i += 1;
+                    i += 1;
                     true
                 }
                 Some(b'+') => {
-                    self.i += 1;
+                    i += 1;
                     false
                 }
                 _ => false,
             };
-            let exp_start = self.i;
-            let mut e: i32 = 0;
-            while let Some(d @ b'0'..=b'9') = self.peek() {
-                e = (e * 10 + i32::from(d - b'0')).min(100_000);
-                self.i += 1;
+            let exp_start = i;
+            let mut e: i64 = 0;
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                e = (e * 10 + i64::from(d - b'0')).min(100_000);
+                i += 1;
             }
-            if self.i == exp_start {
+            if i == exp_start {
                 return None;
             }
-            exp = exp.saturating_add(if eneg { -e } else { e });
+            exp += if eneg { -e } else { e };
         }
+        self.i = i;
         // ≤ 19 digits cannot overflow u64 (wrapping ops above are then exact).
         if digits <= 19 {
             let f = sig as f64;
@@ -1263,15 +1357,16 @@ impl<'a> Scan<'a> {
                 return Some(if neg { -f } else { f });
             }
         }
-        serde_json::from_slice::<f64>(&self.b[start..self.i])
+        serde_json::from_slice::<f64>(&b[start..i])
             .ok()
             .filter(|x| x.is_finite())
     }
 
     /// Number or null (= absent).
+    #[inline(always)]
     fn opt_number(&mut self) -> Option<Option<f64>> {
-        if self.literal(b"null") {
-            Some(None)
+        if self.peek() == Some(b'n') {
+            self.literal(b"null").then_some(None)
         } else {
             self.number().map(Some)
         }
@@ -1300,8 +1395,8 @@ impl<'a> Scan<'a> {
             return Some(());
         }
         loop {
-            let name = self.plain_str()?;
-            if !metric_name_ok(name) || out.len() >= METRICS_MAX || out.get(name).is_some() {
+            let name = self.metric_name()?;
+            if out.len() >= METRICS_MAX || out.get(name).is_some() {
                 return None;
             }
             self.ws();
@@ -1317,6 +1412,7 @@ impl<'a> Scan<'a> {
     fn meta(&mut self) -> Option<Option<&'a RawValue>> {
         let rest = &self.b[self.i..];
         let mut de = serde_json::Deserializer::from_slice(rest);
+        // Checks the JSON syntax and the UTF-8 of all of meta's text.
         let raw = <&RawValue>::deserialize(&mut de).ok()?;
         // The raw text is borrowed from `rest`; its end is where scanning resumes.
         let off = (raw.get().as_ptr() as usize).checked_sub(rest.as_ptr() as usize)?;
@@ -1330,13 +1426,9 @@ impl<'a> Scan<'a> {
 }
 
 /// Decodes the common shape of valid lines; None means "use the full decoder".
+#[inline(always)]
 fn decode_fast(line: &[u8]) -> Option<Line<'_>> {
-    let text = std::str::from_utf8(line).ok()?;
-    let mut s = Scan {
-        s: text,
-        b: line,
-        i: 0,
-    };
+    let mut s = Scan { b: line, i: 0 };
     s.ws();
     s.eat(b'{')?;
     s.ws();
@@ -1345,7 +1437,7 @@ fn decode_fast(line: &[u8]) -> Option<Line<'_>> {
     let mut op = None;
     if s.eat(b'}').is_none() {
         loop {
-            let f = Field::from_name(s.plain_str()?)?;
+            let f = s.key()?;
             if seen & f.bit() != 0 {
                 return None;
             }
@@ -1354,7 +1446,7 @@ fn decode_fast(line: &[u8]) -> Option<Line<'_>> {
             s.eat(b':')?;
             s.ws();
             match f {
-                Field::ModelId => ev.model_id = s.plain_str()?,
+                Field::ModelId => ev.model_id = s.model_id()?,
                 Field::Ts => ev.ts = s.opt_number()?,
                 Field::DriftScore => ev.drift_score = s.opt_number()?,
                 Field::Accuracy => ev.accuracy = s.opt_number()?,
@@ -1362,7 +1454,7 @@ fn decode_fast(line: &[u8]) -> Option<Line<'_>> {
                 Field::Error => ev.error = s.error_value()?,
                 Field::Metrics => s.metrics(&mut ev.metrics)?,
                 Field::Meta => ev.meta = s.meta()?,
-                Field::Op => op = Some(Op::from_name(s.plain_str()?)?),
+                Field::Op => op = Some(s.op()?),
             }
             if !s.comma_or_close()? {
                 break;
@@ -1376,7 +1468,8 @@ fn decode_fast(line: &[u8]) -> Option<Line<'_>> {
     if let Some(op) = op {
         return (seen == Field::Op.bit()).then_some(Line::Op(op));
     }
-    if seen & Field::ModelId.bit() == 0 || !model_id_ok(ev.model_id.as_bytes()) {
+    // model_id() checked the id when it read it.
+    if seen & Field::ModelId.bit() == 0 {
         return None;
     }
     Some(Line::Event(ev))
@@ -3058,7 +3151,7 @@ mod tests {
         fn fast_numbers_match_serde_json_bit_for_bit(
             text in "-?(0|[1-9][0-9]{0,24})(\\.[0-9]{1,24})?([eE][+-]?[0-9]{1,3})?",
         ) {
-            let mut scan = Scan { s: &text, b: text.as_bytes(), i: 0 };
+            let mut scan = Scan { b: text.as_bytes(), i: 0 };
             let fast = scan.number();
             let reference = serde_json::from_str::<f64>(&text).ok();
             prop_assert_eq!(fast.map(f64::to_bits), reference.map(f64::to_bits));
@@ -3070,7 +3163,7 @@ mod tests {
         #[test]
         fn fast_numbers_match_for_formatted_f64(x in finite(), style in any::<u8>()) {
             let text = number_text(x, style);
-            let mut scan = Scan { s: &text, b: text.as_bytes(), i: 0 };
+            let mut scan = Scan { b: text.as_bytes(), i: 0 };
             let reference = serde_json::from_str::<f64>(&text).unwrap();
             prop_assert_eq!(scan.number().map(f64::to_bits), Some(reference.to_bits()));
         }
@@ -3149,6 +3242,64 @@ mod tests {
                 .collect();
             let got: Vec<(&str, u64)> = e.metrics.iter().map(|(k, v)| (k, v.to_bits())).collect();
             prop_assert_eq!(got, want);
+        }
+
+        /// The scanner's shortcuts: keys matched by their first bytes (so keys that share a
+        /// prefix with real keys, or are a prefix of one), model ids and metric names checked
+        /// in one pass ('.' and '/' in every position, "..", non-ASCII, escapes, control bytes,
+        /// length limits) and no whole-line UTF-8 check (invalid UTF-8 in ids, names, keys and
+        /// meta). Whatever the fast path accepts, the full decoder must accept identically,
+        /// and it must refuse every line that is not UTF-8.
+        #[test]
+        fn fast_path_shortcuts_agree_with_full(
+            key in prop_oneof![
+                3 => prop::sample::select(vec!["ts", "drift_score", "accuracy", "value", "error"]),
+                2 => prop::sample::select(vec![
+                    "model_id", "model_i", "model_idx", "model", "mode", "m", "mo", "me", "met",
+                    "meta", "meta_", "metr", "metric", "metrics", "metricsx", "mmodel_id", "t",
+                    "ts", "tsx", "d", "drift", "drift_score", "drift_scores", "a", "accuracy",
+                    "accuracyy", "e", "error", "errors", "v", "value", "valu", "o", "op", "ops", "",
+                    "model\\u005fid", "\\u006dodel_id", "ts\\u0000", "m\u{e9}ta", "t\u{e9}",
+                ]),
+            ],
+            id in prop_oneof![
+                "[A-Za-z0-9._:/-]{0,12}",
+                "[a.]{0,6}",
+                "[./]{1,3}[a-z]{0,3}[./]{0,3}",
+                "[a-z]{0,3}(\\.|\\\\/|\\\\u0041|\u{e9}|\x01| |\\\\\\\\)[a-z.]{0,3}",
+                "[a-z]{125,130}",
+            ],
+            name in prop_oneof![
+                4 => "[A-Za-z0-9_.:-]{0,8}",
+                1 => Just("drift_score".to_string()),
+                1 => Just("value".to_string()),
+                1 => Just("values".to_string()),
+                1 => Just("erro".to_string()),
+                1 => "[a-z]{0,3}(\u{e9}|\\\\n|\\\\u0041|/| )[a-z]{0,3}",
+                1 => "[a-z]{63,66}",
+            ],
+            bad_utf8 in prop::option::weighted(
+                0.2,
+                (0usize..200, prop::sample::select(vec![0x80u8, 0xc3, 0xff, 0xe9, 0xed])),
+            ),
+            meta_text in prop::sample::select(
+                vec!["\"x\"", "\"\u{e9}\"", "[1,\"\\u00e9\"]", "{}", "null"],
+            ),
+        ) {
+            let line = format!(
+                r#"{{"model_id":"{id}","{key}":1,"metrics":{{"{name}":2.5}},"meta":{meta_text}}}"#
+            );
+            let mut line = line.into_bytes();
+            if let Some((at, byte)) = bad_utf8 {
+                let at = at.min(line.len());
+                line.insert(at, byte);
+            }
+            let res = decode(&line);
+            check_result(&line, &res);
+            if std::str::from_utf8(&line).is_err() {
+                prop_assert!(decode_fast(&line).is_none());
+                prop_assert_eq!(res.unwrap_err().code, ErrorCode::BadJson);
+            }
         }
 
         /// Small edits of valid lines (which often make them invalid in subtle ways) must never
