@@ -62,10 +62,15 @@ fn stream(n: usize) -> Vec<Obs> {
 }
 
 fn decoder(c: &mut Criterion) {
-    let lines: [(&str, &[u8]); 4] = [
+    let lines: [(&str, &[u8]); 5] = [
         (
             "event",
             br#"{"model_id":"model-00042","ts":1764172800.123456,"drift_score":0.1234,"accuracy":0.9512,"error":0}"#,
+        ),
+        // Floats as Python's json.dumps writes them: 17 significant digits.
+        (
+            "event_17_digit_floats",
+            br#"{"model_id":"model-00042","ts":1764172800.123456,"drift_score":0.12345678901234566,"accuracy":0.9512345678901234,"error":0}"#,
         ),
         (
             "event_with_metrics_and_meta",
