@@ -400,12 +400,21 @@ impl CommandActor {
             tracing::info!(model_id = %model, job_id, action = %job.action, command = %job.note, "dry run");
             return Ok(Some(job_id));
         }
-        // The runner state (budget, escalation) becomes durable with the job.
+        // The runner state (budget, escalation) becomes durable with the job. A job that
+        // starts at once is made durable by the journal write of its start (one fsync before
+        // the spawn, not two: nothing is awaited in between, so a crash before it loses no
+        // more than a crash before the decision arrived); one that has to wait, right after.
         self.save_runner(&model);
-        self.journal(&job)?;
+        self.store.save_job(&job)?;
         tracing::info!(model_id = %model, job_id, action = %job.action, policy = %job.policy, "job queued");
         self.queue.push_back((job, 0.0));
         self.pump(ctx);
+        if self.queue.iter().any(|(j, _)| j.job_id == job_id)
+            && let Err(e) = self.store.flush_sync()
+        {
+            self.queue.retain(|(j, _)| j.job_id != job_id);
+            return Err(e.into());
+        }
         Ok(Some(job_id))
     }
 

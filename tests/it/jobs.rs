@@ -768,3 +768,28 @@ fn escalate_is_not_a_policy_action() {
         out_text(&o)
     );
 }
+
+/// A job that waits for a free slot is durable while it waits: killed then, the daemon still
+/// runs it after the restart. (A job that starts at once is made durable by its start.)
+#[test]
+fn a_job_waiting_for_a_slot_survives_a_kill() {
+    let b = Daemon::builder();
+    let hook = b.recording_hook("gated", 0);
+    let conf = Conf::new()
+        .hooks("max_concurrent", "1")
+        .hooks("on_interrupted", "\"drop\"")
+        .hook("full", &hook.command_toml(&[]));
+    let mut d = b.body(conf.toml()).start();
+    hook.close_gate();
+    d.push_events(&[drift_event("m1", 0.9, 1)]);
+    d.wait_for("m1's hook to start", || (hook.started() >= 1).then_some(()));
+    d.push_events(&[drift_event("m2", 0.9, 1)]);
+    d.wait_job(Some("m2"), "m2's job waiting", |j| j["state"] == "queued");
+    d.kill_and_restart();
+    hook.open_gate();
+    d.wait_for("m2's hook to run after the restart", || {
+        (!hook.runs_for("m2").is_empty()).then_some(())
+    });
+    let jobs = jobs_of(&d, "m2");
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+}
