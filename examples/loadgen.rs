@@ -123,6 +123,10 @@ struct RecoveryArgs {
     window: usize,
     #[arg(long, default_value_t = 5)]
     runs: usize,
+    /// The daemon's `model_idle_unload_s` for the runs: memory is measured once with every
+    /// model loaded (3 s idle) and again after the idle models were unloaded.
+    #[arg(long, default_value_t = 5)]
+    unload_s: u64,
 }
 
 #[derive(Args, Clone)]
@@ -1071,7 +1075,16 @@ fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
     let mut loaded_ms = Vec::new();
     let mut rss_loading = Vec::new();
     let mut rss_loaded = Vec::new();
+    let mut rss_unloaded = Vec::new();
     const IDLE: Duration = Duration::from_secs(3);
+    // The runs unload idle models after `unload_s` (the seeding run above never idles that
+    // long); then the trim that follows a burst of unloads needs a second or two.
+    let unload = Duration::from_secs(a.unload_s.max(IDLE.as_secs() + 1));
+    let run_cfg = cfg.replacen(
+        "[daemon]\n",
+        &format!("[daemon]\nmodel_idle_unload_s = {}\n", unload.as_secs()),
+        1,
+    );
     // Touch every model once: its actor starts and reloads its full state.
     let mut touch = Vec::new();
     let mut rng = Rng(12);
@@ -1079,7 +1092,7 @@ fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
         calm_event(&mut touch, &mut rng, &model_name(i), None, 0.05);
     }
     for run in 0..a.runs {
-        let mut server = Server::start(bins, Kind::Daemon, dir.path(), &cfg)?;
+        let mut server = Server::start(bins, Kind::Daemon, dir.path(), &run_cfg)?;
         let ready = server.wait_connectable()?;
         let rss0 = server.rss_kib();
         drive(&server.socket, std::slice::from_ref(&touch))?;
@@ -1089,16 +1102,20 @@ fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
         // the daemon schedules a second after a burst of loads.
         thread::sleep(IDLE);
         let rss1 = server.rss_kib();
+        thread::sleep(unload + Duration::from_secs(3) - IDLE);
+        let rss2 = server.rss_kib();
         server.stop()?;
         eprintln!(
-            "recovery run={run}: ready {:.1} ms (RSS {} KiB), all loaded {:.1} ms (RSS {} KiB, {} KiB after {} s idle)",
+            "recovery run={run}: ready {:.1} ms (RSS {} KiB), all loaded {:.1} ms (RSS {} KiB, {} KiB after {} s idle, {} KiB after unloading)",
             ready.as_secs_f64() * 1e3,
             rss0,
             loaded.as_secs_f64() * 1e3,
             rss_busy,
             rss1,
-            IDLE.as_secs()
+            IDLE.as_secs(),
+            rss2
         );
+        rss_unloaded.push(rss2 as f64);
         ready_ms.push(ready.as_secs_f64() * 1e3);
         rss_ready.push(rss0 as f64);
         loaded_ms.push(loaded.as_secs_f64() * 1e3);
@@ -1130,9 +1147,18 @@ fn recovery(bins: &Bins, a: &RecoveryArgs) -> io::Result<()> {
         median(&rss_loaded) / 1024.0
     );
     println!(
-        "| memory per idle model | {:.0} B ({:.0} B beyond its {window_bytes} B drift window) |\n",
+        "| memory per idle model, loaded | {:.0} B ({:.0} B beyond its {window_bytes} B drift window) |",
         per_model,
         per_model - window_bytes as f64
+    );
+    println!(
+        "| resident memory after the idle models were unloaded ({} s) | {:.1} MiB |",
+        unload.as_secs(),
+        median(&rss_unloaded) / 1024.0
+    );
+    println!(
+        "| memory per idle model, unloaded | {:.0} B |\n",
+        (median(&rss_unloaded) - median(&rss_ready)) * 1024.0 / a.models as f64
     );
     Ok(())
 }

@@ -39,6 +39,9 @@ pub struct DaemonConfig {
     pub max_connections: usize,
     /// Connections silent this long are closed; 0 keeps them forever.
     pub idle_timeout_s: u64,
+    /// A model without events this long has its state dropped from memory (it stays in the
+    /// store and is loaded again by its next event); 0 keeps every model loaded.
+    pub model_idle_unload_s: u64,
     pub log_level: Option<String>,
     /// Extra uids and gids allowed on the control socket (root and our own uid always are).
     pub control_allow: Vec<u32>,
@@ -169,6 +172,7 @@ impl Config {
                 max_models: w.int("max_models", 1, 10_000_000).unwrap_or(10_000) as usize,
                 max_connections: w.int("max_connections", 1, 1_000_000).unwrap_or(1024) as usize,
                 idle_timeout_s: w.int("idle_timeout_s", 0, 86_400 * 365).unwrap_or(0),
+                model_idle_unload_s: w.int("model_idle_unload_s", 0, 86_400 * 365).unwrap_or(600),
                 log_level: w.string("log_level").filter(|l| match check_log_filter(l) {
                     Ok(()) => true,
                     Err(message) => {

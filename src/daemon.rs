@@ -326,6 +326,10 @@ fn warn_restart_only(old: &Config, new: &Config) {
             d.0.flush_interval_ms != d.1.flush_interval_ms,
         ),
         (
+            "daemon.model_idle_unload_s",
+            d.0.model_idle_unload_s != d.1.model_idle_unload_s,
+        ),
+        (
             "daemon.control_allow",
             d.0.control_allow != d.1.control_allow,
         ),

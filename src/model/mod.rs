@@ -18,7 +18,7 @@ pub mod registry;
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use actix::prelude::*;
@@ -35,69 +35,6 @@ pub use messages::*;
 
 /// How many recent values the sparklines keep.
 const RECENT: usize = 32;
-
-/// How long loads must have stopped before the heap is trimmed (see [`trim_after_loads`]).
-const TRIM_QUIET: Duration = Duration::from_secs(1);
-
-/// A burst that never pauses is trimmed this long after it started anyway.
-const TRIM_MAX_WAIT: Duration = Duration::from_secs(10);
-
-/// A trim is scheduled.
-static TRIM_PENDING: AtomicBool = AtomicBool::new(false);
-
-/// When the last load happened, in milliseconds since [`clock_epoch`], and the longest flush
-/// interval of the loaded models (their first writes follow the load within it).
-static LAST_LOAD_MS: AtomicU64 = AtomicU64::new(0);
-static LOAD_WRITE_MS: AtomicU64 = AtomicU64::new(0);
-
-/// Loading a model's state leaves holes in the heap: sled pages in a whole node to read one
-/// record and drops it later, between the long-lived windows just decoded, and the first
-/// write of each loaded model churns sled's buffers again. glibc keeps such holes resident,
-/// which after a restart under traffic (every model loading at once) came to a third of the
-/// daemon's memory. So a burst of loads is followed, once it is over (no load for
-/// [`TRIM_QUIET`] and the loaded models' first writes done), by `malloc_trim`, which hands the
-/// free pages back; on its own thread, since it walks the whole heap. Trimming at a fixed
-/// delay after the first load instead missed whatever a burst longer than the delay, or its
-/// writes, freed afterwards.
-fn trim_after_loads(flush_interval: Duration) {
-    let now = clock_epoch().elapsed().as_millis() as u64;
-    LAST_LOAD_MS.fetch_max(now, Ordering::AcqRel);
-    LOAD_WRITE_MS.fetch_max(flush_interval.as_millis() as u64, Ordering::AcqRel);
-    if TRIM_PENDING.swap(true, Ordering::AcqRel) {
-        return;
-    }
-    let spawned = std::thread::Builder::new()
-        .name("visutility-trim".into())
-        .spawn(|| {
-            let started = std::time::Instant::now();
-            while started.elapsed() < TRIM_MAX_WAIT {
-                let quiet = TRIM_QUIET
-                    .max(Duration::from_millis(LOAD_WRITE_MS.load(Ordering::Acquire)) * 2);
-                let last = Duration::from_millis(LAST_LOAD_MS.load(Ordering::Acquire));
-                let since = clock_epoch().elapsed().saturating_sub(last);
-                if since >= quiet {
-                    break;
-                }
-                std::thread::sleep((quiet - since).min(TRIM_MAX_WAIT));
-            }
-            // Loads from now on schedule the next trim.
-            LOAD_WRITE_MS.store(0, Ordering::Release);
-            TRIM_PENDING.store(false, Ordering::Release);
-            let started = std::time::Instant::now();
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim has no preconditions; it only releases free memory.
-            unsafe {
-                libc::malloc_trim(0);
-            }
-            tracing::debug!(
-                took_us = started.elapsed().as_micros() as u64,
-                "heap trimmed"
-            );
-        });
-    if spawned.is_err() {
-        TRIM_PENDING.store(false, Ordering::Release);
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -212,6 +149,15 @@ pub struct ModelActor {
     epoch: Arc<AtomicU64>,
     /// Tests only: events whose meta asks for a fault get one.
     fault_injection: bool,
+    /// The state is in memory (`record` is the model's); false once unloaded after being
+    /// idle for `idle_unload`, until the next message that needs it.
+    loaded: bool,
+    /// Drop the in-memory state after this long without events (`None`: never).
+    idle_unload: Option<Duration>,
+    /// When the last batch was applied.
+    last_active: std::time::Instant,
+    /// An idle check is scheduled.
+    unload_scheduled: bool,
 }
 
 pub struct ModelSetup {
@@ -222,6 +168,7 @@ pub struct ModelSetup {
     pub flush_interval: Duration,
     pub fault_injection: bool,
     pub epoch: Arc<AtomicU64>,
+    pub idle_unload: Option<Duration>,
 }
 
 impl ModelActor {
@@ -246,9 +193,12 @@ impl ModelActor {
             decision_counts: Vec::new(),
             epoch: setup.epoch,
             fault_injection: setup.fault_injection,
+            loaded: false,
+            idle_unload: setup.idle_unload,
+            last_active: std::time::Instant::now(),
+            unload_scheduled: false,
         };
         actor.reload()?;
-        trim_after_loads(actor.flush_interval);
         Ok(actor)
     }
 
@@ -259,7 +209,44 @@ impl ModelActor {
         record.policies = bind_states(specs, std::mem::take(&mut record.policies));
         self.record = record;
         self.dirty = false;
+        self.loaded = true;
         Ok(())
+    }
+
+    /// Loads the state again if it was unloaded while idle.
+    fn ensure_loaded(&mut self) -> Result<(), StoreError> {
+        if !self.loaded {
+            self.reload()?;
+            tracing::debug!(model_id = %self.id, "model state loaded again after being idle");
+        }
+        Ok(())
+    }
+
+    /// Checks, `idle_unload` after the last batch, whether the model stayed idle; if so its
+    /// state (windows, detectors, sparklines) leaves memory: it is in the store already, and
+    /// the next event loads it again. A model with unwritten changes writes them first.
+    fn schedule_unload_check(&mut self, ctx: &mut Context<Self>) {
+        let Some(idle) = self.idle_unload else { return };
+        if self.unload_scheduled {
+            return;
+        }
+        self.unload_scheduled = true;
+        let due = (self.last_active + idle).saturating_duration_since(std::time::Instant::now());
+        ctx.run_later(due, move |act, ctx| {
+            act.unload_scheduled = false;
+            if !act.loaded {
+                return;
+            }
+            if act.last_active.elapsed() < idle || act.dirty {
+                // Active since, or a write still due: look again later.
+                act.schedule_unload_check(ctx);
+                return;
+            }
+            act.record = ModelRecord::default();
+            act.loaded = false;
+            // The allocator's background thread hands the freed pages back to the system.
+            tracing::debug!(model_id = %act.id, idle_s = idle.as_secs(), "idle model's state unloaded from memory");
+        });
     }
 
     fn apply(&mut self, batch: &[Obs]) -> Result<(), ModelError> {
@@ -373,15 +360,33 @@ impl ModelActor {
     }
 
     fn view(&self) -> ModelView {
-        let mut v = ModelView::from_record(&self.id, &self.record, None);
+        if self.loaded {
+            return self.view_of(&self.record, &self.record.policies);
+        }
+        // Read through, without keeping it: views (`models`, metrics) must not load every
+        // idle model back into memory.
+        let record = match self.store.load_model(&self.id) {
+            Ok(rec) => rec.unwrap_or_default(),
+            Err(error) => {
+                tracing::error!(model_id = %self.id, error = %error, "cannot read an unloaded model's state for its view");
+                ModelRecord::default()
+            }
+        };
+        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
+        let states = bind_states(specs, record.policies.clone());
+        self.view_of(&record, &states)
+    }
+
+    fn view_of(&self, record: &ModelRecord, states: &[PolicyState]) -> ModelView {
+        let mut v = ModelView::from_record(&self.id, record, None);
         v.restarts = self.restarts;
         v.decision_counts = self.decision_counts.clone();
         if let Some(rule) = &self.rule {
             v.policies = rule
                 .policies
                 .iter()
-                .zip(&self.record.policies)
-                .map(|(spec, st): (_, &PolicyState)| PolicyView {
+                .zip(states)
+                .map(|(spec, st)| PolicyView {
                     name: spec.name.clone(),
                     kind: spec.kind.kind_name().into(),
                     state: st.summary(spec),
@@ -504,6 +509,7 @@ impl Supervised for ModelActor {
         self.restarts += 1;
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.write_scheduled = false;
+        self.unload_scheduled = false;
         match self.reload() {
             Ok(()) => {
                 tracing::warn!(model_id = %self.id, restarts = self.restarts, events = self.record.events, "model actor restarted from its persisted state")
@@ -519,11 +525,20 @@ impl Handler<ApplyBatch> for ModelActor {
     type Result = ();
 
     fn handle(&mut self, msg: ApplyBatch, ctx: &mut Context<Self>) {
+        if let Err(error) = self.ensure_loaded() {
+            // Its events cannot be applied: fail like any other error, so that barriers do
+            // not claim them (the restart bumps the epoch) and the restart tries the load again.
+            tracing::error!(model_id = %self.id, error = %error, "cannot load an idle model's state; restarting its actor");
+            ctx.stop();
+            return;
+        }
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(msg.obs())));
         let error = match result {
             Ok(Ok(())) => {
                 self.dirty = true;
                 self.schedule_write(ctx);
+                self.last_active = std::time::Instant::now();
+                self.schedule_unload_check(ctx);
                 return;
             }
             Ok(Err(e)) => e.to_string(),
@@ -562,6 +577,10 @@ impl Handler<Reconfigure> for ModelActor {
 
     fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) {
         self.rule = msg.0;
+        if !self.loaded {
+            // The persisted states are bound to the new policies when they are loaded.
+            return;
+        }
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = bind_states(specs, std::mem::take(&mut self.record.policies));
         self.dirty = true;
@@ -572,7 +591,9 @@ impl Handler<Reconfigure> for ModelActor {
 impl Handler<ResetPolicies> for ModelActor {
     type Result = Result<(), ModelError>;
 
-    fn handle(&mut self, msg: ResetPolicies, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: ResetPolicies, ctx: &mut Context<Self>) -> Self::Result {
+        self.ensure_loaded()?;
+        self.schedule_unload_check(ctx);
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = specs.iter().map(PolicyState::new).collect();
         self.record.warmup_left = if msg.warmup {

@@ -115,6 +115,8 @@ impl Registry {
             store: self.store.clone(),
             commander,
             flush_interval: Duration::from_millis(inner.config.daemon.flush_interval_ms),
+            idle_unload: (inner.config.daemon.model_idle_unload_s > 0)
+                .then(|| Duration::from_secs(inner.config.daemon.model_idle_unload_s)),
             fault_injection: self.fault_injection,
         })?;
         let addr = Supervisor::start_in_arbiter(&self.arbiter, move |_| actor);

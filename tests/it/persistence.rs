@@ -70,11 +70,25 @@ fn acknowledged_events_survive_sigkill() {
     assert_eq!(m["paused"], json!(false), "{m}");
 }
 
-/// Push 6 + 3 + 1 events of drift 1.0 through a drift_window of 10, optionally
-/// SIGKILLing and restarting after the first 6 were acknowledged.  Either way the
-/// window must fire exactly on the 10th event.
-fn drift_window_scenario(restart: bool) {
-    let b = Daemon::builder();
+/// What happens to the model between its 6th and 7th event.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pause {
+    None,
+    /// SIGKILL and restart.
+    Restart,
+    /// The model stays idle until its state is unloaded from memory.
+    Unload,
+}
+
+/// Push 6 + 3 + 1 events of drift 1.0 through a drift_window of 10, with `pause` after the
+/// first 6 were acknowledged. Whatever the pause, the window must fire exactly on the 10th
+/// event.
+fn drift_window_scenario(pause: Pause) {
+    let restart = pause == Pause::Restart;
+    let mut b = Daemon::builder();
+    if pause == Pause::Unload {
+        b = b.daemon_keys("model_idle_unload_s = 1");
+    }
     let hook = b.recording_hook("hook", 0);
     let b = b.body(drift_window_body(&hook));
     let mut d = b.start();
@@ -88,6 +102,27 @@ fn drift_window_scenario(restart: bool) {
     if restart {
         d.kill_and_restart();
         assert_eq!(d.events_of("m"), 6, "events after restart");
+    }
+    if pause == Pause::Unload {
+        d.wait_for("the idle model to be unloaded", || {
+            d.logs()
+                .lines()
+                .any(|l| l.contains("unloaded from memory") && l.contains("model_id=m"))
+                .then_some(())
+        });
+        // Its view reads the stored state through, without loading it.
+        let m = d.model("m").unwrap();
+        assert_eq!(m["events"], json!(6), "{m}");
+        assert!(
+            m["policies"][0]["state"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("window 6/10")),
+            "{m}"
+        );
+        assert!(
+            !d.logs().contains("loaded again"),
+            "a view loaded the model"
+        );
     }
 
     let mut c = d.connect();
@@ -109,12 +144,18 @@ fn drift_window_scenario(restart: bool) {
     assert_eq!(
         runs[0].seq(),
         Some(10),
-        "the first decision must come from the 10th event (window kept across restart = {restart}); stdin: {}",
+        "the first decision must come from the 10th event (window kept across {pause:?}); stdin: {}",
         runs[0].stdin
     );
     assert_eq!(runs[0].var("VISUTILITY_ACTION"), "full");
     assert_eq!(runs[0].var("VISUTILITY_POLICY"), "drift_window");
     assert_eq!(d.events_of("m"), 10);
+    if pause == Pause::Unload {
+        assert!(
+            d.logs().contains("loaded again"),
+            "the 7th event did not load the model"
+        );
+    }
     let jobs = d.wait_jobs_terminal();
     assert_eq!(jobs.len(), 1, "exactly one job: {jobs:?}");
     assert_eq!(hook.runs().len(), 1);
@@ -122,12 +163,17 @@ fn drift_window_scenario(restart: bool) {
 
 #[test]
 fn drift_window_fires_on_the_tenth_event_without_restart() {
-    drift_window_scenario(false);
+    drift_window_scenario(Pause::None);
 }
 
 #[test]
 fn drift_window_continues_where_it_was_after_sigkill() {
-    drift_window_scenario(true);
+    drift_window_scenario(Pause::Restart);
+}
+
+#[test]
+fn drift_window_continues_where_it_was_after_the_idle_model_was_unloaded() {
+    drift_window_scenario(Pause::Unload);
 }
 
 #[test]
