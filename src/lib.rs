@@ -9,7 +9,8 @@
 //! - [`protocol`]: the ingest wire format (newline-delimited JSON) and its framing, nothing else.
 //! - [`ingest`]: the Unix socket listener and one task per connection. Lines are decoded,
 //!   grouped per model and sent to model actors in batches.
-//! - [`model`]: one supervised actor per `model_id`, wrapping the model's policy state.
+//! - [`model`]: one supervised actor per `model_id`, wrapping the model's policy state (dropped
+//!   from memory while the model is idle, loaded again from the store by its next event).
 //! - [`policy`]: pure decision logic (thresholds, windows, streaming detectors in
 //!   [`policy::detect`]).
 //! - [`command`]: the hook runner: one actor that turns decisions into jobs and runs the

@@ -7,6 +7,10 @@
 //! since the last write are lost with the failed state, so the next barrier reports an error
 //! instead of a false "durable".
 //!
+//! Idle models: `model_idle_unload_s` after its last batch a model with nothing left to write
+//! drops its state from memory (the store has it); the next batch or reset loads it again, and
+//! a view reads it from the store without keeping it.
+//!
 //! Persistence is coalesced: a batch marks the state dirty and schedules one write, at the
 //! model's own slot within the next `flush_interval` (slots are spread by model id, so a
 //! thousand models that woke together do not all write in the same millisecond and hold up
