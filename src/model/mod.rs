@@ -228,14 +228,17 @@ impl ModelActor {
 
     /// Checks, `idle_unload` after the last batch, whether the model stayed idle; if so its
     /// state (windows, detectors, sparklines) leaves memory: it is in the store already, and
-    /// the next event loads it again. A model with unwritten changes writes them first.
+    /// the next event loads it again. A model with unwritten changes stays until they are
+    /// written (checked again every flush interval, so a failing disk is not polled in a loop).
     fn schedule_unload_check(&mut self, ctx: &mut Context<Self>) {
         let Some(idle) = self.idle_unload else { return };
         if self.unload_scheduled {
             return;
         }
         self.unload_scheduled = true;
-        let due = (self.last_active + idle).saturating_duration_since(std::time::Instant::now());
+        let due = (self.last_active + idle)
+            .saturating_duration_since(std::time::Instant::now())
+            .max(self.flush_interval);
         ctx.run_later(due, move |act, ctx| {
             act.unload_scheduled = false;
             if !act.loaded {
