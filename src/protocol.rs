@@ -477,6 +477,11 @@ pub fn validate_model_id(id: &str) -> Result<(), LineError> {
     Ok(())
 }
 
+/// The top-level metrics, which `metrics` may not name again.
+fn is_reserved_metric(name: &[u8]) -> bool {
+    matches!(name, b"drift_score" | b"accuracy" | b"error" | b"value")
+}
+
 /// Checks a metric name (see the module doc); errors are `bad_field`.
 pub fn validate_metric_name(name: &str) -> Result<(), LineError> {
     let b = name.as_bytes();
@@ -497,7 +502,7 @@ pub fn validate_metric_name(name: &str) -> Result<(), LineError> {
             char_at(name, i)
         )));
     }
-    if matches!(name, "drift_score" | "accuracy" | "error" | "value") {
+    if is_reserved_metric(name.as_bytes()) {
         return Err(bad_field(format!(
             "metric name \"{name}\" is reserved: send it as a top-level key"
         )));
@@ -1255,7 +1260,7 @@ impl<'a> Scan<'a> {
             return None;
         }
         let name = &body[..n];
-        if matches!(name, b"drift_score" | b"accuracy" | b"error" | b"value") {
+        if is_reserved_metric(name) {
             return None;
         }
         self.i += n + 2;

@@ -440,7 +440,7 @@ impl Conn<'_> {
             sorted[slot.count as usize] = obs;
             slot.count += 1;
         }
-        let events = Arc::new(EventArray::new(sorted, Some(self.home.clone())));
+        let events = Arc::new(EventArray::new(sorted, self.home.clone()));
         self.in_flight += 1;
         self.dispatches += 1;
         self.messages += active.len() as u64;

@@ -34,23 +34,21 @@ impl ApplyBatch {
 /// are still in flight.
 pub struct EventArray {
     events: Vec<Obs>,
-    home: Option<UnboundedSender<Vec<Obs>>>,
+    home: UnboundedSender<Vec<Obs>>,
 }
 
 impl EventArray {
-    pub fn new(events: Vec<Obs>, home: Option<UnboundedSender<Vec<Obs>>>) -> Self {
+    pub fn new(events: Vec<Obs>, home: UnboundedSender<Vec<Obs>>) -> Self {
         EventArray { events, home }
     }
 }
 
 impl Drop for EventArray {
     fn drop(&mut self) {
-        if let Some(home) = &self.home {
-            let mut events = std::mem::take(&mut self.events);
-            events.clear();
-            // A closed connection no longer wants it; then it is simply freed.
-            let _ = home.send(events);
-        }
+        let mut events = std::mem::take(&mut self.events);
+        events.clear();
+        // A closed connection no longer wants it; then it is simply freed.
+        let _ = self.home.send(events);
     }
 }
 
