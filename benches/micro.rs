@@ -173,7 +173,7 @@ fn store(c: &mut Criterion) {
     let record = warm_record(&daemon);
     let ids: Vec<String> = (0..1000).map(|i| format!("model-{i:05}")).collect();
     for id in &ids {
-        store.save_model(id, &record).expect("save");
+        store.checkpoint(id, &record).expect("save");
     }
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(1));
@@ -182,7 +182,7 @@ fn store(c: &mut Criterion) {
         b.iter(|| {
             i += 1;
             store
-                .save_model(&ids[i % ids.len()], &record)
+                .checkpoint(&ids[i % ids.len()], &record)
                 .expect("save")
         })
     });
@@ -198,7 +198,7 @@ fn store(c: &mut Criterion) {
             || (),
             |()| {
                 for id in &ids {
-                    store.save_model(id, &record).expect("save");
+                    store.checkpoint(id, &record).expect("save");
                 }
                 store.flush_sync().expect("flush")
             },

@@ -237,6 +237,21 @@ async fn serve(
     );
     systemd::notify_ready();
 
+    // Models with events logged by an earlier run load now, on the models' thread, and fold
+    // them into checkpoints, so the log's old segments go and every view shows them replayed.
+    let recovered = store.recovered_models();
+    if !recovered.is_empty() {
+        tracing::info!(
+            models = recovered.len(),
+            "loading models with logged events"
+        );
+        for id in recovered {
+            if let Err(error) = registry.get_or_create(&id) {
+                tracing::warn!(model_id = %id, error = %error, "cannot load a model with logged events; its events stay in the log");
+            }
+        }
+    }
+
     let mut config = config;
     loop {
         match signals.recv().await {

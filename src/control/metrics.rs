@@ -42,6 +42,7 @@ pub struct Snapshot {
     pub connections_refused: Vec<(&'static str, u64)>,
     pub control_refused: u64,
     pub store_bytes: u64,
+    pub store: crate::store::StoreStats,
     pub models: Vec<ModelMetrics>,
     /// Jobs that reached an end state since start, by outcome.
     pub jobs: Vec<(String, u64)>,
@@ -128,6 +129,7 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
         ],
         control_refused: ctx.refused.load(Ordering::Relaxed),
         store_bytes: ctx.store.size_on_disk(),
+        store: ctx.store.stats(),
         models,
         jobs,
         jobs_running: runner.running as u64,
@@ -227,6 +229,82 @@ pub fn render(s: &Snapshot) -> String {
         "Size of the state store on disk.",
     );
     out.sample("visutility_store_size_bytes", &[], s.store_bytes as f64);
+    let st = &s.store;
+    out.family(
+        "visutility_store_bytes_written_total",
+        "counter",
+        "Bytes the state store handed to the file system since start, by what they were (wal: the observation log; checkpoint: model checkpoints; record: jobs and runner records; sled adds its own framing on the last two).",
+    );
+    for (kind, v) in [
+        ("wal", st.wal_bytes_written),
+        ("checkpoint", st.checkpoint_bytes_written),
+        ("record", st.record_bytes_written),
+    ] {
+        out.sample(
+            "visutility_store_bytes_written_total",
+            &[("kind", kind)],
+            v as f64,
+        );
+    }
+    for (name, kind, help, v) in [
+        (
+            "visutility_store_fsyncs_total",
+            "counter",
+            "fsync and fdatasync calls made by the state store since start.",
+            st.fsyncs as f64,
+        ),
+        (
+            "visutility_store_flushes_total",
+            "counter",
+            "Flush rounds of the state store since start (one fsync round serves every flush waiting).",
+            st.flushes as f64,
+        ),
+        (
+            "visutility_store_flush_errors_total",
+            "counter",
+            "Flush rounds that failed since start.",
+            st.flush_errors as f64,
+        ),
+        (
+            "visutility_store_checkpoints_total",
+            "counter",
+            "Model checkpoints written since start.",
+            st.checkpoints as f64,
+        ),
+        (
+            "visutility_store_wal_bytes",
+            "gauge",
+            "Bytes of the observation log on disk.",
+            st.wal_bytes as f64,
+        ),
+        (
+            "visutility_store_wal_segments",
+            "gauge",
+            "Segment files of the observation log on disk.",
+            st.wal_segments as f64,
+        ),
+        (
+            "visutility_store_log_events",
+            "gauge",
+            "Events logged since their model's checkpoint (replayed at the next load).",
+            st.tail_events as f64,
+        ),
+        (
+            "visutility_store_log_bytes",
+            "gauge",
+            "Encoded bytes of those events, held in memory and in the log.",
+            st.tail_bytes as f64,
+        ),
+        (
+            "visutility_store_recovered_torn_bytes",
+            "gauge",
+            "Bytes after the last whole frame of the observation log at the last start (a write torn by a power cut; never acknowledged).",
+            st.recovery.torn_bytes as f64,
+        ),
+    ] {
+        out.family(name, kind, help);
+        out.sample(name, &[], v);
+    }
 
     out.family("visutility_models", "gauge", "Models known to the daemon.");
     out.sample("visutility_models", &[], s.models.len() as f64);
@@ -465,6 +543,7 @@ mod tests {
             connections_refused: vec![("too_many_connections", 0), ("permission_denied", 2)],
             control_refused: 1,
             store_bytes: 4096,
+            store: Default::default(),
             models: vec![ModelMetrics {
                 model_id: "fraud-v3".into(),
                 events: 40,

@@ -278,6 +278,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 "store_bytes": ctx.store.size_on_disk(),
                 "store_ok": store_error.is_none(),
                 "store_error": store_error,
+                "store": ctx.store.stats(),
                 "state_dir": ctx.store.path().display().to_string(),
             })
         }

@@ -11,10 +11,13 @@
 //! drops its state from memory (the store has it); the next batch or reset loads it again, and
 //! a view reads it from the store without keeping it.
 //!
-//! Persistence is coalesced: a batch marks the state dirty and schedules one write, at the
-//! model's own slot within the next `flush_interval` (slots are spread by model id, so a
-//! thousand models that woke together do not all write in the same millisecond and hold up
-//! the events behind them); a barrier writes at once. Durability (fsync) is the store's flush.
+//! Persistence is a log plus checkpoints (see `store`): after a batch is applied, its events go
+//! to the store's observation log (a memcpy into the next frame; the store's flusher writes it
+//! for every model at once each flush interval), and once a model's log outgrows its last
+//! checkpoint the model writes a new one. Loading replays the logged events through the same
+//! code that applied them ([`advance`]), without sending decisions again. An operator's reset,
+//! a changed rule and unloading write a checkpoint at once, so a replay never crosses them.
+//! No model keeps a timer for persistence.
 
 pub mod messages;
 pub mod registry;
@@ -32,7 +35,7 @@ use crate::command::CommandActor;
 use crate::command::messages::Decision;
 use crate::config::ModelRule;
 use crate::policy::detect::Signal;
-use crate::policy::{Obs, PolicyState, bind_states};
+use crate::policy::{Action, Obs, PolicySpec, PolicyState, Reason, bind_states};
 use crate::store::{DecisionRecord, ModelRecord, Store, StoreError};
 
 pub use messages::*;
@@ -138,12 +141,11 @@ pub struct ModelActor {
     store: Store,
     commander: Addr<CommandActor>,
     flush_interval: Duration,
-    /// The state changed since it was last written.
-    dirty: bool,
-    /// A delayed write is already scheduled.
-    write_scheduled: bool,
-    /// This model's write slot within each flush interval, in nanoseconds.
-    write_phase: u64,
+    /// Size of the last checkpoint (what the next fold will write).
+    checkpoint_bytes: u64,
+    /// Events were applied that the log did not take (the store was failing): only a
+    /// checkpoint can cover them, and no barrier may succeed before one did.
+    unlogged: bool,
     restarts: u64,
     /// Per policy and action, since the daemon started: a handful of entries per model.
     decision_counts: Vec<DecisionCount>,
@@ -156,6 +158,8 @@ pub struct ModelActor {
     /// The state is in memory (`record` is the model's); false once unloaded after being
     /// idle for `idle_unload`, until the next message that needs it.
     loaded: bool,
+    /// The state left memory after being idle (for the log line when it comes back).
+    unloaded_idle: bool,
     /// Drop the in-memory state after this long without events (`None`: never).
     idle_unload: Option<Duration>,
     /// When the last batch was applied.
@@ -176,44 +180,57 @@ pub struct ModelSetup {
 }
 
 impl ModelActor {
-    /// Builds the actor with its persisted state (or a fresh one).
-    pub fn new(setup: ModelSetup) -> Result<ModelActor, StoreError> {
-        let write_phase = {
-            let mut h = std::hash::DefaultHasher::new();
-            std::hash::Hash::hash(&*setup.id, &mut h);
-            std::hash::Hasher::finish(&h)
-        };
-        let mut actor = ModelActor {
+    /// Builds the actor; its persisted state is loaded when it starts (on the models'
+    /// thread, never on a connection's).
+    pub fn new(setup: ModelSetup) -> ModelActor {
+        ModelActor {
             id: setup.id,
             rule: setup.rule,
             record: ModelRecord::default(),
             store: setup.store,
             commander: setup.commander,
             flush_interval: setup.flush_interval,
-            dirty: false,
-            write_scheduled: false,
-            write_phase,
+            checkpoint_bytes: 0,
+            unlogged: false,
             restarts: 0,
             decision_counts: Vec::new(),
             epoch: setup.epoch,
             fault_injection: setup.fault_injection,
             loaded: false,
+            unloaded_idle: false,
             idle_unload: setup.idle_unload,
             last_active: std::time::Instant::now(),
             unload_scheduled: false,
-        };
-        actor.reload()?;
-        Ok(actor)
+        }
     }
 
-    /// Replaces the in-memory state with the persisted one.
-    fn reload(&mut self) -> Result<(), StoreError> {
-        let mut record = self.store.load_model(&self.id)?.unwrap_or_default();
+    /// The persisted state: the checkpoint with the logged events replayed on top.
+    fn load_state(&self) -> Result<(ModelRecord, u64, bool), StoreError> {
+        let loaded = self.store.load_model_state(&self.id)?;
+        let mut record = loaded.record.unwrap_or_default();
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         record.policies = bind_states(specs, std::mem::take(&mut record.policies));
+        if loaded.gap {
+            tracing::error!(model_id = %self.id, checkpoint_events = record.events, "the model's logged events do not follow on from its checkpoint; replaying what the log has");
+        }
+        if !loaded.events.is_empty() {
+            advance(&mut record, self.rule.as_deref(), &loaded.events, |_| {});
+        }
+        let fold = loaded.recovered || loaded.gap;
+        Ok((record, loaded.checkpoint_bytes, fold))
+    }
+
+    /// Replaces the in-memory state with the persisted one; events logged in an earlier run
+    /// are folded into a checkpoint at once, so their segments can go.
+    fn reload(&mut self) -> Result<(), StoreError> {
+        let (record, checkpoint_bytes, fold) = self.load_state()?;
         self.record = record;
-        self.dirty = false;
+        self.checkpoint_bytes = checkpoint_bytes;
+        self.unlogged = false;
         self.loaded = true;
+        if fold {
+            self.fold()?;
+        }
         Ok(())
     }
 
@@ -221,15 +238,27 @@ impl ModelActor {
     fn ensure_loaded(&mut self) -> Result<(), StoreError> {
         if !self.loaded {
             self.reload()?;
-            tracing::debug!(model_id = %self.id, "model state loaded again after being idle");
+            if self.unloaded_idle {
+                tracing::debug!(model_id = %self.id, "model state loaded again after being idle");
+            } else {
+                tracing::debug!(model_id = %self.id, "model state loaded");
+            }
+            self.unloaded_idle = false;
         }
         Ok(())
     }
 
+    /// Writes the whole state as the model's checkpoint (its log is then no longer needed).
+    fn fold(&mut self) -> Result<(), StoreError> {
+        self.checkpoint_bytes = self.store.checkpoint(&self.id, &self.record)?;
+        self.unlogged = false;
+        Ok(())
+    }
+
     /// Checks, `idle_unload` after the last batch, whether the model stayed idle; if so its
-    /// state (windows, detectors, sparklines) leaves memory: it is in the store already, and
-    /// the next event loads it again. A model with unwritten changes stays until they are
-    /// written (checked again every flush interval, so a failing disk is not polled in a loop).
+    /// state (windows, detectors, sparklines) is folded into a checkpoint and leaves memory;
+    /// the next event loads it again. A model whose fold fails stays (checked again every
+    /// flush interval, so a failing disk is not polled in a loop).
     fn schedule_unload_check(&mut self, ctx: &mut Context<Self>) {
         let Some(idle) = self.idle_unload else { return };
         if self.unload_scheduled {
@@ -244,126 +273,102 @@ impl ModelActor {
             if !act.loaded {
                 return;
             }
-            if act.last_active.elapsed() < idle || act.dirty {
-                // Active since, or a write still due: look again later.
+            if act.last_active.elapsed() < idle {
+                act.schedule_unload_check(ctx);
+                return;
+            }
+            if (act.unlogged || act.store.has_tail(&act.id))
+                && let Err(error) = act.fold()
+            {
+                log_write_failure(&act.id, &error);
                 act.schedule_unload_check(ctx);
                 return;
             }
             act.record = ModelRecord::default();
             act.loaded = false;
+            act.unloaded_idle = true;
             // The allocator's background thread hands the freed pages back to the system.
             tracing::debug!(model_id = %act.id, idle_s = idle.as_secs(), "idle model's state unloaded from memory");
         });
     }
 
     fn apply(&mut self, batch: &[Obs]) -> Result<(), ModelError> {
-        let Some(rule) = self.rule.clone() else {
+        if self.fault_injection {
             for obs in batch {
-                self.count(obs);
+                inject_fault(obs)?;
             }
-            return Ok(());
-        };
+        }
+        let first_seq = self.record.events + 1;
         // At most one decision per action per batch goes to the command actor: a flapping
         // metric must not flood it; every fire is still counted.
         let mut sent = [false; 3];
-        // The batch's last decision, recorded once at its end: a policy over its threshold
-        // fires on every event, and only the last one is ever seen.
-        let mut last = None;
-        for obs in batch {
-            if self.fault_injection {
-                inject_fault(obs)?;
-            }
-            self.count(obs);
-            for (spec, state) in rule.policies.iter().zip(self.record.policies.iter_mut()) {
-                let Some(fire) = state.observe(spec, obs, obs.ts) else {
-                    continue;
-                };
-                let Some(action) = fire.action.filter(|_| fire.signal == Signal::Drift) else {
-                    tracing::debug!(model_id = %self.id, policy = %spec.name, reason = %fire.reason, "warning");
-                    continue;
-                };
-                if self.record.warmup_left > 0 {
-                    continue;
-                }
-                self.record.decisions += 1;
-                match self
-                    .decision_counts
-                    .iter_mut()
-                    .find(|c| c.policy == spec.name && c.action == action.as_str())
-                {
-                    Some(c) => c.count += 1,
-                    None => self.decision_counts.push(DecisionCount {
-                        policy: spec.name.clone(),
-                        action: action.as_str(),
-                        count: 1,
-                    }),
-                }
-                last = Some((obs.ts, spec, action, fire.reason));
-                let slot = action as usize;
-                if !sent[slot] {
-                    sent[slot] = true;
-                    tracing::info!(model_id = %self.id, policy = %spec.name, action = %action, reason = %fire.reason, "decision");
-                    self.commander.do_send(Decision {
-                        model_id: self.id.clone(),
-                        policy: spec.name.clone(),
-                        action,
-                        reason: fire.reason.to_string(),
-                        event: obs_json(&self.id, obs),
-                        at: obs.ts,
-                        manual: false,
-                    });
-                }
-            }
-            self.record.warmup_left = self.record.warmup_left.saturating_sub(1);
-        }
-        if let Some((at, spec, action, reason)) = last {
-            self.record.last_decision = Some(DecisionRecord {
-                at,
-                policy: spec.name.clone(),
+        let (id, commander, counts) = (&self.id, &self.commander, &mut self.decision_counts);
+        advance(&mut self.record, self.rule.as_deref(), batch, |fired| {
+            let Fired {
+                spec,
                 action,
-                reason: reason.to_string(),
-            });
-        }
-        Ok(())
-    }
-
-    fn count(&mut self, obs: &Obs) {
-        let r = &mut self.record;
-        if r.events == 0 {
-            r.first_seen = obs.ts;
-        }
-        r.events += 1;
-        r.last_seen = obs.ts;
-        push_recent(&mut r.recent_drift, obs.drift_score);
-        push_recent(&mut r.recent_accuracy, obs.accuracy);
-    }
-
-    fn write(&mut self) -> Result<(), StoreError> {
-        if self.dirty {
-            self.store.save_model(&self.id, &self.record)?;
-            self.dirty = false;
-        }
-        Ok(())
-    }
-
-    fn schedule_write(&mut self, ctx: &mut Context<Self>) {
-        if self.write_scheduled {
-            return;
-        }
-        self.write_scheduled = true;
-        // The next time this model's slot comes round: within one interval, so dirty state
-        // is never older than `flush_interval` on disk, and an active model still writes
-        // once per interval.
-        let interval = (self.flush_interval.as_nanos() as u64).max(1);
-        let now = clock_epoch().elapsed().as_nanos() as u64;
-        let delay = interval - now.wrapping_add(self.write_phase) % interval;
-        ctx.run_later(Duration::from_nanos(delay), |act, ctx| {
-            act.write_scheduled = false;
-            if let Err(error) = act.write() {
-                log_write_failure(&act.id, &error);
-                act.schedule_write(ctx);
+                reason,
+                obs,
+            } = fired;
+            let Some(action) = action else {
+                tracing::debug!(model_id = %id, policy = %spec.name, reason = %reason, "warning");
+                return;
+            };
+            match counts
+                .iter_mut()
+                .find(|c| c.policy == spec.name && c.action == action.as_str())
+            {
+                Some(c) => c.count += 1,
+                None => counts.push(DecisionCount {
+                    policy: spec.name.clone(),
+                    action: action.as_str(),
+                    count: 1,
+                }),
+            }
+            let slot = action as usize;
+            if !sent[slot] {
+                sent[slot] = true;
+                tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision");
+                commander.do_send(Decision {
+                    model_id: id.clone(),
+                    policy: spec.name.clone(),
+                    action,
+                    reason: reason.to_string(),
+                    event: obs_json(id, obs),
+                    at: obs.ts,
+                    manual: false,
+                });
             }
         });
+        self.log(first_seq, batch);
+        Ok(())
+    }
+
+    /// Hands applied events to the store's log, folding when the log outgrew the checkpoint.
+    fn log(&mut self, first_seq: u64, batch: &[Obs]) {
+        if self.unlogged {
+            // The log is missing earlier events: only a checkpoint can follow on.
+            if let Err(error) = self.fold() {
+                log_write_failure(&self.id, &error);
+            }
+            return;
+        }
+        match self
+            .store
+            .append(&self.id, first_seq, batch, self.checkpoint_bytes)
+        {
+            Ok(false) => {}
+            Ok(true) => {
+                if let Err(error) = self.fold() {
+                    // The log has the events; the next append asks again.
+                    log_write_failure(&self.id, &error);
+                }
+            }
+            Err(error) => {
+                self.unlogged = true;
+                log_write_failure(&self.id, &error);
+            }
+        }
     }
 
     fn view(&self) -> ModelView {
@@ -372,16 +377,14 @@ impl ModelActor {
         }
         // Read through, without keeping it: views (`models`, metrics) must not load every
         // idle model back into memory.
-        let record = match self.store.load_model(&self.id) {
-            Ok(rec) => rec.unwrap_or_default(),
+        let record = match self.load_state() {
+            Ok((rec, _, _)) => rec,
             Err(error) => {
                 tracing::error!(model_id = %self.id, error = %error, "cannot read an unloaded model's state for its view");
                 ModelRecord::default()
             }
         };
-        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
-        let states = bind_states(specs, record.policies.clone());
-        self.view_of(&record, &states)
+        self.view_of(&record, &record.policies)
     }
 
     fn view_of(&self, record: &ModelRecord, states: &[PolicyState]) -> ModelView {
@@ -402,6 +405,82 @@ impl ModelActor {
         }
         v
     }
+}
+
+/// What one event made a policy conclude, for the caller of [`advance`] to act on.
+pub struct Fired<'a> {
+    pub spec: &'a PolicySpec,
+    /// `None` for a warning (it informs, it does not act).
+    pub action: Option<Action>,
+    pub reason: Reason<'a>,
+    pub obs: &'a Obs,
+}
+
+/// Applies events to a model's state: counters, sparklines, policies, warm-up and the record of
+/// the last decision. The daemon's actors and the replay at load share it, so a replayed state
+/// is exactly the state that was applied; only the actors act on what fired.
+pub fn advance(
+    record: &mut ModelRecord,
+    rule: Option<&ModelRule>,
+    batch: &[Obs],
+    mut on_fire: impl FnMut(Fired<'_>),
+) {
+    let Some(rule) = rule else {
+        for obs in batch {
+            count(record, obs);
+        }
+        return;
+    };
+    // The batch's last decision, recorded once at its end: a policy over its threshold fires
+    // on every event, and only the last one is ever seen.
+    let mut last = None;
+    for obs in batch {
+        count(record, obs);
+        for (spec, state) in rule.policies.iter().zip(record.policies.iter_mut()) {
+            let Some(fire) = state.observe(spec, obs, obs.ts) else {
+                continue;
+            };
+            let Some(action) = fire.action.filter(|_| fire.signal == Signal::Drift) else {
+                on_fire(Fired {
+                    spec,
+                    action: None,
+                    reason: fire.reason,
+                    obs,
+                });
+                continue;
+            };
+            if record.warmup_left > 0 {
+                continue;
+            }
+            record.decisions += 1;
+            last = Some((obs.ts, spec, action, fire.reason));
+            on_fire(Fired {
+                spec,
+                action: Some(action),
+                reason: fire.reason,
+                obs,
+            });
+        }
+        record.warmup_left = record.warmup_left.saturating_sub(1);
+    }
+    if let Some((at, spec, action, reason)) = last {
+        record.last_decision = Some(DecisionRecord {
+            at,
+            policy: spec.name.clone(),
+            action,
+            reason: reason.to_string(),
+        });
+    }
+}
+
+fn count(r: &mut ModelRecord, obs: &Obs) {
+    if r.events == 0 {
+        r.first_seen = obs.ts;
+    }
+    r.events += 1;
+    r.last_seen = obs.ts;
+    push_recent(&mut r.recent_drift, obs.drift_score);
+    push_recent(&mut r.recent_accuracy, obs.accuracy);
 }
 
 /// Logs a failed state write, at most once per `WRITE_ERROR_LOG_EVERY` over all models: on a
@@ -503,9 +582,20 @@ fn inject_fault(obs: &Obs) -> Result<(), ModelError> {
 impl Actor for ModelActor {
     type Context = Context<Self>;
 
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Err(error) = self.ensure_loaded() {
+            // Handlers try again (ApplyBatch restarts the actor on a failed load).
+            tracing::error!(model_id = %self.id, error = %error, "cannot load the model's state");
+        }
+        self.schedule_unload_check(ctx);
+    }
+
     fn stopped(&mut self, _ctx: &mut Context<Self>) {
-        // One synchronous chance at shutdown: write what is dirty; the daemon flushes after.
-        if let Err(error) = self.write() {
+        // One synchronous chance at shutdown: events the log did not take need a checkpoint;
+        // everything else is in the log already, and the daemon flushes after.
+        if self.unlogged
+            && let Err(error) = self.fold()
+        {
             tracing::error!(model_id = %self.id, error = %error, "cannot persist model state at stop");
         }
     }
@@ -515,14 +605,14 @@ impl Supervised for ModelActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
         self.restarts += 1;
         self.epoch.fetch_add(1, Ordering::SeqCst);
-        self.write_scheduled = false;
         self.unload_scheduled = false;
+        self.loaded = false;
         match self.reload() {
             Ok(()) => {
                 tracing::warn!(model_id = %self.id, restarts = self.restarts, events = self.record.events, "model actor restarted from its persisted state")
             }
             Err(error) => {
-                tracing::error!(model_id = %self.id, error = %error, "model actor restarted but its state could not be reloaded; starting fresh")
+                tracing::error!(model_id = %self.id, error = %error, "model actor restarted but its state could not be reloaded; loading it again at its next message")
             }
         }
     }
@@ -535,15 +625,13 @@ impl Handler<ApplyBatch> for ModelActor {
         if let Err(error) = self.ensure_loaded() {
             // Its events cannot be applied: fail like any other error, so that barriers do
             // not claim them (the restart bumps the epoch) and the restart tries the load again.
-            tracing::error!(model_id = %self.id, error = %error, "cannot load an idle model's state; restarting its actor");
+            tracing::error!(model_id = %self.id, error = %error, "cannot load the model's state; restarting its actor");
             ctx.stop();
             return;
         }
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| self.apply(msg.obs())));
         let error = match result {
             Ok(Ok(())) => {
-                self.dirty = true;
-                self.schedule_write(ctx);
                 self.last_active = std::time::Instant::now();
                 self.schedule_unload_check(ctx);
                 return;
@@ -557,7 +645,6 @@ impl Handler<ApplyBatch> for ModelActor {
         };
         tracing::error!(model_id = %self.id, error = %error, "model actor failed; restarting it from its persisted state");
         // The supervisor restarts a stopped actor; restarting() reloads the state.
-        self.dirty = false;
         ctx.stop();
     }
 }
@@ -566,7 +653,11 @@ impl Handler<Barrier> for ModelActor {
     type Result = Result<(), ModelError>;
 
     fn handle(&mut self, _msg: Barrier, _ctx: &mut Context<Self>) -> Self::Result {
-        self.write()?;
+        // Every applied event is in the log already (the caller flushes it), unless the log
+        // refused some: then only a checkpoint can cover them.
+        if self.unlogged {
+            self.fold()?;
+        }
         Ok(())
     }
 }
@@ -582,16 +673,24 @@ impl Handler<Snapshot> for ModelActor {
 impl Handler<Reconfigure> for ModelActor {
     type Result = ();
 
-    fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Reconfigure, _ctx: &mut Context<Self>) {
+        let changed = self.rule.as_deref() != msg.0.as_deref();
         self.rule = msg.0;
         if !self.loaded {
             // The persisted states are bound to the new policies when they are loaded.
             return;
         }
+        if !changed {
+            return;
+        }
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = bind_states(specs, std::mem::take(&mut self.record.policies));
-        self.dirty = true;
-        self.schedule_write(ctx);
+        // A checkpoint now, so no replay applies events logged under the old rule with the
+        // new one.
+        if let Err(error) = self.fold() {
+            self.unlogged = true;
+            log_write_failure(&self.id, &error);
+        }
     }
 }
 
@@ -608,8 +707,10 @@ impl Handler<ResetPolicies> for ModelActor {
         } else {
             0
         };
-        self.dirty = true;
-        self.write()?;
+        if let Err(error) = self.fold() {
+            self.unlogged = true;
+            return Err(error.into());
+        }
         tracing::info!(model_id = %self.id, warmup = self.record.warmup_left, "policies reset");
         Ok(())
     }

@@ -118,7 +118,7 @@ impl Registry {
             idle_unload: (inner.config.daemon.model_idle_unload_s > 0)
                 .then(|| Duration::from_secs(inner.config.daemon.model_idle_unload_s)),
             fault_injection: self.fault_injection,
-        })?;
+        });
         let addr = Supervisor::start_in_arbiter(&self.arbiter, move |_| actor);
         let handle = ModelHandle {
             id: id.clone(),
