@@ -21,6 +21,11 @@
 //!   accepting connections, resident memory then, and after every model is loaded again.
 //! - `flush`: the round trip of a flush barrier after a small batch, against the daemon and the
 //!   Python baseline.
+//! - `wear` (not part of `all`: it takes minutes): steady, low, paced load as on edge hardware
+//!   (100 models x 10 events/s, and 5 models x 200 events/s), after a fill that makes every
+//!   window full: what it costs the server process in bytes written (`/proc/PID/io`), CPU,
+//!   wakeups (voluntary context switches, per thread) and resident memory, under load and then
+//!   idle with the connection open. `--compare-daemon` measures another build beside this one.
 //!
 //! `LOADGEN_DAEMON_WRAPPER` runs the daemon under a profiler (`"valgrind --tool=callgrind"`).
 //! `LOADGEN_LOG_LEVEL=info` sets the daemon's log level (default `warn`); each server's log is
@@ -66,6 +71,8 @@ enum Cmd {
     Recovery(RecoveryArgs),
     /// Flush barrier round trip.
     Flush(FlushArgs),
+    /// Disk writes, CPU, wakeups and memory under steady, low, paced load, then idle.
+    Wear(WearArgs),
     /// Every scenario with its defaults.
     All,
     /// The latency scenario's hook: appends "MODEL_ID UNIX_NANOS" to FILE.
@@ -142,6 +149,59 @@ struct FlushArgs {
     no_python: bool,
 }
 
+#[derive(Args, Clone)]
+struct WearArgs {
+    /// Load profiles, MODELSxRATE (events per second to each model), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100x10,5x200")]
+    profiles: Vec<Profile>,
+    /// The measured window under load, in seconds.
+    #[arg(long, default_value_t = 60)]
+    seconds: u64,
+    /// Seconds without events after the window (connection open); the first is not measured.
+    #[arg(long, default_value_t = 10)]
+    idle_seconds: u64,
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+    /// Connections the paced load is spread over (model `i` on connection `i % conns`).
+    #[arg(long, default_value_t = 1)]
+    conns: usize,
+    #[arg(long)]
+    no_python: bool,
+    /// Another build of the daemon, run interleaved with this one (before/after a change).
+    #[arg(long)]
+    compare_daemon: Option<PathBuf>,
+    /// Also print one JSON object per server and run, on its own line of stdout (`grep '^{'`).
+    #[arg(long)]
+    json: bool,
+}
+
+/// A wear load: `models` models, each getting `rate` events per second.
+#[derive(Clone, Copy, Debug)]
+struct Profile {
+    models: usize,
+    rate: usize,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Profile, String> {
+        let bad = || format!("{s:?}: expected MODELSxRATE, e.g. 100x10");
+        let (m, r) = s.split_once('x').ok_or_else(bad)?;
+        let (models, rate) = (m.parse().map_err(|_| bad())?, r.parse().map_err(|_| bad())?);
+        if models == 0 || rate == 0 {
+            return Err(bad());
+        }
+        Ok(Profile { models, rate })
+    }
+}
+
+impl std::fmt::Display for Profile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.models, self.rate)
+    }
+}
+
 fn main() {
     // The hook path first, before anything else, so it starts as fast as it can.
     let args: Vec<String> = std::env::args().collect();
@@ -159,6 +219,10 @@ fn main() {
         Cmd::Latency(a) => latency(&bins, &a),
         Cmd::Recovery(a) => recovery(&bins, &a),
         Cmd::Flush(a) => flush(&bins, &a),
+        Cmd::Wear(a) => {
+            bins.compare = a.compare_daemon.clone();
+            wear(&bins, &a)
+        }
         Cmd::All => (|| {
             throughput(&bins, &ThroughputArgs::parse_default())?;
             latency(&bins, &LatencyArgs::parse_default())?;
@@ -208,7 +272,7 @@ struct Bins {
     ceiling: PathBuf,
     loadgen: PathBuf,
     python: Option<PathBuf>,
-    /// A second daemon binary measured beside the first (`throughput --compare-daemon`).
+    /// A second daemon binary measured beside the first (`--compare-daemon`).
     compare: Option<PathBuf>,
 }
 
@@ -1256,4 +1320,929 @@ fn flush(bins: &Bins, a: &FlushArgs) -> io::Result<()> {
     }
     println!();
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Wear: steady, low, paced load
+// ---------------------------------------------------------------------------------------------
+
+/// Events every model gets before the measured window, as fast as they go: more than the
+/// 500-event drift window, so the window measures steady state rather than warm-up.
+const WEAR_FILL: usize = 600;
+
+/// The paced sender's tick: every tick, one write per connection of the events due in it.
+const WEAR_TICK: Duration = Duration::from_millis(10);
+
+/// The idle phase's first second is not measured: a last background flush may still run.
+const WEAR_IDLE_SKIP: Duration = Duration::from_secs(1);
+
+/// The file system a path is on, from /proc/self/mountinfo.
+struct Mount {
+    fstype: String,
+    source: String,
+    /// `MAJOR:MINOR`, for the device's counters in /sys/dev/block.
+    device: String,
+}
+
+impl Mount {
+    /// The mount holding `path`: the longest mount point that is a prefix of it.
+    fn of(path: &Path) -> Option<Mount> {
+        let path = fs::canonicalize(path).ok()?;
+        let info = fs::read_to_string("/proc/self/mountinfo").ok()?;
+        info.lines()
+            .filter_map(|l| {
+                let (pre, post) = l.split_once(" - ")?;
+                let pre: Vec<&str> = pre.split_whitespace().collect();
+                let mut post = post.split_whitespace();
+                let point = Path::new(pre.get(4)?);
+                path.starts_with(point).then(|| {
+                    let m = Mount {
+                        device: pre.get(2)?.to_string(),
+                        fstype: post.next()?.to_owned(),
+                        source: post.next()?.to_owned(),
+                    };
+                    Some((point.components().count(), m))
+                })?
+            })
+            .max_by_key(|(depth, _)| *depth)
+            .map(|(_, m)| m)
+    }
+
+    /// Whether writes to it reach a disk (and `write_bytes` can count them).
+    fn is_disk(&self) -> bool {
+        !matches!(self.fstype.as_str(), "tmpfs" | "ramfs")
+    }
+
+    /// Sectors (512 B) written to the device so far, by every process and the kernel.
+    fn sectors_written(&self) -> Option<u64> {
+        let stat = fs::read_to_string(format!("/sys/dev/block/{}/stat", self.device)).ok()?;
+        stat.split_whitespace().nth(6)?.parse().ok()
+    }
+}
+
+/// A scratch directory on a disk file system: on tmpfs `write_bytes` is always 0. The system's
+/// temporary directory, else /var/tmp, else the target directory.
+fn disk_scratch(bins: &Bins, label: &str) -> io::Result<(tempfile::TempDir, Mount)> {
+    let mut bases = vec![std::env::temp_dir(), PathBuf::from("/var/tmp")];
+    bases.extend(
+        bins.loadgen
+            .parent()
+            .and_then(Path::parent)
+            .map(Path::to_owned),
+    );
+    for base in bases {
+        if let Some(mount) = Mount::of(&base).filter(Mount::is_disk) {
+            let dir = tempfile::Builder::new()
+                .prefix(&format!("loadgen-{label}-"))
+                .disable_cleanup(std::env::var_os("LOADGEN_KEEP").is_some())
+                .tempdir_in(&base)?;
+            return Ok((dir, mount));
+        }
+    }
+    Err(io::Error::other(
+        "no scratch directory on a disk file system (TMPDIR, /var/tmp and the target directory are all tmpfs)",
+    ))
+}
+
+/// One thread's counters.
+#[derive(Clone)]
+struct ThreadSample {
+    name: String,
+    voluntary: u64,
+    nonvoluntary: u64,
+    /// On-CPU seconds, from /proc/PID/task/TID/schedstat (nanoseconds; stat's clock ticks
+    /// are too coarse for an idle thread).
+    cpu: f64,
+}
+
+/// A server process's counters at one moment, from /proc.
+struct ProcSample {
+    at: Instant,
+    /// `wchar` of /proc/PID/io: bytes passed to write(2) and friends (files, sockets, logs).
+    wchar: u64,
+    /// `write_bytes`: bytes this process caused to be sent to the block layer.
+    write_bytes: u64,
+    /// `syscw`: write calls (an eventfd wakeup is one, of 8 bytes of `wchar`).
+    syscw: u64,
+    /// User + system CPU seconds of the process (exited threads included).
+    cpu: f64,
+    threads: HashMap<u32, ThreadSample>,
+    /// Sectors written to the scratch directory's device, by anyone.
+    device_sectors: Option<u64>,
+}
+
+impl Server {
+    fn sample(&self, mount: &Mount) -> io::Result<ProcSample> {
+        let at = Instant::now();
+        let pid = self.pid();
+        let io_text = fs::read_to_string(format!("/proc/{pid}/io"))?;
+        let field = |name: &str| -> io::Result<u64> {
+            io_text
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .and_then(|v| v.trim().parse().ok())
+                .ok_or_else(|| io::Error::other(format!("/proc/{pid}/io has no {name}")))
+        };
+        let (wchar, write_bytes, syscw) = (field("wchar")?, field("write_bytes")?, field("syscw")?);
+        let mut threads = HashMap::new();
+        for t in fs::read_dir(format!("/proc/{pid}/task"))?.filter_map(Result::ok) {
+            let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+                continue;
+            };
+            // A thread may exit between the directory listing and these reads: skipped.
+            let (Ok(comm), Ok(status), Ok(sched)) = (
+                fs::read_to_string(t.path().join("comm")),
+                fs::read_to_string(t.path().join("status")),
+                fs::read_to_string(t.path().join("schedstat")),
+            ) else {
+                continue;
+            };
+            let switches = |name: &str| {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let ns: u64 = sched
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            threads.insert(
+                tid,
+                ThreadSample {
+                    name: comm.trim().to_owned(),
+                    voluntary: switches("voluntary_ctxt_switches"),
+                    nonvoluntary: switches("nonvoluntary_ctxt_switches"),
+                    cpu: ns as f64 / 1e9,
+                },
+            );
+        }
+        Ok(ProcSample {
+            at,
+            wchar,
+            write_bytes,
+            syscw,
+            cpu: self.cpu_seconds(),
+            threads,
+            device_sectors: mount.sectors_written(),
+        })
+    }
+}
+
+/// The threads of one name over a phase (tokio's workers share one).
+#[derive(Clone, Default)]
+struct ThreadCost {
+    name: String,
+    count: usize,
+    voluntary_per_s: f64,
+    nonvoluntary_per_s: f64,
+    /// Share of one core.
+    cpu_share: f64,
+}
+
+/// What a phase cost the server: the differences of two samples.
+#[derive(Clone, Default)]
+struct PhaseCost {
+    secs: f64,
+    wchar: u64,
+    write_bytes: u64,
+    syscw: u64,
+    /// User + system seconds (/proc/PID/stat, in clock ticks).
+    cpu: f64,
+    /// On-CPU seconds of the threads alive at the end (schedstat, nanoseconds).
+    cpu_threads: f64,
+    voluntary: u64,
+    nonvoluntary: u64,
+    /// By thread name, most wakeups first.
+    threads: Vec<ThreadCost>,
+    /// Threads that exited during the phase: their last switches are not counted.
+    exited: usize,
+    /// Bytes written to the scratch directory's whole device, by anyone (journal included).
+    device_bytes: Option<u64>,
+}
+
+impl PhaseCost {
+    fn between(a: &ProcSample, b: &ProcSample) -> PhaseCost {
+        let secs = (b.at - a.at).as_secs_f64();
+        let mut by_name: HashMap<&str, (usize, u64, u64, f64)> = HashMap::new();
+        let (mut voluntary, mut nonvoluntary, mut cpu_threads) = (0, 0, 0.0);
+        for (tid, t) in &b.threads {
+            // A thread started during the phase counts from zero.
+            let t0 = a.threads.get(tid).filter(|t0| t0.name == t.name);
+            let v = t.voluntary - t0.map_or(0, |t0| t0.voluntary.min(t.voluntary));
+            let n = t.nonvoluntary - t0.map_or(0, |t0| t0.nonvoluntary.min(t.nonvoluntary));
+            let c = (t.cpu - t0.map_or(0.0, |t0| t0.cpu)).max(0.0);
+            let e = by_name.entry(&t.name).or_default();
+            *e = (e.0 + 1, e.1 + v, e.2 + n, e.3 + c);
+            voluntary += v;
+            nonvoluntary += n;
+            cpu_threads += c;
+        }
+        let mut threads: Vec<ThreadCost> = by_name
+            .into_iter()
+            .map(|(name, (count, v, n, c))| ThreadCost {
+                name: name.to_owned(),
+                count,
+                voluntary_per_s: v as f64 / secs,
+                nonvoluntary_per_s: n as f64 / secs,
+                cpu_share: c / secs,
+            })
+            .collect();
+        threads.sort_by(|x, y| {
+            y.voluntary_per_s
+                .total_cmp(&x.voluntary_per_s)
+                .then_with(|| x.name.cmp(&y.name))
+        });
+        PhaseCost {
+            secs,
+            wchar: b.wchar.saturating_sub(a.wchar),
+            write_bytes: b.write_bytes.saturating_sub(a.write_bytes),
+            syscw: b.syscw.saturating_sub(a.syscw),
+            cpu: (b.cpu - a.cpu).max(0.0),
+            cpu_threads,
+            voluntary,
+            nonvoluntary,
+            threads,
+            exited: a
+                .threads
+                .keys()
+                .filter(|k| !b.threads.contains_key(k))
+                .count(),
+            device_bytes: a
+                .device_sectors
+                .zip(b.device_sectors)
+                .map(|(x, y)| y.saturating_sub(x) * 512),
+        }
+    }
+
+    fn voluntary_per_s(&self) -> f64 {
+        self.voluntary as f64 / self.secs
+    }
+
+    fn nonvoluntary_per_s(&self) -> f64 {
+        self.nonvoluntary as f64 / self.secs
+    }
+
+    fn cpu_share(&self) -> f64 {
+        self.cpu / self.secs
+    }
+
+    fn json(&self, events: u64) -> serde_json::Value {
+        let per_event = |b: u64| b as f64 / events.max(1) as f64;
+        let per_day = |b: u64| b as f64 / self.secs * 86_400.0 / 1e9;
+        serde_json::json!({
+            "secs": self.secs,
+            "wchar": self.wchar,
+            "write_bytes": self.write_bytes,
+            "wchar_per_event": per_event(self.wchar),
+            "write_bytes_per_event": per_event(self.write_bytes),
+            "wchar_gb_per_day": per_day(self.wchar),
+            "write_bytes_gb_per_day": per_day(self.write_bytes),
+            "device_bytes": self.device_bytes,
+            "syscw": self.syscw,
+            "syscw_per_s": self.syscw as f64 / self.secs,
+            "cpu_s": self.cpu,
+            "cpu_share": self.cpu_share(),
+            "cpu_threads_s": self.cpu_threads,
+            "cpu_us_per_event": self.cpu * 1e6 / events.max(1) as f64,
+            "voluntary": self.voluntary,
+            "nonvoluntary": self.nonvoluntary,
+            "voluntary_per_s": self.voluntary_per_s(),
+            "nonvoluntary_per_s": self.nonvoluntary_per_s(),
+            "threads_exited": self.exited,
+            "threads": self.threads.iter().map(|t| serde_json::json!({
+                "name": t.name,
+                "count": t.count,
+                "voluntary_per_s": t.voluntary_per_s,
+                "nonvoluntary_per_s": t.nonvoluntary_per_s,
+                "cpu_share": t.cpu_share,
+            })).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// One server's wear run.
+struct WearRun {
+    /// Events accepted during the measured window (from the flush replies).
+    events: u64,
+    load: PhaseCost,
+    idle: PhaseCost,
+    /// VmRSS at the end of the window.
+    rss_kib: u64,
+    fill_secs: f64,
+    /// How late the paced sender's latest tick was (the load's pacing is only as good as this).
+    max_late_ms: f64,
+    /// The daemon's `visutility_decisions_total` and `visutility_store_size_bytes` at the end.
+    decisions: Option<f64>,
+    store_bytes: Option<f64>,
+}
+
+impl WearRun {
+    fn per_event(&self, bytes: u64) -> f64 {
+        bytes as f64 / self.events.max(1) as f64
+    }
+}
+
+fn wear(bins: &Bins, a: &WearArgs) -> io::Result<()> {
+    println!("## Wear: steady, low, paced load\n");
+    if a.idle_seconds <= WEAR_IDLE_SKIP.as_secs() {
+        return Err(io::Error::other("--idle-seconds must be at least 2"));
+    }
+    if a.conns == 0 || a.runs == 0 || a.seconds == 0 {
+        return Err(io::Error::other(
+            "--conns, --runs and --seconds must be at least 1",
+        ));
+    }
+    if let Some(p) = &bins.compare
+        && !p.exists()
+    {
+        return Err(io::Error::other(format!("{} does not exist", p.display())));
+    }
+    let mut kinds = vec![Kind::Daemon];
+    if bins.compare.is_some() {
+        kinds.push(Kind::Compare);
+    }
+    if bins.python.is_some() && !a.no_python {
+        kinds.push(Kind::Python);
+    }
+    let (probe, mount) = disk_scratch(bins, "wear")?;
+    drop(probe);
+    println!(
+        "Per profile: a fill of {WEAR_FILL} events to every model as fast as they go and a flush (every window full), then {} s of paced load over {} connection(s) (one write per connection every {} ms of the events due in it; no flush op), then {} s without events with the connections open, of which the first {} s is not measured (a last background flush may finish); one flush at the end, after the counters are read. Default policies + ADWIN on error, 500-event drift window, flush_interval_ms {}, no hooks. Measured on the server process from /proc: `wchar` (bytes passed to write calls: files, sockets, eventfd wakeups, logs) and `write_bytes` (bytes it sent towards the disk) of /proc/PID/io; CPU (utime + stime) as a share of one core; wakeups = voluntary context switches summed over its threads (/proc/PID/task/*/status); VmRSS at the end of the window. Scratch directories on {} ({}); {}; medians of {} run(s).\n",
+        a.seconds,
+        a.conns,
+        WEAR_TICK.as_millis(),
+        a.idle_seconds,
+        WEAR_IDLE_SKIP.as_secs(),
+        std::env::var("LOADGEN_FLUSH_MS").unwrap_or_else(|_| "200".into()),
+        mount.fstype,
+        mount.source,
+        machine(),
+        a.runs
+    );
+    for &profile in &a.profiles {
+        let mut results: HashMap<Kind, Vec<WearRun>> = HashMap::new();
+        for run in 0..a.runs {
+            for &kind in &kinds {
+                let (dir, mount) = disk_scratch(bins, "wear")?;
+                let r = wear_run(bins, kind, dir.path(), &mount, profile, a)?;
+                eprintln!(
+                    "wear {profile} run={run} {:<27} {} events in {:.1} s (fill {:.3} s, sender at most {:.1} ms late): wchar {:.1} B/event, write_bytes {:.1} B/event, device {:.1} B/event, CPU {:.2}% of a core, {:.1} wakeups/s ({:.1} involuntary), RSS {:.1} MiB; idle {:.0} s: wchar {} B, write_bytes {} B, {:.2} wakeups/s{}{}",
+                    kind.name(),
+                    r.events,
+                    r.load.secs,
+                    r.fill_secs,
+                    r.max_late_ms,
+                    r.per_event(r.load.wchar),
+                    r.per_event(r.load.write_bytes),
+                    r.load.device_bytes.map_or(f64::NAN, |b| r.per_event(b)),
+                    100.0 * r.load.cpu_share(),
+                    r.load.voluntary_per_s(),
+                    r.load.nonvoluntary_per_s(),
+                    r.rss_kib as f64 / 1024.0,
+                    r.idle.secs,
+                    r.idle.wchar,
+                    r.idle.write_bytes,
+                    r.idle.voluntary_per_s(),
+                    r.decisions
+                        .map_or(String::new(), |d| format!("; {d} decisions")),
+                    r.store_bytes.map_or(String::new(), |b| format!(
+                        "; store {:.1} MiB",
+                        b / (1 << 20) as f64
+                    )),
+                );
+                let split = |p: &PhaseCost| -> String {
+                    p.threads
+                        .iter()
+                        .filter(|t| t.voluntary_per_s + t.nonvoluntary_per_s >= 0.05)
+                        .map(|t| {
+                            format!(
+                                "{}{} {:.1}/s",
+                                t.name,
+                                if t.count > 1 {
+                                    format!(" (x{})", t.count)
+                                } else {
+                                    String::new()
+                                },
+                                t.voluntary_per_s
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                };
+                eprintln!("  wakeups by thread, load: {}", split(&r.load));
+                eprintln!("  wakeups by thread, idle: {}", split(&r.idle));
+                if a.json {
+                    let exe = match kind {
+                        Kind::Compare => bins.compare.clone(),
+                        Kind::Python => bins.python.clone(),
+                        _ => Some(bins.daemon.clone()),
+                    };
+                    let v = serde_json::json!({
+                        "scenario": "wear",
+                        "unix_time": unix_nanos() as f64 / 1e9,
+                        "profile": profile.to_string(),
+                        "models": profile.models,
+                        "events_per_s_per_model": profile.rate,
+                        "events_per_s": profile.models * profile.rate,
+                        "conns": a.conns,
+                        "flush_interval_ms": std::env::var("LOADGEN_FLUSH_MS").ok().and_then(|v| v.parse::<u64>().ok()).unwrap_or(200),
+                        "run": run,
+                        "server": kind.name(),
+                        "binary": exe,
+                        "fs": mount.fstype,
+                        "fs_source": mount.source,
+                        "fill_events_per_model": WEAR_FILL,
+                        "fill_s": r.fill_secs,
+                        "sender_max_late_ms": r.max_late_ms,
+                        "events": r.events,
+                        "load": r.load.json(r.events),
+                        "rss_kib": r.rss_kib,
+                        "idle_skipped_s": WEAR_IDLE_SKIP.as_secs_f64(),
+                        "idle": r.idle.json(r.events),
+                        "decisions": r.decisions,
+                        "store_bytes": r.store_bytes,
+                    });
+                    println!("{v}");
+                }
+                results.entry(kind).or_default().push(r);
+            }
+        }
+        wear_table(profile, a, &kinds, &results);
+    }
+    Ok(())
+}
+
+/// A target from the wear issue, checked against one daemon's figure.
+#[derive(Clone, Copy)]
+enum Target {
+    None,
+    /// At most this much.
+    AtMost(f64),
+    /// At most a quarter of Python's figure.
+    QuarterOfPython,
+}
+
+fn wear_table(
+    profile: Profile,
+    a: &WearArgs,
+    kinds: &[Kind],
+    results: &HashMap<Kind, Vec<WearRun>>,
+) {
+    let rate = (profile.models * profile.rate) as f64;
+    type Get = fn(&WearRun) -> f64;
+    let rows: Vec<(String, Get, usize, Target, &str)> = vec![
+        (
+            "events accepted in the window".into(),
+            |r| r.events as f64,
+            0,
+            Target::None,
+            "",
+        ),
+        (
+            "load: `wchar` per event (B)".into(),
+            |r| r.per_event(r.load.wchar),
+            1,
+            Target::AtMost(64.0),
+            "≤ 64",
+        ),
+        (
+            "load: `write_bytes` per event (B)".into(),
+            |r| r.per_event(r.load.write_bytes),
+            1,
+            Target::AtMost(64.0),
+            "≤ 64",
+        ),
+        (
+            format!("load: `wchar` per day at {rate:.0} events/s (GB)"),
+            |r| r.load.wchar as f64 / r.load.secs * 86_400.0 / 1e9,
+            2,
+            Target::None,
+            "",
+        ),
+        (
+            format!("load: `write_bytes` per day at {rate:.0} events/s (GB)"),
+            |r| r.load.write_bytes as f64 / r.load.secs * 86_400.0 / 1e9,
+            2,
+            Target::None,
+            "",
+        ),
+        (
+            "load: whole device's writes per event (B; journal, metadata, other processes)".into(),
+            |r| r.load.device_bytes.map_or(f64::NAN, |b| r.per_event(b)),
+            1,
+            Target::None,
+            "",
+        ),
+        (
+            "load: CPU (% of one core)".into(),
+            |r| 100.0 * r.load.cpu_share(),
+            2,
+            Target::QuarterOfPython,
+            "≤ ¼ of Python's",
+        ),
+        (
+            "load: CPU per event (µs)".into(),
+            |r| r.load.cpu * 1e6 / r.events.max(1) as f64,
+            2,
+            Target::None,
+            "",
+        ),
+        (
+            "load: wakeups/s (voluntary switches)".into(),
+            |r| r.load.voluntary_per_s(),
+            1,
+            Target::None,
+            "",
+        ),
+        (
+            "load: involuntary switches/s".into(),
+            |r| r.load.nonvoluntary_per_s(),
+            1,
+            Target::None,
+            "",
+        ),
+        (
+            "load: write calls/s (`syscw`; an eventfd wakeup is one, 8 B of `wchar`)".into(),
+            |r| r.load.syscw as f64 / r.load.secs,
+            1,
+            Target::None,
+            "",
+        ),
+        (
+            "resident memory at the end of the window (MiB)".into(),
+            |r| r.rss_kib as f64 / 1024.0,
+            1,
+            Target::AtMost(24.0),
+            "≤ 24",
+        ),
+        (
+            format!(
+                "idle ({} s measured): `wchar` (B)",
+                a.idle_seconds - WEAR_IDLE_SKIP.as_secs()
+            ),
+            |r| r.idle.wchar as f64,
+            0,
+            Target::AtMost(0.0),
+            "0",
+        ),
+        (
+            "idle: `write_bytes` (B)".into(),
+            |r| r.idle.write_bytes as f64,
+            0,
+            Target::AtMost(0.0),
+            "0",
+        ),
+        (
+            "idle: wakeups/s".into(),
+            |r| r.idle.voluntary_per_s(),
+            2,
+            Target::AtMost(1.0),
+            "≤ 1",
+        ),
+        (
+            "idle: involuntary switches/s".into(),
+            |r| r.idle.nonvoluntary_per_s(),
+            2,
+            Target::None,
+            "",
+        ),
+        (
+            "idle: write calls/s (`syscw`)".into(),
+            |r| r.idle.syscw as f64 / r.idle.secs,
+            2,
+            Target::None,
+            "",
+        ),
+        (
+            "idle: CPU (% of one core; its threads' schedstat, finer than stat's ticks)".into(),
+            |r| 100.0 * r.idle.cpu_threads / r.idle.secs,
+            4,
+            Target::None,
+            "",
+        ),
+    ];
+    let med = |k: Kind, get: Get| -> Option<f64> {
+        let v: Vec<f64> = results.get(&k)?.iter().map(get).collect();
+        Some(median(&v))
+    };
+    let daemons: Vec<Kind> = kinds
+        .iter()
+        .copied()
+        .filter(|k| *k != Kind::Python)
+        .collect();
+    let python = kinds.contains(&Kind::Python);
+    println!(
+        "### {} models x {} events/s = {rate:.0} events/s\n",
+        profile.models, profile.rate
+    );
+    let mut head = String::from("| metric |");
+    let mut rule = String::from("|---|");
+    for k in &daemons {
+        let _ = write!(head, " {} |", k.name());
+        rule.push_str("---:|");
+    }
+    if python {
+        head.push_str(" Python + River |");
+        rule.push_str("---:|");
+        for k in &daemons {
+            let _ = write!(head, " {} ÷ Python |", k.name());
+            rule.push_str("---:|");
+        }
+    }
+    head.push_str(" target |");
+    rule.push_str("---|");
+    println!("{head}\n{rule}");
+    for (label, get, digits, target, target_text) in rows {
+        let py = med(Kind::Python, get);
+        let mut line = format!("| {label} |");
+        for &k in &daemons {
+            let v = med(k, get).unwrap_or(f64::NAN);
+            let mark = match target {
+                Target::None => None,
+                Target::AtMost(t) => Some(v <= t),
+                Target::QuarterOfPython => py.map(|p| v <= p / 4.0),
+            };
+            let mark = match mark {
+                Some(true) => " ✓",
+                Some(false) => " ✗",
+                None => "",
+            };
+            let _ = write!(line, " {}{mark} |", fmt_num(v, digits));
+        }
+        if let Some(p) = py.filter(|_| python) {
+            let _ = write!(line, " {} |", fmt_num(p, digits));
+            for &k in &daemons {
+                let v = med(k, get).unwrap_or(f64::NAN);
+                let _ = write!(line, " {} |", fmt_ratio(v, p));
+            }
+        }
+        let _ = write!(line, " {target_text} |");
+        println!("{line}");
+    }
+    println!(
+        "\nPer day: the window's bytes per second x 86,400 (GB = 10^9 B) at this profile's {rate:.0} events/s; it scales linearly with the event rate only where the writes are per event (a log), while rewriting whole records costs per dirty model per flush interval.\n"
+    );
+    // Which threads woke up: where the store's and the runtime's timers are.
+    for &k in kinds {
+        let Some(runs) = results.get(&k) else {
+            continue;
+        };
+        let mut names: Vec<String> = runs
+            .iter()
+            .flat_map(|r| r.load.threads.iter().chain(&r.idle.threads))
+            .map(|t| t.name.clone())
+            .collect();
+        names.sort();
+        names.dedup();
+        let pick = |p: fn(&WearRun) -> &PhaseCost, name: &str, f: fn(&ThreadCost) -> f64| {
+            let v: Vec<f64> = runs
+                .iter()
+                .map(|r| p(r).threads.iter().find(|t| t.name == name).map_or(0.0, f))
+                .collect();
+            median(&v)
+        };
+        let mut rows: Vec<(String, [f64; 5], usize)> = names
+            .into_iter()
+            .map(|n| {
+                let count = runs
+                    .iter()
+                    .flat_map(|r| r.load.threads.iter().chain(&r.idle.threads))
+                    .filter(|t| t.name == n)
+                    .map(|t| t.count)
+                    .max()
+                    .unwrap_or(0);
+                let v = [
+                    pick(|r| &r.load, &n, |t| t.voluntary_per_s),
+                    pick(|r| &r.load, &n, |t| t.nonvoluntary_per_s),
+                    pick(|r| &r.load, &n, |t| 100.0 * t.cpu_share),
+                    pick(|r| &r.idle, &n, |t| t.voluntary_per_s),
+                    pick(|r| &r.idle, &n, |t| t.nonvoluntary_per_s),
+                ];
+                (n, v, count)
+            })
+            .collect();
+        rows.sort_by(|x, y| {
+            y.1[0]
+                .total_cmp(&x.1[0])
+                .then_with(|| y.1[3].total_cmp(&x.1[3]))
+        });
+        let exited: Vec<usize> = runs.iter().map(|r| r.load.exited + r.idle.exited).collect();
+        println!(
+            "{} by thread (name from /proc/PID/task/TID/comm; threads of one name summed):\n",
+            k.name()
+        );
+        println!(
+            "| thread | threads | load: wakeups/s | load: involuntary/s | load: CPU % | idle: wakeups/s | idle: involuntary/s |\n|---|---:|---:|---:|---:|---:|---:|"
+        );
+        for (n, v, count) in rows {
+            // Thread names may hold '|' (actix's "actix-rt|system"), which would split the cell.
+            let n = n.replace('|', "\\|");
+            println!(
+                "| {n} | {count} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                v[0], v[1], v[2], v[3], v[4]
+            );
+        }
+        if exited.iter().any(|&e| e > 0) {
+            println!(
+                "\n{} thread(s) exited during the phases (most in a run); their switches after the phase started are not counted.",
+                exited.iter().max().unwrap_or(&0)
+            );
+        }
+        println!();
+    }
+}
+
+fn fmt_num(v: f64, digits: usize) -> String {
+    if v.is_nan() {
+        "n/a".into()
+    } else {
+        format!("{v:.digits$}")
+    }
+}
+
+/// `v / base`, with enough digits to tell small ratios apart.
+fn fmt_ratio(v: f64, base: f64) -> String {
+    if v.is_nan() || base.is_nan() {
+        return String::new();
+    }
+    if base == 0.0 {
+        return if v == 0.0 { "=".into() } else { "n/a".into() };
+    }
+    let r = v / base;
+    match r {
+        r if r >= 10.0 => format!("{r:.0}×"),
+        r if r >= 0.1 => format!("{r:.2}×"),
+        r => format!("{r:.4}×"),
+    }
+}
+
+/// One server through fill, paced window and idle phase.
+fn wear_run(
+    bins: &Bins,
+    kind: Kind,
+    dir: &Path,
+    mount: &Mount,
+    profile: Profile,
+    a: &WearArgs,
+) -> io::Result<WearRun> {
+    let cfg = daemon_config(dir, 500, "", "warn");
+    let server = Server::start(bins, kind, dir, &cfg)?;
+    let names: Vec<String> = (0..profile.models).map(model_name).collect();
+    let conns = a.conns.min(profile.models);
+    let mut streams = (0..conns)
+        .map(|_| UnixStream::connect(&server.socket))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut readers = streams
+        .iter()
+        .map(|s| s.try_clone().map(BufReader::new))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut rng = Rng(0x5eed ^ profile.models as u64);
+    // Each model's events are 1/rate apart in `ts`, the fill's before the window's.
+    let spacing = 1.0 / profile.rate as f64;
+
+    // Fill: every window full, then a flush so the fill's state is written before the window.
+    let mut bufs = vec![Vec::new(); conns];
+    for round in 0..WEAR_FILL {
+        for (i, m) in names.iter().enumerate() {
+            let ts = TS0 + round as f64 * spacing;
+            calm_event(&mut bufs[i % conns], &mut rng, m, Some(ts), 0.05);
+        }
+    }
+    let t = Instant::now();
+    for (st, buf) in streams.iter_mut().zip(&bufs) {
+        st.write_all(buf)?;
+        st.write_all(FLUSH)?;
+    }
+    let mut filled = Vec::with_capacity(conns);
+    for (rd, buf) in readers.iter_mut().zip(&bufs) {
+        let (reply, errors) = read_flush_reply(rd)?;
+        let sent = events_in(std::slice::from_ref(buf)) as u64;
+        if reply["ok"] != true || reply["accepted"] != sent || !errors.is_empty() {
+            return Err(io::Error::other(format!(
+                "fill: flush reply {reply} (sent {sent}); errors: {errors:?}"
+            )));
+        }
+        filled.push(sent);
+    }
+    let fill_secs = t.elapsed().as_secs_f64();
+
+    // The window: every tick, the events due in it, round robin over the models (so each model
+    // gets `rate` a second), one write per connection.
+    let total_rate = (profile.models * profile.rate) as u64;
+    let ticks = a.seconds * (1000 / WEAR_TICK.as_millis() as u64);
+    let per_s = 1000 / WEAR_TICK.as_millis() as u64;
+    let mut sent = 0u64;
+    let mut max_late = Duration::ZERO;
+    let before = server.sample(mount)?;
+    let start = before.at;
+    for tick in 0..ticks {
+        let due = start + WEAR_TICK * tick as u32;
+        match due.checked_duration_since(Instant::now()) {
+            Some(wait) => thread::sleep(wait),
+            None => max_late = max_late.max(due.elapsed()),
+        }
+        for b in &mut bufs {
+            b.clear();
+        }
+        let until = total_rate * (tick + 1) / per_s;
+        while sent < until {
+            let i = (sent % profile.models as u64) as usize;
+            let k = sent / profile.models as u64;
+            let ts = TS0 + (WEAR_FILL as f64 + k as f64) * spacing;
+            calm_event(&mut bufs[i % conns], &mut rng, &names[i], Some(ts), 0.05);
+            sent += 1;
+        }
+        for (st, b) in streams.iter_mut().zip(&bufs) {
+            if !b.is_empty() {
+                st.write_all(b)?;
+            }
+        }
+    }
+    let end = start + Duration::from_secs(a.seconds);
+    if let Some(wait) = end.checked_duration_since(Instant::now()) {
+        thread::sleep(wait);
+    }
+    let after = server.sample(mount)?;
+    let rss_kib = server.rss_kib();
+
+    // Idle, connections open.
+    thread::sleep(WEAR_IDLE_SKIP);
+    let idle0 = server.sample(mount)?;
+    thread::sleep(Duration::from_secs(a.idle_seconds) - WEAR_IDLE_SKIP);
+    let idle1 = server.sample(mount)?;
+
+    // The counters are read: now the flush, which tells how many of the events were accepted.
+    let mut events = 0;
+    for ((st, rd), fill) in streams.iter_mut().zip(&mut readers).zip(&filled) {
+        st.write_all(FLUSH)?;
+        let (reply, errors) = read_flush_reply(rd)?;
+        if reply["ok"] != true || reply["rejected"] != 0 || !errors.is_empty() {
+            return Err(io::Error::other(format!(
+                "flush reply {reply}; errors: {errors:?}"
+            )));
+        }
+        events += reply["accepted"]
+            .as_u64()
+            .unwrap_or(0)
+            .saturating_sub(*fill);
+    }
+    if events != sent {
+        eprintln!(
+            "wear: {} accepted {events} of the {sent} events sent",
+            kind.name()
+        );
+    }
+    let (decisions, store_bytes) = if kind == Kind::Python {
+        (None, None)
+    } else {
+        daemon_metrics(bins, &server)
+    };
+    server.stop()?;
+    Ok(WearRun {
+        events,
+        load: PhaseCost::between(&before, &after),
+        idle: PhaseCost::between(&idle0, &idle1),
+        rss_kib,
+        fill_secs,
+        max_late_ms: max_late.as_secs_f64() * 1e3,
+        decisions,
+        store_bytes,
+    })
+}
+
+/// The daemon's decisions so far (all models) and its store's size, from `visutility metrics`.
+fn daemon_metrics(bins: &Bins, server: &Server) -> (Option<f64>, Option<f64>) {
+    let Ok(out) = Command::new(&bins.daemon)
+        .arg("--config")
+        .arg(&server.config)
+        .arg("metrics")
+        .output()
+    else {
+        return (None, None);
+    };
+    if !out.status.success() {
+        return (None, None);
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let sum = |name: &str| -> Option<f64> {
+        let mut found = None;
+        for l in text.lines().filter(|l| !l.starts_with('#')) {
+            let Some(rest) = l.strip_prefix(name) else {
+                continue;
+            };
+            if !(rest.starts_with(' ') || rest.starts_with('{')) {
+                continue;
+            }
+            let v: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            found = Some(found.unwrap_or(0.0) + v);
+        }
+        found
+    };
+    (
+        sum("visutility_decisions_total").or(Some(0.0)),
+        sum("visutility_store_size_bytes"),
+    )
 }
