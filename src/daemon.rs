@@ -180,28 +180,37 @@ async fn serve(
         ));
     }
 
-    // Once a second: the events-per-second sample and the systemd status line.
+    // The events-per-second sample and the systemd status line: once a second while events
+    // arrive, once every ten seconds while none do (an idle daemon should not wake for nothing).
     {
         let stats = stats.clone();
         let rate = rate.clone();
         let registry = registry.clone();
         let mut shutdown = shutdown_rx.clone();
         actix::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(1));
-            let mut n = 0u64;
+            let mut last = u64::MAX;
+            let mut since_status = Duration::ZERO;
             loop {
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => break,
-                    _ = tick.tick() => {}
-                }
-                rate.sample(stats.accepted.load(std::sync::atomic::Ordering::Relaxed));
-                n += 1;
-                if n % 10 == 0 {
+                let accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed);
+                let every = if accepted == last {
+                    Duration::from_secs(10)
+                } else {
+                    Duration::from_secs(1)
+                };
+                last = accepted;
+                rate.sample(accepted);
+                since_status += every;
+                if since_status >= Duration::from_secs(10) {
+                    since_status = Duration::ZERO;
                     systemd::notify_status(&format!(
                         "{} models, {:.0} events/s",
                         registry.len(),
                         rate.per_second()
                     ));
+                }
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    _ = tokio::time::sleep(every) => {}
                 }
             }
         });

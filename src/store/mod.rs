@@ -440,8 +440,12 @@ impl Store {
         };
         store.migrate(&meta, found)?;
         if fresh {
-            // sled created its files without syncing their names: make the new database
-            // durable before the schema file says that one exists here.
+            // sled created its files without syncing them or their names: make the new
+            // database durable before the schema file says that one exists here.
+            let conf = store.shared.path.join("conf");
+            File::open(&conf)
+                .and_then(|f| f.sync_all())
+                .map_err(|source| StoreError::Sync { path: conf, source })?;
             wal::sync_dir(dir)?;
         }
         write_schema_file(&marker)?;
