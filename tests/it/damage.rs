@@ -1,0 +1,1 @@
+//! A damaged store is refused loudly, never opened as a new empty one.
