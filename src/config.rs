@@ -39,6 +39,12 @@ pub struct DaemonConfig {
     pub max_connections: usize,
     /// Connections silent this long are closed; 0 keeps them forever.
     pub idle_timeout_s: u64,
+    /// Ingest connections one peer uid may hold at once; 0: no limit but `max_connections`.
+    pub max_connections_per_uid: usize,
+    /// A connection holding an unfinished line this long is closed; 0: never.
+    pub partial_line_timeout_s: u64,
+    /// Bytes of unfinished lines all ingest connections together may hold.
+    pub partial_line_budget_bytes: usize,
     /// A model without events this long has its state dropped from memory (it stays in the
     /// store and is loaded again by its next event); 0 keeps every model loaded.
     pub model_idle_unload_s: u64,
@@ -172,6 +178,13 @@ impl Config {
                 max_models: w.int("max_models", 1, 10_000_000).unwrap_or(10_000) as usize,
                 max_connections: w.int("max_connections", 1, 1_000_000).unwrap_or(1024) as usize,
                 idle_timeout_s: w.int("idle_timeout_s", 0, 86_400 * 365).unwrap_or(0),
+                max_connections_per_uid: w
+                    .int("max_connections_per_uid", 0, 1_000_000)
+                    .unwrap_or(256) as usize,
+                partial_line_timeout_s: w.int("partial_line_timeout_s", 0, 86_400).unwrap_or(10),
+                partial_line_budget_bytes: w
+                    .int("partial_line_budget_bytes", 65_536, 1 << 40)
+                    .unwrap_or(16 << 20) as usize,
                 model_idle_unload_s: w.int("model_idle_unload_s", 0, 86_400 * 365).unwrap_or(600),
                 log_level: w.string("log_level").filter(|l| match check_log_filter(l) {
                     Ok(()) => true,

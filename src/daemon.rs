@@ -145,11 +145,22 @@ async fn serve(
         settings: settings_rx,
         shutdown: shutdown_rx.clone(),
         allow: config.daemon.ingest_allow.clone().map(Arc::new),
+        partial: Arc::new(ingest::connection::ByteBudget::new(
+            config.daemon.partial_line_budget_bytes,
+        )),
+        replies: Arc::new(ingest::connection::ByteBudget::new(
+            ingest::connection::REPLY_BUDGET,
+        )),
     };
+    let (probe, probes) = tokio::sync::mpsc::channel(1);
     let ingest_task = actix::spawn(ingest::serve(
         ingest_socket,
         ingest_ctx,
-        config.daemon.max_connections,
+        ingest::Limits {
+            max_connections: max_connections(config.daemon.max_connections),
+            per_uid: config.daemon.max_connections_per_uid,
+        },
+        probes,
     ));
     let control_ctx = ControlCtx {
         registry: registry.clone(),
@@ -219,7 +230,6 @@ async fn serve(
     if let Some(interval) = systemd::watchdog_interval() {
         let commander = commander.clone();
         let registry = registry.clone();
-        let socket = config.daemon.socket.clone();
         let mut shutdown = shutdown_rx.clone();
         actix::spawn(async move {
             let mut tick = tokio::time::interval(interval);
@@ -228,7 +238,7 @@ async fn serve(
                     _ = shutdown.wait_for(|s| *s) => break,
                     _ = tick.tick() => {}
                 }
-                if heartbeat(&commander, &registry, &socket).await {
+                if heartbeat(&commander, &registry, &probe).await {
                     systemd::notify_watchdog();
                 } else {
                     tracing::error!("watchdog heartbeat failed; not pinging systemd");
@@ -324,11 +334,57 @@ async fn serve(
     Ok(())
 }
 
+/// Ingest connections the descriptor limit leaves room for: at start the soft
+/// `RLIMIT_NOFILE` is raised to the hard limit (outside systemd it is often 1024, which a
+/// thousand clients exhaust, and then nothing, not even `status`, can connect); if
+/// `max_connections` still does not fit beside the store's, hooks' and control connections'
+/// descriptors, it is lowered, with a warning.
+fn max_connections(configured: usize) -> usize {
+    /// Descriptors kept for everything but ingest connections.
+    const RESERVED: u64 = 256;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to fill.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return configured;
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: a valid rlimit; raising the soft limit up to the hard one is always allowed.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            tracing::debug!(
+                from = lim.rlim_cur,
+                to = lim.rlim_max,
+                "raised the soft descriptor limit (RLIMIT_NOFILE)"
+            );
+            lim.rlim_cur = lim.rlim_max;
+        }
+    }
+    let room = lim.rlim_cur.saturating_sub(RESERVED).max(1);
+    if configured as u64 > room {
+        tracing::warn!(
+            max_connections = configured,
+            using = room,
+            nofile = lim.rlim_cur,
+            "max_connections does not fit the descriptor limit (RLIMIT_NOFILE); raise LimitNOFILE= or lower max_connections"
+        );
+        return usize::try_from(room).unwrap_or(configured);
+    }
+    configured
+}
+
 fn conn_settings(config: &Config) -> ConnSettings {
     ConnSettings {
         max_line_bytes: config.daemon.max_line_bytes,
         idle_timeout: (config.daemon.idle_timeout_s > 0)
             .then(|| Duration::from_secs(config.daemon.idle_timeout_s)),
+        partial_line_timeout: (config.daemon.partial_line_timeout_s > 0)
+            .then(|| Duration::from_secs(config.daemon.partial_line_timeout_s)),
     }
 }
 
@@ -405,16 +461,20 @@ async fn write_textfile_every(path: PathBuf, every: Duration, ctx: ControlCtx) {
     }
 }
 
-/// One round trip through the ingest socket, the command actor and the model actors.
+/// One round trip through the ingest accept loop and connection code, the command actor and
+/// the model actors. The ingest leg is a socket pair handed to the accept loop, served like a
+/// client without taking a client slot: clients holding every slot (or every slot of their
+/// uid) cannot stop the heartbeat, while a wedged accept loop or ingest thread still does.
 async fn heartbeat(
     commander: &Addr<CommandActor>,
     registry: &Registry,
-    socket: &std::path::Path,
+    probe: &ingest::Probe,
 ) -> bool {
     let t = Duration::from_secs(5);
     let ingest_ok = async {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-        let s = tokio::net::UnixStream::connect(socket).await.ok()?;
+        let (s, theirs) = tokio::net::UnixStream::pair().ok()?;
+        probe.send(theirs).await.ok()?;
         let (rd, mut wr) = s.into_split();
         wr.write_all(b"{\"op\":\"ping\"}\n").await.ok()?;
         let mut line = String::new();

@@ -118,11 +118,17 @@ pub enum ErrorCode {
     TooManyConnections,
     /// Nothing arrived for `idle_timeout_s`; sent once, then the connection closes.
     IdleTimeout,
+    /// A line stayed unfinished for `partial_line_timeout_s`; sent once, then the connection
+    /// closes.
+    PartialLineTimeout,
+    /// Unfinished lines of all connections hold more than `partial_line_budget_bytes`; the
+    /// connection whose line went over is told once and closed.
+    Overloaded,
 }
 
 impl ErrorCode {
     /// Every code, for tests and docs.
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadJson,
         ErrorCode::BadField,
         ErrorCode::BadModelId,
@@ -132,6 +138,8 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::TooManyConnections,
         ErrorCode::IdleTimeout,
+        ErrorCode::PartialLineTimeout,
+        ErrorCode::Overloaded,
     ];
 
     /// The code as sent on the wire.
@@ -146,6 +154,8 @@ impl ErrorCode {
             ErrorCode::Internal => "internal",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::PartialLineTimeout => "partial_line_timeout",
+            ErrorCode::Overloaded => "overloaded",
         }
     }
 }
@@ -1650,10 +1660,20 @@ pub fn error_reply(code: ErrorCode, line: u64, detail: &str) -> Vec<u8> {
 
 /// Appends `{"ok":true,"accepted":A,"rejected":R}\n` to `out`.
 pub fn write_flush_reply(out: &mut Vec<u8>, accepted: u64, rejected: u64) {
+    write_flush_reply_dropped(out, accepted, rejected, 0);
+}
+
+/// `{"ok":true,"accepted":A,"rejected":R,"replies_dropped":D}\n`, the last field only when
+/// `dropped` is not 0: error replies this connection did not get because it did not read them.
+pub fn write_flush_reply_dropped(out: &mut Vec<u8>, accepted: u64, rejected: u64, dropped: u64) {
     out.extend_from_slice(b"{\"ok\":true,\"accepted\":");
     push_u64(out, accepted);
     out.extend_from_slice(b",\"rejected\":");
     push_u64(out, rejected);
+    if dropped > 0 {
+        out.extend_from_slice(b",\"replies_dropped\":");
+        push_u64(out, dropped);
+    }
     out.extend_from_slice(b"}\n");
 }
 
@@ -1903,6 +1923,44 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             return Ok(None);
         }
         Ok(self.try_next_buffered())
+    }
+
+    /// One step of [`LineReader::fill`]: reads at most once. `Ok(Some(true))`: a frame is
+    /// ready; `Ok(Some(false))`: EOF with every line handed out; `Ok(None)`: bytes arrived but
+    /// no line is complete yet (see [`LineReader::partial_len`]). Cancel-safe.
+    pub async fn fill_step(&mut self) -> io::Result<Option<bool>> {
+        for first in [true, false] {
+            if self.cur.peeked.is_none() {
+                self.cur.peeked = self.cur.advance(&self.buf);
+            }
+            if self.cur.peeked.is_some() {
+                return Ok(Some(true));
+            }
+            if self.cur.eof {
+                return Ok(Some(false));
+            }
+            if first {
+                self.read_more().await?;
+            }
+        }
+        Ok(None)
+    }
+
+    /// Bytes of an unfinished line held in the buffer: 0 when a frame is complete or nothing
+    /// is held, at least 1 while the rest of an oversized line is being dropped (it holds no
+    /// bytes, but the line is still unfinished).
+    pub fn partial_len(&mut self) -> usize {
+        if self.cur.peeked.is_none() {
+            self.cur.peeked = self.cur.advance(&self.buf);
+        }
+        let c = &self.cur;
+        if c.peeked.is_some() {
+            0
+        } else if c.discarding {
+            (c.end - c.start).max(1)
+        } else {
+            c.end - c.start
+        }
     }
 
     /// Next frame already complete in the buffer, without awaiting.
@@ -2613,6 +2671,8 @@ mod tests {
                 "internal",
                 "too_many_connections",
                 "idle_timeout",
+                "partial_line_timeout",
+                "overloaded",
             ]
         );
         assert_eq!(ErrorCode::BadJson.to_string(), "bad_json");

@@ -38,8 +38,10 @@ pub struct Snapshot {
     pub connections_open: u64,
     pub connections_total: u64,
     /// Ingest connections closed at once, by reason (`too_many_connections`,
-    /// `permission_denied`).
+    /// `too_many_connections_per_uid`, `permission_denied`).
     pub connections_refused: Vec<(&'static str, u64)>,
+    /// Error replies dropped because their client did not read them.
+    pub replies_dropped: u64,
     pub control_refused: u64,
     pub store_bytes: u64,
     pub store: crate::store::StoreStats,
@@ -123,10 +125,15 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
                 stats.connections_refused.load(Ordering::Relaxed),
             ),
             (
+                "too_many_connections_per_uid",
+                stats.connections_refused_uid.load(Ordering::Relaxed),
+            ),
+            (
                 "permission_denied",
                 stats.connections_denied.load(Ordering::Relaxed),
             ),
         ],
+        replies_dropped: stats.replies_dropped.load(Ordering::Relaxed),
         control_refused: ctx.refused.load(Ordering::Relaxed),
         store_bytes: ctx.store.size_on_disk(),
         store: ctx.store.stats(),
@@ -213,6 +220,16 @@ pub fn render(s: &Snapshot) -> String {
             *n as f64,
         );
     }
+    out.family(
+        "visutility_ingest_replies_dropped_total",
+        "counter",
+        "Error replies not delivered because the client did not read them (best effort; flush replies are never dropped).",
+    );
+    out.sample(
+        "visutility_ingest_replies_dropped_total",
+        &[],
+        s.replies_dropped as f64,
+    );
     out.family(
         "visutility_control_refused_total",
         "counter",
@@ -541,6 +558,7 @@ mod tests {
             connections_open: 1,
             connections_total: 7,
             connections_refused: vec![("too_many_connections", 0), ("permission_denied", 2)],
+            replies_dropped: 5,
             control_refused: 1,
             store_bytes: 4096,
             store: Default::default(),

@@ -272,6 +272,10 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 "events_accepted": ctx.stats.accepted.load(Ordering::Relaxed),
                 "lines_rejected": ctx.stats.rejected.load(Ordering::Relaxed),
                 "connections": ctx.stats.connections.load(Ordering::Relaxed),
+                "connections_refused": ctx.stats.connections_refused.load(Ordering::Relaxed)
+                    + ctx.stats.connections_refused_uid.load(Ordering::Relaxed)
+                    + ctx.stats.connections_denied.load(Ordering::Relaxed),
+                "replies_dropped": ctx.stats.replies_dropped.load(Ordering::Relaxed),
                 "jobs_running": runner.running,
                 "jobs_queued": runner.queued,
                 "paused": runner.paused,

@@ -29,7 +29,9 @@ use std::time::Duration;
 use rustc_hash::FxHashMap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
+use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::model::registry::{ModelHandle, RegistryError};
 use crate::model::{ApplyBatch, Barrier, EventArray};
@@ -64,11 +66,77 @@ const IDLE_EVENTS: usize = 64;
 /// How long a quiet connection keeps its batch buffers.
 const BATCH_MEMORY_KEEP: Duration = Duration::from_secs(1);
 
+/// Error reply bytes kept for a client that is not reading them (beyond what the kernel's
+/// socket buffer holds); beyond this, or beyond [`REPLY_BUDGET`] for all connections together,
+/// they are dropped (and counted) so that ingestion never waits for the client to read. A
+/// client that writes a batch and then reads gets every reply of about 10,000 bad lines.
+pub const REPLY_BUFFER: usize = 1 << 20;
+
+/// Unsent reply bytes all connections together may queue.
+pub const REPLY_BUDGET: usize = 16 << 20;
+
+/// Flush and ping replies a client asked for and does not read: past this the connection
+/// waits for it (it stops being read) instead of queueing without bound.
+const REPLY_HARD_CAP: usize = 1 << 20;
+
+/// How long the last replies of a closing connection may wait for the client to read them.
+const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// What a connection needs from the config; reloads update it through a watch channel.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConnSettings {
     pub max_line_bytes: usize,
     pub idle_timeout: Option<Duration>,
+    /// `daemon.partial_line_timeout_s`: longest a line may stay unfinished (`None`: no limit).
+    pub partial_line_timeout: Option<Duration>,
+}
+
+/// Bytes held by all connections together against a limit: unfinished lines
+/// (`daemon.partial_line_budget_bytes`) or queued replies ([`REPLY_BUDGET`]).
+#[derive(Debug)]
+pub struct ByteBudget {
+    pub budget: usize,
+    pub held: std::sync::atomic::AtomicUsize,
+}
+
+impl ByteBudget {
+    pub fn new(budget: usize) -> ByteBudget {
+        ByteBudget {
+            budget,
+            held: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+}
+
+/// One connection's part of a [`ByteBudget`].
+struct Share<'a> {
+    budget: &'a ByteBudget,
+    held: usize,
+}
+
+impl Share<'_> {
+    /// Records that this connection now holds `bytes`; true when that takes all connections
+    /// over the budget.
+    fn hold(&mut self, bytes: usize) -> bool {
+        if bytes == self.held {
+            return false;
+        }
+        let total = if bytes > self.held {
+            let add = bytes - self.held;
+            self.budget.held.fetch_add(add, Ordering::Relaxed) + add
+        } else {
+            let sub = self.held - bytes;
+            self.budget.held.fetch_sub(sub, Ordering::Relaxed) - sub
+        };
+        self.held = bytes;
+        bytes > 0 && total > self.budget.budget
+    }
+}
+
+impl Drop for Share<'_> {
+    fn drop(&mut self) {
+        self.hold(0);
+    }
 }
 
 /// Longest model id kept inside the index's table entry rather than behind a pointer.
@@ -163,7 +231,15 @@ struct Conn<'a> {
     active: Vec<u32>,
     /// Slots touched since the last barrier.
     touched: Vec<u32>,
+    /// Reply lines not yet written; `replies[..sent]` is already on the socket.
     replies: Vec<u8>,
+    sent: usize,
+    /// Error replies not queued because the client was not reading ([`REPLY_BUFFER`]).
+    replies_dropped: u64,
+    /// This connection's unfinished line, counted against the budget of all connections.
+    partial: Share<'a>,
+    /// This connection's unsent replies, counted against [`REPLY_BUDGET`].
+    queued: Share<'a>,
     /// Time of receipt of the current read (Unix seconds).
     now: f64,
     /// `now` when the oldest event in `pending` was read.
@@ -194,56 +270,108 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         active: Vec::new(),
         touched: Vec::new(),
         replies: Vec::new(),
+        sent: 0,
+        replies_dropped: 0,
+        partial: Share {
+            budget: &ctx.partial,
+            held: 0,
+        },
+        queued: Share {
+            budget: &ctx.replies,
+            held: 0,
+        },
         now: 0.0,
         first_pending: 0.0,
         dispatches: 0,
         messages: 0,
     };
-    loop {
+    // When the line now buffered unfinished began (for `partial_line_timeout_s`).
+    let mut partial_since: Option<Instant> = None;
+    // Why the connection is closed by the daemon, if it is: the reply says so.
+    let mut closing: Option<(ErrorCode, String)> = None;
+    'conn: loop {
         let mut op;
         {
             // About to wait for more input. A busy connection's batch buffers (a few MiB) are
             // kept across the short gaps of a burst, and let go once it has been quiet for
             // a while, so an idle connection keeps only a little room.
-            if conn.holds_batch_memory() && poll_once(reader.fill()).is_none() {
+            if conn.holds_batch_memory() && poll_once(reader.fill_step()).is_none() {
                 let quiet = tokio::select! {
                     biased;
                     _ = shutdown.wait_for(|s| *s) => break,
-                    r = tokio::time::timeout(BATCH_MEMORY_KEEP, reader.fill()) => r.is_err(),
+                    r = tokio::time::timeout(BATCH_MEMORY_KEEP, reader.fill_step()) => r.is_err(),
                 };
                 if quiet {
                     conn.release_batch_memory();
                 }
             }
-            let next = async {
-                match settings.idle_timeout {
-                    Some(t) => tokio::time::timeout(t, reader.next_frame()).await.ok(),
-                    None => Some(reader.next_frame().await),
+            // Waits for a whole line, sending queued replies as the client reads them. A
+            // line left unfinished is bounded in time (`partial_line_timeout_s`, from its
+            // first byte, however slowly the rest trickles in) and, across connections, in
+            // bytes (`partial_line_budget_bytes`).
+            let idle_deadline = settings.idle_timeout.map(|t| Instant::now() + t);
+            loop {
+                let partial = reader.partial_len();
+                if partial == 0 {
+                    partial_since = None;
+                } else if partial_since.is_none() {
+                    partial_since = Some(Instant::now());
                 }
-            };
-            let frame = tokio::select! {
-                biased;
-                _ = shutdown.wait_for(|s| *s) => break,
-                f = next => f,
-            };
-            let frame = match frame {
-                None => {
-                    tracing::debug!("closing an idle connection");
-                    let _ = wr
-                        .write_all(&protocol::error_reply(
-                            ErrorCode::IdleTimeout,
-                            conn.line_no,
-                            "idle timeout",
-                        ))
-                        .await;
-                    break;
+                if conn.partial.hold(partial) {
+                    closing = Some((
+                        ErrorCode::Overloaded,
+                        format!(
+                            "unfinished lines of all connections exceed partial_line_budget_bytes ({}); send whole lines",
+                            ctx.partial.budget
+                        ),
+                    ));
+                    break 'conn;
                 }
-                Some(Ok(Some(f))) => f,
-                Some(Ok(None)) => break,
-                Some(Err(error)) => {
-                    tracing::debug!(error = %error, "connection read failed");
-                    break;
+                let partial_deadline = partial_since
+                    .zip(settings.partial_line_timeout)
+                    .map(|(since, t)| since + t);
+                let deadline = match (idle_deadline, partial_deadline) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let expired = async {
+                    match deadline {
+                        Some(d) => tokio::time::sleep_until(d).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                let unsent = conn.unsent() > 0;
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|s| *s) => break 'conn,
+                    r = reader.fill_step() => match r {
+                        Ok(Some(true)) => break,
+                        Ok(Some(false)) => break 'conn,
+                        Ok(None) => {}
+                        Err(error) => {
+                            tracing::debug!(error = %error, "connection read failed");
+                            break 'conn;
+                        }
+                    },
+                    r = wr.writable(), if unsent => {
+                        if r.is_err() || conn.send_replies(&mut wr).await.is_err() {
+                            break 'conn;
+                        }
+                    }
+                    () = expired => {
+                        closing = Some(if partial_deadline.is_some_and(|d| d <= Instant::now()) {
+                            let t = settings.partial_line_timeout.unwrap_or_default().as_secs();
+                            (ErrorCode::PartialLineTimeout, format!("a line stayed unfinished for {t} s (partial_line_timeout_s); end each line with \\n"))
+                        } else {
+                            tracing::debug!("closing an idle connection");
+                            (ErrorCode::IdleTimeout, "idle timeout".to_owned())
+                        });
+                        break 'conn;
+                    }
                 }
+            }
+            let Some(frame) = reader.try_next_buffered() else {
+                continue;
             };
             conn.now = crate::command::now();
             op = conn.frame(frame);
@@ -301,20 +429,38 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
             Some(Op::Ping) => conn.replies.extend_from_slice(protocol::PING_REPLY),
             None => {}
         }
-        if !conn.replies.is_empty() {
-            if wr.write_all(&conn.replies).await.is_err() {
-                break;
-            }
-            conn.replies.clear();
+        if conn.send_replies(&mut wr).await.is_err() {
+            break;
         }
     }
     conn.dispatch();
+    conn.partial.hold(0);
+    conn.queued.hold(0);
+    if let Some((code, detail)) = &closing {
+        if !matches!(code, ErrorCode::IdleTimeout) {
+            tracing::debug!(code = code.as_str(), "closing a connection");
+            if let Some(c) = ctx.stats.rejected_by_code.get(*code as usize) {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        protocol::write_error_reply(&mut conn.replies, *code, conn.line_no, detail);
+    }
+    // What is still queued goes out if the client reads it soon; a client that never reads
+    // does not hold the connection (and its slot) open.
+    if conn.unsent() > 0 {
+        let _ = tokio::time::timeout(
+            CLOSE_WRITE_TIMEOUT,
+            wr.write_all(&conn.replies[conn.sent..]),
+        )
+        .await;
+    }
     tracing::debug!(
         accepted = conn.accepted,
         rejected = conn.rejected,
         lines = conn.line_no,
         dispatches = conn.dispatches,
         messages = conn.messages,
+        replies_dropped = conn.replies_dropped,
         "connection closed"
     );
 }
@@ -398,7 +544,49 @@ impl Conn<'_> {
         if let Some(c) = stats.rejected_by_code.get(code as usize) {
             c.fetch_add(1, Ordering::Relaxed);
         }
+        // Error replies are best effort: a client that does not read them must not stall
+        // its own writes (the daemon would stop reading it), so what does not fit in the
+        // bounded queue is dropped and counted; the flush reply carries the count.
+        let before = self.replies.len();
         protocol::write_error_reply(&mut self.replies, code, self.line_no, detail);
+        if self.unsent() > REPLY_BUFFER || self.queued.hold(self.unsent()) {
+            self.replies.truncate(before);
+            self.queued.hold(self.unsent());
+            self.replies_dropped += 1;
+            stats.replies_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Reply bytes queued and not yet written.
+    fn unsent(&self) -> usize {
+        self.replies.len() - self.sent
+    }
+
+    /// Writes what the socket takes now, without waiting. Only op replies (flush, ping) can
+    /// push the queue past [`REPLY_BUFFER`]: a client asks for those, so past
+    /// [`REPLY_HARD_CAP`] of them the connection waits for it to read.
+    async fn send_replies(&mut self, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
+        while self.sent < self.replies.len() {
+            match wr.try_write(&self.replies[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        if self.sent == self.replies.len() {
+            self.replies.clear();
+            self.sent = 0;
+        } else if self.sent >= self.replies.len() / 2 {
+            self.replies.drain(..self.sent);
+            self.sent = 0;
+        }
+        if self.unsent() > REPLY_HARD_CAP {
+            wr.write_all(&self.replies[self.sent..]).await?;
+            self.replies.clear();
+            self.sent = 0;
+        }
+        self.queued.hold(self.unsent());
+        Ok(())
     }
 
     /// Sends every pending event to its model: one shared array sorted by model, one message
@@ -538,7 +726,12 @@ impl Conn<'_> {
             }
         }
         match failure {
-            None => protocol::write_flush_reply(&mut self.replies, self.accepted, self.rejected),
+            None => protocol::write_flush_reply_dropped(
+                &mut self.replies,
+                self.accepted,
+                self.rejected,
+                self.replies_dropped,
+            ),
             Some(detail) => {
                 protocol::write_flush_error_reply(&mut self.replies, ErrorCode::Internal, &detail)
             }

@@ -54,8 +54,12 @@ pub struct IngestStats {
     pub connections_refused: AtomicU64,
     /// Connections closed because the peer is not in `daemon.ingest_allow`.
     pub connections_denied: AtomicU64,
+    /// Connections closed because their peer uid holds `max_connections_per_uid` already.
+    pub connections_refused_uid: AtomicU64,
+    /// Error replies dropped because the client did not read them.
+    pub replies_dropped: AtomicU64,
     /// Rejections by error code, indexed like `protocol::ErrorCode::ALL`.
-    pub rejected_by_code: [AtomicU64; 9],
+    pub rejected_by_code: [AtomicU64; 11],
 }
 
 /// A bound Unix socket whose file is removed on drop (when we created it).
@@ -125,20 +129,127 @@ pub struct IngestCtx {
     pub shutdown: watch::Receiver<bool>,
     /// `daemon.ingest_allow`: `None` lets anyone who can open the socket file write.
     pub allow: Option<Arc<Vec<u32>>>,
+    /// Unfinished lines of every connection, against `daemon.partial_line_budget_bytes`.
+    pub partial: Arc<connection::ByteBudget>,
+    /// Replies queued for clients that are not reading them, against
+    /// [`connection::REPLY_BUDGET`].
+    pub replies: Arc<connection::ByteBudget>,
+}
+
+/// Limits on who holds how many connections.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `daemon.max_connections`.
+    pub max_connections: usize,
+    /// `daemon.max_connections_per_uid` (0: no limit).
+    pub per_uid: usize,
+}
+
+/// The daemon's own liveness probe: one end of a socket pair, served like a client
+/// connection but without taking a client slot, so that clients holding every slot cannot
+/// stop the watchdog heartbeat. Only the daemon holds the sender.
+pub type Probe = tokio::sync::mpsc::Sender<tokio::net::UnixStream>;
+
+/// Counts connections per peer uid; a connection's [`UidSlot`] gives its place back.
+#[derive(Default)]
+struct UidCounts(std::cell::RefCell<rustc_hash::FxHashMap<u32, usize>>);
+
+struct UidSlot {
+    counts: std::rc::Rc<UidCounts>,
+    uid: u32,
+}
+
+impl UidCounts {
+    /// A slot for `uid`, or its current count when `limit` is reached.
+    fn take(self: &std::rc::Rc<Self>, uid: u32, limit: usize) -> Result<UidSlot, usize> {
+        let mut map = self.0.borrow_mut();
+        let n = map.entry(uid).or_insert(0);
+        if limit > 0 && *n >= limit {
+            return Err(*n);
+        }
+        *n += 1;
+        Ok(UidSlot {
+            counts: self.clone(),
+            uid,
+        })
+    }
+}
+
+impl Drop for UidSlot {
+    fn drop(&mut self) {
+        let mut map = self.counts.0.borrow_mut();
+        if let Some(n) = map.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.uid);
+            }
+        }
+    }
+}
+
+/// Refusals of one kind, logged at most once per [`REFUSAL_LOG_EVERY`] per uid: the first
+/// at once, the rest as a count with the next line.
+#[derive(Default)]
+struct RefusalLog {
+    by_uid: rustc_hash::FxHashMap<u32, (std::time::Instant, u64)>,
+}
+
+/// Shortest gap between two log lines about refusals of the same uid.
+const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl RefusalLog {
+    /// Counts a refusal of `uid`; `Some(n)` when a line is due (`n` refusals since the last).
+    fn note(&mut self, uid: u32) -> Option<u64> {
+        let now = std::time::Instant::now();
+        if self.by_uid.len() > 4096 {
+            self.by_uid
+                .retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_LOG_EVERY);
+        }
+        match self.by_uid.get_mut(&uid) {
+            Some((at, n)) if now.duration_since(*at) < REFUSAL_LOG_EVERY => {
+                *n += 1;
+                None
+            }
+            Some((at, n)) => {
+                let due = *n + 1;
+                *at = now;
+                *n = 0;
+                Some(due)
+            }
+            None => {
+                self.by_uid.insert(uid, (now, 0));
+                Some(1)
+            }
+        }
+    }
 }
 
 /// Accepts connections until shutdown; returns when every connection has finished.
-pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
+pub async fn serve(
+    socket: SocketFile,
+    ctx: IngestCtx,
+    limits: Limits,
+    mut probes: tokio::sync::mpsc::Receiver<tokio::net::UnixStream>,
+) {
+    let max_connections = limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_connections));
+    let per_uid = std::rc::Rc::new(UidCounts::default());
+    let mut full_log = RefusalLog::default();
+    let mut uid_log = RefusalLog::default();
     let mut shutdown = ctx.shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
             biased;
             _ = shutdown.wait_for(|s| *s) => break,
+            Some(probe) = probes.recv() => {
+                let c = ctx.clone();
+                tasks.spawn_local(async move { connection::run(probe, &c).await });
+                continue;
+            }
             a = socket.listener.accept() => a,
         };
-        let (mut stream, _) = match accepted {
+        let (stream, _) = match accepted {
             Ok(s) => s,
             Err(error) => {
                 // EMFILE and friends: back off instead of spinning.
@@ -152,32 +263,56 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
             && let Some(reply) = refusal(&stream, allow)
         {
             ctx.stats.connections_denied.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
-                    stream.write_all(&reply),
-                )
-                .await;
-            });
+            send_and_close(stream, reply);
             continue;
         }
+        // SO_PEERCRED cannot fail on a connected Unix socket; if it did, the peer counts as
+        // uid u32::MAX, which shares one limit with every other such peer.
+        let uid = stream.peer_cred().map_or(u32::MAX, |c| c.uid());
+        let uid_slot = match per_uid.take(uid, limits.per_uid) {
+            Ok(slot) => slot,
+            Err(held) => {
+                ctx.stats
+                    .connections_refused_uid
+                    .fetch_add(1, Ordering::Relaxed);
+                if let Some(n) = uid_log.note(uid) {
+                    tracing::warn!(
+                        uid,
+                        held,
+                        max_connections_per_uid = limits.per_uid,
+                        refused = n,
+                        "connections refused: this uid holds max_connections_per_uid"
+                    );
+                }
+                let reply = crate::protocol::error_reply(
+                    crate::protocol::ErrorCode::TooManyConnections,
+                    0,
+                    &format!(
+                        "uid {uid} holds {held} connections, the most one uid may (max_connections_per_uid); close some or reuse one"
+                    ),
+                );
+                send_and_close(stream, reply);
+                continue;
+            }
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             ctx.stats
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(max_connections, "connection refused: too many connections");
+            if let Some(n) = full_log.note(uid) {
+                tracing::warn!(
+                    uid,
+                    max_connections,
+                    refused = n,
+                    "connections refused: max_connections reached"
+                );
+            }
             let reply = crate::protocol::error_reply(
                 crate::protocol::ErrorCode::TooManyConnections,
                 0,
                 "max_connections reached; try again later",
             );
-            tokio::spawn(async move {
-                let _ = tokio::time::timeout(
-                    std::time::Duration::from_secs(1),
-                    stream.write_all(&reply),
-                )
-                .await;
-            });
+            send_and_close(stream, reply);
             continue;
         };
         let c = ctx.clone();
@@ -187,12 +322,21 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
             connection::run(stream, &c).await;
             c.stats.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);
+            drop(uid_slot);
         });
         // Reap finished connections so the set does not grow.
         while tasks.try_join_next().is_some() {}
     }
     drop(socket);
     while tasks.join_next().await.is_some() {}
+}
+
+/// Writes one reply line to a refused connection (for at most a second), then closes it.
+fn send_and_close(mut stream: tokio::net::UnixStream, reply: Vec<u8>) {
+    tokio::spawn(async move {
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_secs(1), stream.write_all(&reply)).await;
+    });
 }
 
 /// The error line for a peer `daemon.ingest_allow` does not admit (logged here), or `None`.

@@ -353,12 +353,108 @@ fn raise_nofile(want: u64) {
 }
 
 #[test]
+fn a_client_that_never_reads_replies_is_never_stalled() {
+    // Issue 12.1: 100,000 bad lines (each gets an error reply) and 1,000 good ones, written
+    // without reading a byte back. The writes must all go through: error replies are best
+    // effort, dropped once the client's unread queue is full.
+    const BAD: usize = 100_000;
+    let d = Daemon::start_default();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    let bad = b"{\"model_id\":\"bad\",\"drift\":1}\n";
+    let good = json!({"model_id": "good", "drift_score": 0.1}).to_string() + "\n";
+    let mut chunk = Vec::new();
+    for i in 0..BAD {
+        chunk.extend_from_slice(bad);
+        if i % 100 == 0 {
+            chunk.extend_from_slice(good.as_bytes());
+        }
+    }
+    let started = Instant::now();
+    let sent = s.write_all(&chunk);
+    let took = started.elapsed();
+    assert!(
+        sent.is_ok(),
+        "the client's writes stalled ({sent:?} after {took:?}): the daemon stopped reading a client that does not read replies"
+    );
+    // Now the flush: its reply is always delivered, after whatever error replies fit.
+    s.write_all(b"{\"op\":\"flush\"}\n").unwrap();
+    let (bytes, _) = read_until_flush(&mut s, DEADLINE);
+    let text = String::from_utf8_lossy(&bytes);
+    let replies: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let flush = replies.last().unwrap_or_else(|| d.fail("no flush reply"));
+    assert_eq!(flush["ok"], json!(true), "{flush}");
+    assert_eq!(flush["accepted"], json!(BAD / 100), "{flush}");
+    assert_eq!(flush["rejected"], json!(BAD), "{flush}");
+    let errors = replies.len() as u64 - 1;
+    let dropped = flush["replies_dropped"].as_u64().unwrap_or(0);
+    assert!(dropped > 0, "nothing was dropped: {flush}");
+    assert_eq!(
+        errors + dropped,
+        BAD as u64,
+        "every rejection is either answered or counted"
+    );
+    // Error replies that were delivered are whole lines, in order.
+    let mut last = 0;
+    for r in &replies[..replies.len() - 1] {
+        let line = r["line"].as_u64().unwrap();
+        assert!(line > last && r["error"] == json!("bad_field"), "{r}");
+        last = line;
+    }
+    assert_eq!(d.events_of("good"), (BAD / 100) as u64);
+    let metrics = d.cli_ok(&["metrics"]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == format!("visutility_ingest_replies_dropped_total {dropped}")),
+        "{metrics}"
+    );
+    eprintln!(
+        "hostile: {BAD} bad lines unread: written in {took:?}, {errors} replies delivered, {dropped} dropped"
+    );
+}
+
+/// Reads until a line with `"ok"` (the flush reply) arrives; returns the bytes and whether it
+/// did.
+fn read_until_flush(s: &mut UnixStream, timeout: Duration) -> (Vec<u8>, bool) {
+    let end = Instant::now() + timeout;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 16];
+    while Instant::now() < end {
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.ends_with(b"\n")
+                    && out
+                        .rsplit(|&b| b == b'\n')
+                        .nth(1)
+                        .is_some_and(|l| l.starts_with(b"{\"ok\""))
+                {
+                    return (out, true);
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    (out, false)
+}
+
+#[test]
 fn thousands_of_connections_stay_within_max_connections() {
     const CONNS: usize = 2000;
     const MAX: usize = 500;
     raise_nofile(CONNS as u64 * 2 + 256);
     let d = Daemon::builder()
-        .daemon_keys(&format!("max_connections = {MAX}"))
+        // One uid opens them all here: the per-uid limit is another test's (security_dos).
+        .daemon_keys(&format!(
+            "max_connections = {MAX}\nmax_connections_per_uid = 0"
+        ))
         .start();
     let mut conns: Vec<UnixStream> = (0..CONNS)
         .map(|i| {

@@ -117,7 +117,9 @@ fn a_million_model_ids_stop_at_max_models_in_bounded_memory() {
     let (refused, flush) = reader.join().unwrap();
     let flush: serde_json::Value = serde_json::from_str(&flush).unwrap();
     assert_flush(&flush, MAX_MODELS as u64, (IDS - MAX_MODELS) as u64);
-    assert_eq!(refused, (IDS - MAX_MODELS) as u64);
+    // Error replies are best effort: those the reader was too slow for are counted instead.
+    let dropped = flush["replies_dropped"].as_u64().unwrap_or(0);
+    assert_eq!(refused + dropped, (IDS - MAX_MODELS) as u64, "{flush}");
     let st = d.status_json();
     assert_eq!(st["models"], json!(MAX_MODELS), "{st}");
     check(&d, "after a million model ids (max_models = 10000)", base);

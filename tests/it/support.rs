@@ -583,6 +583,7 @@ pub struct DaemonBuilder {
     pub sb: Sandbox,
     parts: ConfigParts,
     env: Vec<(String, String)>,
+    nofile_soft: Option<u64>,
 }
 
 impl DaemonBuilder {
@@ -604,6 +605,12 @@ impl DaemonBuilder {
     }
     pub fn env(mut self, k: &str, v: &str) -> Self {
         self.env.push((k.into(), v.into()));
+        self
+    }
+    /// Starts the daemon with this soft `RLIMIT_NOFILE` (the hard limit unchanged), as a
+    /// login shell's `ulimit -Sn` would.
+    pub fn nofile_soft(mut self, n: u64) -> Self {
+        self.nofile_soft = Some(n);
         self
     }
     pub fn recording_hook(&self, name: &str, exit_code: i32) -> Hook {
@@ -637,6 +644,7 @@ impl DaemonBuilder {
             stdout_path,
             child: None,
             env: self.env,
+            nofile_soft: self.nofile_soft,
             spawns: 0,
         };
         d.write_config(&self.parts);
@@ -655,6 +663,7 @@ pub struct Daemon {
     pub stdout_path: PathBuf,
     child: Option<Child>,
     env: Vec<(String, String)>,
+    nofile_soft: Option<u64>,
     spawns: usize,
 }
 
@@ -667,6 +676,7 @@ impl Daemon {
                 body: QUIET_BODY.to_string(),
             },
             env: Vec::new(),
+            nofile_soft: None,
         }
     }
 
@@ -738,8 +748,18 @@ impl Daemon {
             .stdout(Stdio::from(out))
             .stderr(Stdio::from(log));
         // If the test thread dies without dropping us, take the daemon with it.
+        let nofile_soft = self.nofile_soft;
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if let Some(n) = nofile_soft {
+                    let mut lim = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+                    lim.rlim_cur = n.min(lim.rlim_max);
+                    libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                }
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
