@@ -63,6 +63,8 @@ pub struct ModelMetrics {
     pub paused: bool,
     /// `(policy, action, count)` since start.
     pub decisions: Vec<(String, String, u64)>,
+    /// `(policy, count)` of values refused as non-finite-making, where not 0.
+    pub values_rejected: Vec<(String, u64)>,
 }
 
 /// Gathers a snapshot from the running daemon.
@@ -82,6 +84,12 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
                 .decision_counts
                 .iter()
                 .map(|c| (c.policy.clone(), c.action.to_owned(), c.count))
+                .collect(),
+            values_rejected: v
+                .policies
+                .iter()
+                .filter(|p| p.values_rejected > 0)
+                .map(|p| (p.name.clone(), p.values_rejected))
                 .collect(),
             model_id: v.model_id,
         })
@@ -386,6 +394,20 @@ pub fn render(s: &Snapshot) -> String {
         );
     }
     out.family(
+        "visutility_policy_values_rejected_total",
+        "counter",
+        "Values a policy refused since the model was loaded, because they would have made its detector's state non-finite.",
+    );
+    for m in &s.models {
+        for (policy, n) in &m.values_rejected {
+            out.sample(
+                "visutility_policy_values_rejected_total",
+                &[("model_id", &m.model_id), ("policy", policy)],
+                *n as f64,
+            );
+        }
+    }
+    out.family(
         "visutility_decisions_total",
         "counter",
         "Policy decisions since start, by model, policy and action.",
@@ -570,6 +592,7 @@ mod tests {
                 accuracy: None,
                 paused: true,
                 decisions: vec![("odd \"name\"\\".into(), "full".into(), 2)],
+                values_rejected: vec![("errors".into(), 3)],
             }],
             jobs: vec![("succeeded".into(), 1), ("failed".into(), 0)],
             jobs_running: 0,
@@ -623,6 +646,9 @@ mod tests {
             r#"visutility_decisions_total{model_id="fraud-v3",policy="odd \"name\"\\",action="full"} 2"#
         ));
         assert!(text.contains("visutility_model_paused{model_id=\"fraud-v3\"} 1\n"));
+        assert!(text.contains(
+            "visutility_policy_values_rejected_total{model_id=\"fraud-v3\",policy=\"errors\"} 3\n"
+        ));
         assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"1\"} 1\n"));
         assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"60\"} 3\n"));
         assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"7200\"} 3\n"));

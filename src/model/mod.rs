@@ -94,6 +94,9 @@ pub struct PolicyView {
     pub name: String,
     pub kind: String,
     pub state: String,
+    /// Values this policy refused since the model was loaded: they would have made its
+    /// detector's state non-finite.
+    pub values_rejected: u64,
 }
 
 impl ModelView {
@@ -108,6 +111,7 @@ impl ModelView {
                     name: spec.name.clone(),
                     kind: spec.kind.kind_name().into(),
                     state: st.summary(spec),
+                    values_rejected: st.values_rejected.0,
                 })
                 .collect(),
             None => Vec::new(),
@@ -400,6 +404,7 @@ impl ModelActor {
                     name: spec.name.clone(),
                     kind: spec.kind.kind_name().into(),
                     state: st.summary(spec),
+                    values_rejected: st.values_rejected.0,
                 })
                 .collect();
         }

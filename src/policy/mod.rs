@@ -222,6 +222,21 @@ pub struct PolicyState {
     /// Consecutive observations on which the condition held (for `for_events`).
     pub streak: u32,
     pub kind: StateKind,
+    /// Values refused because they would have made the detector's state non-finite, since
+    /// the model was loaded. Not persisted (the store's format is unchanged).
+    #[serde(skip)]
+    pub values_rejected: Tally,
+}
+
+/// A diagnostic count kept beside a state but not part of it: states compare equal whatever
+/// their tallies (a replayed state equals the live one even if one was loaded mid-way).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Tally(pub u64);
+
+impl PartialEq for Tally {
+    fn eq(&self, _: &Tally) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -254,6 +269,7 @@ impl PolicyState {
             name: spec.name.clone(),
             streak: 0,
             kind,
+            values_rejected: Tally::default(),
         }
     }
 
@@ -340,7 +356,12 @@ impl PolicyState {
                 if !x.is_finite() {
                     return None;
                 }
-                match det.update(x) {
+                let Some(signal) = det.update_finite(x) else {
+                    // Refused: the state stays as it was, the streak neither grows nor breaks.
+                    self.values_rejected.0 += 1;
+                    return None;
+                };
+                match signal {
                     Signal::None => None,
                     Signal::Warning => {
                         // A warning is reported as it happens and never debounced: it

@@ -282,3 +282,75 @@ fn finding_4_the_soft_descriptor_limit_is_raised_so_status_answers_under_a_flood
     });
     drop(held);
 }
+
+/// Security review, finding 10: one extreme value must not blind a detector for good.
+#[test]
+fn finding_10_one_extreme_value_is_refused_and_a_later_shift_still_fires() {
+    let d = Daemon::builder()
+        .body(
+            r#"
+[[models]]
+match = "*"
+[[models.policies]]
+name = "adwin-value"
+kind = "adwin"
+metric = "value"
+[[models.policies]]
+name = "cusum-value"
+kind = "cusum"
+metric = "value"
+"#,
+        )
+        .start();
+    let mut c = d.connect();
+    let ev = |v: f64| json!({"model_id": "m", "value": v}).to_string();
+    // Stable around 0 (alternating ±1), one extreme value, more stable, then a 10-sigma shift.
+    let mut lines: Vec<String> = (0..400)
+        .map(|i| ev(if i % 2 == 0 { 1.0 } else { -1.0 }))
+        .collect();
+    lines.push(r#"{"model_id":"m","value":1.7976931348623157e308}"#.to_owned());
+    lines.extend((0..100).map(|i| ev(if i % 2 == 0 { 1.0 } else { -1.0 })));
+    c.send_lines(&lines);
+    assert_eq!(c.flush()["accepted"], json!(501));
+    let decisions = |d: &Daemon| -> Vec<String> {
+        d.cli_ok(&["metrics"])
+            .lines()
+            .filter(|l| {
+                l.starts_with("visutility_decisions_total{") && l.contains("model_id=\"m\"")
+            })
+            .map(str::to_owned)
+            .collect()
+    };
+    let before = decisions(&d);
+    c.send_lines(&(0..300).map(|_| ev(10.0)).collect::<Vec<_>>());
+    assert_eq!(c.flush()["accepted"], json!(801));
+    let after = decisions(&d);
+    for policy in ["adwin-value", "cusum-value"] {
+        let count = |v: &[String]| {
+            v.iter()
+                .filter(|l| l.contains(&format!("policy=\"{policy}\"")))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        assert!(
+            count(&after) > count(&before),
+            "{policy} did not fire on a 10-sigma shift after one extreme value: {after:?}\n{}",
+            d.logs()
+        );
+    }
+    // The refusal is visible per policy, in `models --json` and the metrics.
+    let models = d.models_json();
+    let policies = &models[0]["policies"];
+    for p in policies.as_array().unwrap() {
+        assert_eq!(p["values_rejected"], json!(1), "{p}");
+        let state = p["state"].as_str().unwrap();
+        assert!(!state.contains("inf") && !state.contains("NaN"), "{state}");
+    }
+    let metrics = d.cli_ok(&["metrics"]);
+    assert!(
+        metrics.contains(
+            "visutility_policy_values_rejected_total{model_id=\"m\",policy=\"cusum-value\"} 1"
+        ),
+        "{metrics}"
+    );
+}
