@@ -1089,7 +1089,47 @@ fn json_error(line: &[u8], e: &serde_json::Error) -> LineError {
             Err(e2) => json_error(line, &e2),
         };
     }
+    if let Some(token) = non_finite_token(line, e.column()) {
+        return or_bad_utf8(
+            line,
+            bad_json(format!(
+                "{token} at column {} is not a JSON number (JSON has no NaN or Infinity; Python's json.dumps writes them unless allow_nan=False): omit the field or send null",
+                e.column()
+            )),
+        );
+    }
     or_bad_utf8(line, bad_json(format!("{base} at column {}", e.column())))
+}
+
+/// The NaN or Infinity spelling (as Python, JavaScript and others write them) where a JSON
+/// syntax error was found, if that is what is there. `column` is serde_json's, 1-based; the
+/// token starts at or just before it.
+fn non_finite_token(line: &[u8], column: usize) -> Option<&'static str> {
+    const TOKENS: [&str; 8] = [
+        "-Infinity",
+        "+Infinity",
+        "Infinity",
+        "-inf",
+        "inf",
+        "-NaN",
+        "NaN",
+        "nan",
+    ];
+    let at = column.checked_sub(1)?;
+    (at.saturating_sub(2)..=at).find_map(|start| {
+        let rest = line.get(start..)?;
+        let prev = start.checked_sub(1).and_then(|p| line.get(p));
+        // The token must begin a value: after `:`, `[`, `,` or blanks.
+        if prev.is_some_and(|b| !matches!(b, b':' | b'[' | b',' | b' ' | b'\t')) {
+            return None;
+        }
+        TOKENS.iter().copied().find(|t| {
+            rest.starts_with(t.as_bytes())
+                && !rest
+                    .get(t.len())
+                    .is_some_and(|b| b.is_ascii_alphanumeric() || *b == b'_')
+        })
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -2218,6 +2258,21 @@ mod tests {
     #[test]
     fn syntax_error_wins_over_field_errors() {
         check(r#"{"foo":1,"model_id":}"#, ErrorCode::BadJson, "column");
+        // Issue 12.2: what Python's json.dumps writes for float("nan") and float("inf").
+        for (line, token) in [
+            (r#"{"model_id":"m","drift_score":NaN}"#, "NaN"),
+            (r#"{"model_id":"m","drift_score": Infinity}"#, "Infinity"),
+            (r#"{"model_id":"m","value":-Infinity}"#, "-Infinity"),
+            (r#"{"model_id":"m","metrics":{"a":nan}}"#, "nan"),
+        ] {
+            check(line, ErrorCode::BadJson, "omit the field or send null");
+            check(line, ErrorCode::BadJson, &format!("{token} at column"));
+        }
+        check(
+            r#"{"model_id":"m","drift_score":Nope}"#,
+            ErrorCode::BadJson,
+            "expected value",
+        );
         check(r#"{"model_id":5} x"#, ErrorCode::BadJson, "trailing");
         check(
             r#"{"model_id":"a","metrics":{"":1,"b":}}"#,

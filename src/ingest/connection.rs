@@ -139,6 +139,10 @@ impl Drop for Share<'_> {
     }
 }
 
+/// How far ahead of the time of receipt an event's `ts` may be (clock skew); beyond it the
+/// line is `bad_field` (a `ts` in milliseconds is the usual cause).
+pub const MAX_TS_AHEAD_S: f64 = 86_400.0;
+
 /// Longest model id kept inside the index's table entry rather than behind a pointer.
 const ID_INLINE: usize = 30;
 
@@ -497,6 +501,23 @@ impl Conn<'_> {
             Ok(Line::Empty) => None,
             &Ok(Line::Op(op)) => Some(op),
             Ok(Line::Event(ev)) => {
+                if let Some(ts) = ev.ts
+                    && ts > self.now + MAX_TS_AHEAD_S
+                {
+                    let hint = if ts > 1e11 {
+                        " (it looks like milliseconds: divide by 1000)"
+                    } else {
+                        ""
+                    };
+                    self.reject(
+                        ErrorCode::BadField,
+                        &format!(
+                            "ts {ts} is more than a day ahead of the time of receipt ({:.0}); ts is Unix seconds{hint}",
+                            self.now
+                        ),
+                    );
+                    return None;
+                }
                 let slot = match self.index.get(ev.model_id.as_bytes()) {
                     Some(&s) => s,
                     None => match self.ctx.registry.get_or_create(ev.model_id) {

@@ -483,7 +483,13 @@ fn count(r: &mut ModelRecord, obs: &Obs) {
         r.first_seen = obs.ts;
     }
     r.events += 1;
-    r.last_seen = obs.ts;
+    // The time of receipt, not the event's own `ts` (an old `ts` must not make the model look
+    // silent for years).
+    r.last_seen = if obs.received > 0.0 {
+        obs.received
+    } else {
+        obs.ts
+    };
     push_recent(&mut r.recent_drift, obs.drift_score);
     push_recent(&mut r.recent_accuracy, obs.accuracy);
 }

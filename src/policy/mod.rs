@@ -62,6 +62,9 @@ impl fmt::Display for Action {
 pub struct Obs {
     /// Unix seconds: the event's `ts`, or the time of receipt.
     pub ts: f64,
+    /// Unix seconds: when the daemon received the event (what `last_seen` shows); 0 where
+    /// that is not known (offline backtests), and then `ts` stands in.
+    pub received: f64,
     pub drift_score: Option<f64>,
     pub accuracy: Option<f64>,
     pub error: Option<bool>,
@@ -78,6 +81,7 @@ impl Obs {
     pub fn from_event(ev: &crate::protocol::Event<'_>, receipt: f64) -> Obs {
         Obs {
             ts: ev.ts.unwrap_or(receipt),
+            received: receipt,
             drift_score: ev.drift_score,
             accuracy: ev.accuracy,
             error: ev.error,

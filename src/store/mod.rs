@@ -298,10 +298,26 @@ impl Handles {
             .flush_every_ms(None)
             .mode(sled::Mode::LowSpace)
             .cache_capacity(CACHE_BYTES);
-        let db = config.open().map_err(|source| StoreError::Open {
-            path: path.to_owned(),
-            source,
-        })?;
+        // The lock of a store this process just closed can outlive it by a flush round (the
+        // flusher thread may hold the last reference): wait a moment for it rather than fail.
+        // Another process holding the store still fails, a second later.
+        let mut tries = 0;
+        let db = loop {
+            match config.open() {
+                Err(sled::Error::Io(e))
+                    if tries < 20 && e.to_string().contains("could not acquire lock") =>
+                {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                r => {
+                    break r.map_err(|source| StoreError::Open {
+                        path: path.to_owned(),
+                        source,
+                    })?;
+                }
+            }
+        };
         Ok((config, db))
     }
 

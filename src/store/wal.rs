@@ -18,7 +18,7 @@
 //! payload = item*
 //! item    = 0x01 NAME   ref: varint, len: varint, model id bytes     (ref valid in this segment)
 //!         | 0x02 GROUP  ref: varint, first_seq: varint, count: varint, event*
-//! event   = mask: u8, ts: num, [drift_score: num], [accuracy: num], [value: num],
+//! event   = mask: u8, ts: num, [received: num], [drift_score: num], [accuracy: num], [value: num],
 //!           [metrics: count varint, (name len varint, name bytes, value num)*]
 //! num     = varint((zigzag(m) << 4) | k)  for the value m / 10^k, k in 0..=14
 //!         | varint(15) followed by the 8 bytes of the f64 (little-endian)
@@ -62,6 +62,9 @@ const HAS_ERROR: u8 = 4;
 const ERROR_TRUE: u8 = 8;
 const HAS_VALUE: u8 = 16;
 const HAS_METRICS: u8 = 32;
+/// The time of receipt follows `ts` (only when the event had its own `ts`: otherwise they
+/// are the same number, and older logs never have it).
+const HAS_RECEIVED: u8 = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -171,8 +174,15 @@ pub fn put_event(out: &mut Vec<u8>, obs: &Obs) {
     if !obs.metrics.is_empty() {
         mask |= HAS_METRICS;
     }
+    let received = obs.received > 0.0 && obs.received.to_bits() != obs.ts.to_bits();
+    if received {
+        mask |= HAS_RECEIVED;
+    }
     out.push(mask);
     put_num(out, obs.ts);
+    if received {
+        put_num(out, obs.received);
+    }
     for v in [obs.drift_score, obs.accuracy, obs.value]
         .into_iter()
         .flatten()
@@ -192,11 +202,27 @@ pub fn put_event(out: &mut Vec<u8>, obs: &Obs) {
 pub fn get_event(buf: &[u8], pos: &mut usize) -> Option<Obs> {
     let mask = *buf.get(*pos)?;
     *pos += 1;
-    if mask & !(HAS_DRIFT | HAS_ACCURACY | HAS_ERROR | ERROR_TRUE | HAS_VALUE | HAS_METRICS) != 0 {
+    if mask
+        & !(HAS_DRIFT
+            | HAS_ACCURACY
+            | HAS_ERROR
+            | ERROR_TRUE
+            | HAS_VALUE
+            | HAS_METRICS
+            | HAS_RECEIVED)
+        != 0
+    {
         return None;
     }
+    let ts = get_num(buf, pos)?;
+    let received = if mask & HAS_RECEIVED != 0 {
+        get_num(buf, pos)?
+    } else {
+        ts
+    };
     let mut obs = Obs {
-        ts: get_num(buf, pos)?,
+        ts,
+        received,
         ..Obs::default()
     };
     if mask & HAS_DRIFT != 0 {
@@ -661,6 +687,11 @@ mod tests {
     fn obs(i: u64) -> Obs {
         Obs {
             ts: 1764172800.25 + i as f64,
+            // Received without a ts of its own (the same number), or a little after it.
+            received: match i % 3 {
+                1 => 1764172801.123_456_7 + i as f64,
+                _ => 1764172800.25 + i as f64,
+            },
             drift_score: Some(0.1234),
             accuracy: (i % 2 == 0).then_some(0.9512),
             error: Some(i % 3 == 0),

@@ -14,6 +14,7 @@ mod hooks;
 mod hostile;
 mod jobs;
 mod memory;
+mod new_user;
 mod operator;
 mod persistence;
 mod powerfs;

@@ -90,6 +90,8 @@ fn events(n: usize, seed: u64) -> Vec<Obs> {
             let drift = if shifted { 0.45 } else { 0.1 } + next() * 0.1;
             Obs {
                 ts: 1_764_172_800.0 + i as f64 * 0.25,
+                // Received a little after its own ts, as from a client that sends `ts`.
+                received: 1_764_172_800.5 + i as f64 * 0.25,
                 // Short decimals (as JSON senders write them) and full-precision values both.
                 drift_score: Some((drift * 10_000.0).round() / 10_000.0),
                 accuracy: (i % 3 != 0).then(|| 0.85 + next() * 0.1),
