@@ -280,6 +280,7 @@ async fn serve(
                     Ok(new) => {
                         let new = Arc::new(new);
                         warn_restart_only(&config, &new);
+                        log_policy_resets(&config, &new);
                         registry.reconfigure(new.clone());
                         commander.do_send(command::Reconfigure(Arc::new(new.hooks.clone())));
                         let _ = settings_tx.send(conn_settings(&new));
@@ -332,6 +333,27 @@ async fn serve(
     tracing::info!("stopped");
     System::current().stop();
     Ok(())
+}
+
+/// One log line per policy a reload starts afresh, and why (rules matched by the same
+/// pattern before and after; models then rebind their states the same way).
+fn log_policy_resets(old: &Config, new: &Config) {
+    for rule in &new.models {
+        let Some(before) = old.models.iter().find(|r| r.pattern == rule.pattern) else {
+            continue;
+        };
+        for spec in &rule.policies {
+            let was = before.policies.iter().find(|s| s.name == spec.name);
+            if let Some(reason) = crate::policy::reset_reason(was, spec) {
+                tracing::info!(
+                    rule = %rule.pattern,
+                    policy = %spec.name,
+                    reason = %reason,
+                    "reload: the policy starts afresh on every model of this rule"
+                );
+            }
+        }
+    }
 }
 
 /// Ingest connections the descriptor limit leaves room for: at start the soft

@@ -686,7 +686,7 @@ impl Handler<Reconfigure> for ModelActor {
 
     fn handle(&mut self, msg: Reconfigure, _ctx: &mut Context<Self>) {
         let changed = self.rule.as_deref() != msg.0.as_deref();
-        self.rule = msg.0;
+        let old = std::mem::replace(&mut self.rule, msg.0);
         if !self.loaded {
             // The persisted states are bound to the new policies when they are loaded.
             return;
@@ -694,8 +694,13 @@ impl Handler<Reconfigure> for ModelActor {
         if !changed {
             return;
         }
+        let old_specs = old.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
-        self.record.policies = bind_states(specs, std::mem::take(&mut self.record.policies));
+        self.record.policies = crate::policy::rebind_states(
+            old_specs,
+            specs,
+            std::mem::take(&mut self.record.policies),
+        );
         // A checkpoint now, so no replay applies events logged under the old rule with the
         // new one.
         if let Err(error) = self.fold() {

@@ -457,3 +457,51 @@ pub fn bind_states(specs: &[PolicySpec], mut old: Vec<PolicyState>) -> Vec<Polic
         })
         .collect()
 }
+
+/// Why a policy's state cannot carry over a reload from `old` (the policy of that name
+/// before, if any) to `new`; `None` when it can: only a policy whose kind, metric and every
+/// parameter are unchanged keeps its state (a window of drift scores must not go on as a
+/// window of accuracies).
+pub fn reset_reason(old: Option<&PolicySpec>, new: &PolicySpec) -> Option<String> {
+    let Some(old) = old else {
+        return Some("new policy".to_owned());
+    };
+    if old == new {
+        None
+    } else if old.kind.kind_name() != new.kind.kind_name() {
+        Some(format!(
+            "kind changed from {} to {}",
+            old.kind.kind_name(),
+            new.kind.kind_name()
+        ))
+    } else if old.metric != new.metric {
+        Some(format!(
+            "metric changed from {} to {}",
+            old.metric, new.metric
+        ))
+    } else {
+        Some("parameters changed".to_owned())
+    }
+}
+
+/// The states for `new_specs` after a reload from `old_specs`: a policy keeps its state only
+/// when [`reset_reason`] finds nothing changed; any other starts fresh.
+pub fn rebind_states(
+    old_specs: &[PolicySpec],
+    new_specs: &[PolicySpec],
+    mut old: Vec<PolicyState>,
+) -> Vec<PolicyState> {
+    new_specs
+        .iter()
+        .map(|spec| {
+            let before = old_specs.iter().find(|s| s.name == spec.name);
+            if reset_reason(before, spec).is_none()
+                && let Some(i) = old.iter().position(|s| s.fits(spec))
+            {
+                old.swap_remove(i)
+            } else {
+                PolicyState::new(spec)
+            }
+        })
+        .collect()
+}

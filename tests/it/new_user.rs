@@ -79,3 +79,85 @@ fn a_ts_in_milliseconds_is_refused_and_an_old_ts_does_not_age_last_seen() {
         .unwrap();
     assert_eq!(m["last_seen"].as_f64(), Some(last_seen), "{m}");
 }
+
+fn policies_of(d: &Daemon, model: &str) -> Vec<serde_json::Value> {
+    d.models_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["model_id"] == json!(model))
+        .unwrap_or_else(|| d.fail(format!("no model {model}")))["policies"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// 12.4: a reload that changes a policy's metric starts it afresh (it kept the window of drift
+/// scores and averaged accuracies into it); an unchanged policy keeps its state; the log says
+/// which was reset and why.
+#[test]
+fn a_reload_that_changes_a_policys_metric_starts_it_afresh() {
+    let rules = |metric: &str| {
+        format!(
+            r#"
+[[models]]
+match = "*"
+[[models.policies]]
+name = "win"
+kind = "drift_window"
+metric = "{metric}"
+window = 5
+threshold = 2.0
+[[models.policies]]
+name = "kept"
+kind = "drift_window"
+window = 5
+threshold = 2.0
+"#
+        )
+    };
+    let d = Daemon::builder().body(rules("drift_score")).start();
+    let mut c = d.connect();
+    for _ in 0..5 {
+        c.send_json(&json!({"model_id": "m", "drift_score": 0.9, "accuracy": 0.2}));
+    }
+    c.flush();
+    let states = |d: &Daemon| -> Vec<String> {
+        policies_of(d, "m")
+            .iter()
+            .map(|p| p["state"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        states(&d).iter().all(|s| s.starts_with("window 5/5")),
+        "{:?}",
+        states(&d)
+    );
+
+    d.write_config(&ConfigParts {
+        daemon_extra: String::new(),
+        body: rules("accuracy"),
+    });
+    d.sighup();
+    d.wait_for("the reload", || {
+        d.logs().contains("config reloaded").then_some(())
+    });
+    c.send_json(&json!({"model_id": "m", "drift_score": 0.9, "accuracy": 0.2}));
+    c.flush();
+    let s = states(&d);
+    assert!(s[0].starts_with("window 1/5, mean 0.2"), "{s:?}");
+    assert!(s[1].starts_with("window 5/5, mean 0.9"), "{s:?}");
+    let logs = d.logs();
+    let line = logs
+        .lines()
+        .find(|l| l.contains("reload: the policy starts afresh"))
+        .unwrap_or_else(|| d.fail("no reload line names the reset policy"));
+    assert!(
+        line.contains("policy=win") && line.contains("metric changed from drift_score to accuracy"),
+        "{line}"
+    );
+    assert!(
+        !logs.contains("policy=kept reason"),
+        "an unchanged policy was reported reset"
+    );
+}
