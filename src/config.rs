@@ -15,7 +15,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::policy::detect::{DetectorParams, KINDS};
-use crate::policy::{Action, PolicyKind, PolicySpec};
+use crate::policy::{Action, Direction, PolicyKind, PolicySpec};
 
 /// The validated configuration.
 #[derive(Debug, Clone, PartialEq)]
@@ -295,6 +295,45 @@ impl Config {
         }
     }
 
+    /// Settings that load but cannot work as meant (each with its key path): `check-config`
+    /// prints them, the daemon logs them at start and reload.
+    pub fn warnings(&self) -> Vec<KeyError> {
+        let mut out = Vec::new();
+        for (i, rule) in self.models.iter().enumerate() {
+            for (j, spec) in rule.policies.iter().enumerate() {
+                let path = format!("models[{i}].policies[{j}]");
+                let accuracy = spec.metric == "accuracy";
+                match &spec.kind {
+                    PolicyKind::DriftWindow {
+                        threshold,
+                        direction: Direction::Above,
+                        ..
+                    } if accuracy && *threshold < 1.0 => out.push(KeyError::new(
+                        format!("{path}.direction"),
+                        format!(
+                            "a window of accuracy fires while its mean is above {threshold}, which is nearly always; for \"mean accuracy below {threshold}\" set direction = \"below\""
+                        ),
+                    )),
+                    PolicyKind::StaticThreshold {
+                        min_accuracy: Some(m),
+                        ..
+                    } if *m > 1.0 => out.push(KeyError::new(
+                        format!("{path}.min_accuracy"),
+                        format!("accuracy is at most 1, so min_accuracy = {m} fires on every event"),
+                    )),
+                    PolicyKind::StaticThreshold { min: Some(m), .. } if accuracy && *m > 1.0 => {
+                        out.push(KeyError::new(
+                            format!("{path}.min"),
+                            format!("accuracy is at most 1, so min = {m} fires on every event"),
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        out
+    }
+
     /// A short human summary (what `check-config` prints).
     pub fn summary(&self) -> String {
         let mut s = String::new();
@@ -365,6 +404,8 @@ impl ModelRule {
                     kind: PolicyKind::StaticThreshold {
                         max_drift: Some(0.3),
                         min_accuracy: Some(0.9),
+                        max: None,
+                        min: None,
                     },
                     metric: "drift_score".into(),
                     action: Action::Full,
@@ -375,6 +416,7 @@ impl ModelRule {
                     kind: PolicyKind::DriftWindow {
                         window: 500,
                         threshold: 0.3,
+                        direction: Direction::Above,
                     },
                     metric: "drift_score".into(),
                     action: Action::Full,
@@ -459,17 +501,43 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
         "static_threshold" => {
             let max_drift = kw.float("max_drift", f64::MIN, f64::MAX);
             let min_accuracy = kw.float("min_accuracy", f64::MIN, f64::MAX);
+            let max = kw.float("max", f64::MIN, f64::MAX);
+            let min = kw.float("min", f64::MIN, f64::MAX);
             kw.finish();
-            if max_drift.is_none() && min_accuracy.is_none() {
+            let classic = max_drift.is_some() || min_accuracy.is_some();
+            let bounds = max.is_some() || min.is_some();
+            let problem = match (classic, bounds, metric.is_some()) {
+                (false, false, _) => Some(
+                    "static_threshold needs max_drift or min_accuracy, or metric with max and/or min",
+                ),
+                (true, true, _) => Some(
+                    "use either max_drift/min_accuracy or metric with max/min, not both (two policies can do both)",
+                ),
+                (false, true, false) => Some(
+                    "max and min bound the policy's metric: set metric (for example metric = \"latency_ms\")",
+                ),
+                (true, false, true) => Some(
+                    "metric is read only with max or min (max_drift and min_accuracy read drift_score and accuracy)",
+                ),
+                _ => None,
+            };
+            if let Some(problem) = problem {
+                errors.push(KeyError::new(prefix.to_owned(), problem));
+            }
+            if let (Some(hi), Some(lo)) = (max, min)
+                && hi < lo
+            {
                 errors.push(KeyError::new(
-                    prefix.to_owned(),
-                    "static_threshold needs max_drift or min_accuracy",
+                    format!("{prefix}.max"),
+                    format!("max ({hi}) is below min ({lo}): every value would fire"),
                 ));
             }
             (
                 PolicyKind::StaticThreshold {
                     max_drift,
                     min_accuracy,
+                    max,
+                    min,
                 },
                 "drift_score",
             )
@@ -477,8 +545,26 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
         "drift_window" => {
             let window = kw.int("window", 1, 1_000_000).unwrap_or(500) as usize;
             let threshold = kw.float("threshold", f64::MIN, f64::MAX).unwrap_or(0.3);
+            let direction = match kw.string("direction").as_deref() {
+                None | Some("above") => Direction::Above,
+                Some("below") => Direction::Below,
+                Some(other) => {
+                    kw.error(
+                        "direction",
+                        format!("expected \"above\" or \"below\", got {other:?}"),
+                    );
+                    Direction::Above
+                }
+            };
             kw.finish();
-            (PolicyKind::DriftWindow { window, threshold }, "drift_score")
+            (
+                PolicyKind::DriftWindow {
+                    window,
+                    threshold,
+                    direction,
+                },
+                "drift_score",
+            )
         }
         k if KINDS.contains(&k) => {
             let value = toml::Value::Table(rest);

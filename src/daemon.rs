@@ -58,6 +58,7 @@ pub struct Launch {
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(launch: Launch) -> Result<(), DaemonError> {
     let config = launch.config;
+    log_config_warnings(&config);
     let state_dir = config.daemon.state_dir.clone();
     std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
         path: state_dir.clone(),
@@ -281,6 +282,7 @@ async fn serve(
                         let new = Arc::new(new);
                         warn_restart_only(&config, &new);
                         log_policy_resets(&config, &new);
+                        log_config_warnings(&new);
                         registry.reconfigure(new.clone());
                         commander.do_send(command::Reconfigure(Arc::new(new.hooks.clone())));
                         let _ = settings_tx.send(conn_settings(&new));
@@ -333,6 +335,13 @@ async fn serve(
     tracing::info!("stopped");
     System::current().stop();
     Ok(())
+}
+
+/// The config's [`Config::warnings`], one WARN line each.
+fn log_config_warnings(config: &Config) {
+    for w in config.warnings() {
+        tracing::warn!(key = %w.path, "{}", w.message);
+    }
 }
 
 /// One log line per policy a reload starts afresh, and why (rules matched by the same

@@ -73,6 +73,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(c) => {
                 let mut out = std::io::stdout().lock();
                 write!(out, "{}", c.summary())?;
+                for w in c.warnings() {
+                    writeln!(out, "warning: {}: {w}", file.display())?;
+                }
                 writeln!(out, "ok")?;
                 Ok(ExitCode::SUCCESS)
             }

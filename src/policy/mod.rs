@@ -129,16 +129,54 @@ pub struct PolicySpec {
 pub enum PolicyKind {
     /// `drift_score` above `max_drift` asks for a full retrain; `accuracy` below
     /// `min_accuracy` asks for a fine-tune.
+    /// With `max`/`min`: the policy's `metric` above `max` or below `min` asks for its
+    /// `action`.
     StaticThreshold {
         max_drift: Option<f64>,
         min_accuracy: Option<f64>,
+        max: Option<f64>,
+        min: Option<f64>,
     },
-    /// The mean of the last `window` values of the metric above `threshold`.
+    /// The mean of the last `window` values of the metric above (or, with
+    /// [`Direction::Below`], below) `threshold`.
     DriftWindow {
         window: usize,
         threshold: f64,
+        direction: Direction,
     },
     Detector(DetectorParams),
+}
+
+/// Which side of a `drift_window` threshold is bad.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Direction {
+    #[default]
+    Above,
+    Below,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Above => "above",
+            Direction::Below => "below",
+        }
+    }
+
+    /// Whether `x` is on the bad side of `threshold` (strictly).
+    pub fn crosses(self, x: f64, threshold: f64) -> bool {
+        match self {
+            Direction::Above => x > threshold,
+            Direction::Below => x < threshold,
+        }
+    }
+
+    fn sign(self) -> char {
+        match self {
+            Direction::Above => '>',
+            Direction::Below => '<',
+        }
+    }
 }
 
 impl PolicyKind {
@@ -179,6 +217,14 @@ pub enum Reason<'s> {
         metric: &'s str,
         mean: f64,
         threshold: f64,
+        direction: Direction,
+    },
+    /// A `static_threshold` with `max`/`min` on its metric.
+    Bound {
+        metric: &'s str,
+        value: f64,
+        bound: f64,
+        direction: Direction,
     },
     Detector {
         kind: &'static str,
@@ -199,10 +245,24 @@ impl fmt::Display for Reason<'_> {
                 metric,
                 mean,
                 threshold,
+                direction,
             } => write!(
                 f,
-                "mean of the last {window} {metric} values {mean:.6} > threshold {threshold}"
+                "mean of the last {window} {metric} values {mean:.6} {} threshold {threshold}",
+                direction.sign()
             ),
+            Reason::Bound {
+                metric,
+                value,
+                bound,
+                direction,
+            } => {
+                let which = match direction {
+                    Direction::Above => "max",
+                    Direction::Below => "min",
+                };
+                write!(f, "{metric} {value} {} {which} {bound}", direction.sign())
+            }
             Reason::Detector {
                 kind,
                 signal,
@@ -298,6 +358,34 @@ impl PolicyState {
                 PolicyKind::StaticThreshold {
                     max_drift,
                     min_accuracy,
+                    max,
+                    min,
+                },
+            ) if max.is_some() || min.is_some() => {
+                let x = obs.metric(&spec.metric)?;
+                let over = max
+                    .filter(|m| x > *m)
+                    .map(|m| (m, Direction::Above))
+                    .or_else(|| min.filter(|m| x < *m).map(|m| (m, Direction::Below)));
+                // A static_threshold has either max/min on its metric or the classic pair.
+                debug_assert!(max_drift.is_none() && min_accuracy.is_none());
+                over.map(|(bound, direction)| Fire {
+                    signal: Signal::Drift,
+                    action: Some(spec.action),
+                    reason: Reason::Bound {
+                        metric: &spec.metric,
+                        value: x,
+                        bound,
+                        direction,
+                    },
+                })
+            }
+            (
+                StateKind::StaticThreshold,
+                PolicyKind::StaticThreshold {
+                    max_drift,
+                    min_accuracy,
+                    ..
                 },
             ) => {
                 let drift = obs.drift_score.zip(*max_drift).filter(|(d, m)| d > m);
@@ -329,7 +417,11 @@ impl PolicyState {
                     sum,
                     pushes,
                 },
-                PolicyKind::DriftWindow { window, threshold },
+                PolicyKind::DriftWindow {
+                    window,
+                    threshold,
+                    direction,
+                },
             ) => {
                 let x = obs.metric(&spec.metric)?;
                 while values.len() >= *window {
@@ -344,7 +436,7 @@ impl PolicyState {
                     *sum = values.iter().sum();
                 }
                 let mean = *sum / values.len() as f64;
-                (values.len() >= *window && mean > *threshold).then(|| Fire {
+                (values.len() >= *window && direction.crosses(mean, *threshold)).then(|| Fire {
                     signal: Signal::Drift,
                     action: Some(spec.action),
                     reason: Reason::WindowMean {
@@ -352,6 +444,7 @@ impl PolicyState {
                         metric: &spec.metric,
                         mean,
                         threshold: *threshold,
+                        direction: *direction,
                     },
                 })
             }
@@ -415,9 +508,17 @@ impl PolicyState {
                 PolicyKind::StaticThreshold {
                     max_drift,
                     min_accuracy,
+                    max,
+                    min,
                 },
             ) => {
                 let mut parts = Vec::new();
+                if let Some(m) = max {
+                    parts.push(format!("{} max {m}", spec.metric));
+                }
+                if let Some(m) = min {
+                    parts.push(format!("{} min {m}", spec.metric));
+                }
                 if let Some(m) = max_drift {
                     parts.push(format!("max_drift {m}"));
                 }
@@ -428,15 +529,23 @@ impl PolicyState {
             }
             (
                 StateKind::DriftWindow { values, sum, .. },
-                PolicyKind::DriftWindow { window, threshold },
+                PolicyKind::DriftWindow {
+                    window,
+                    threshold,
+                    direction,
+                },
             ) => {
+                let direction = match direction {
+                    Direction::Above => "",
+                    Direction::Below => "below ",
+                };
                 let mean = if values.is_empty() {
                     0.0
                 } else {
                     sum / values.len() as f64
                 };
                 format!(
-                    "window {}/{window}, mean {mean:.4} (threshold {threshold})",
+                    "window {}/{window}, mean {mean:.4} ({direction}threshold {threshold})",
                     values.len()
                 )
             }

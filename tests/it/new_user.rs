@@ -161,3 +161,117 @@ threshold = 2.0
         "an unchanged policy was reported reset"
     );
 }
+
+/// 12.7: "mean accuracy over the window below 0.85" and "latency above 50 ms" are one policy
+/// each; check-config warns about an accuracy window that looks upward.
+#[test]
+fn windows_look_down_and_static_thresholds_bound_any_metric() {
+    let d = Daemon::builder()
+        .body(
+            r#"
+[[models]]
+match = "*"
+[[models.policies]]
+name = "acc-low"
+kind = "drift_window"
+metric = "accuracy"
+direction = "below"
+window = 4
+threshold = 0.85
+[[models.policies]]
+name = "slow"
+kind = "static_threshold"
+metric = "latency_ms"
+max = 50.0
+action = "fine_tune"
+"#,
+        )
+        .start();
+    let mut c = d.connect();
+    // Good accuracy and latency: nothing fires.
+    for _ in 0..8 {
+        c.send_json(&json!({"model_id": "m", "accuracy": 0.95, "metrics": {"latency_ms": 12.0}}));
+    }
+    c.flush();
+    let fired = |d: &Daemon, policy: &str| -> f64 {
+        d.cli_ok(&["metrics"])
+            .lines()
+            .filter(|l| {
+                l.starts_with("visutility_decisions_total{")
+                    && l.contains(&format!("policy=\"{policy}\""))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    assert_eq!(fired(&d, "acc-low"), 0.0);
+    assert_eq!(fired(&d, "slow"), 0.0);
+    for _ in 0..4 {
+        c.send_json(&json!({"model_id": "m", "accuracy": 0.7, "metrics": {"latency_ms": 80.0}}));
+    }
+    c.flush();
+    assert!(
+        fired(&d, "acc-low") > 0.0,
+        "a window of low accuracy did not fire"
+    );
+    assert!(fired(&d, "slow") > 0.0, "latency above max did not fire");
+    let policies = policies_of(&d, "m");
+    assert!(
+        policies[0]["state"]
+            .as_str()
+            .unwrap()
+            .contains("below threshold 0.85"),
+        "{policies:?}"
+    );
+
+    let cfg = d.sb.write(
+        "upward.toml",
+        r#"
+[[models]]
+match = "*"
+[[models.policies]]
+kind = "drift_window"
+metric = "accuracy"
+threshold = 0.5
+[[models.policies]]
+kind = "static_threshold"
+min_accuracy = 1.5
+"#,
+    );
+    let out = d.cli(&["check-config", cfg.to_str().unwrap()]);
+    let text = combined(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("warning:")
+            && text.contains("models[0].policies[0].direction")
+            && text.contains("direction = \"below\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("models[0].policies[1].min_accuracy"),
+        "{text}"
+    );
+    // max/min need a metric; max below min is refused.
+    let bad = d.sb.write(
+        "bad.toml",
+        r#"
+[[models]]
+match = "*"
+[[models.policies]]
+kind = "static_threshold"
+max = 1.0
+[[models.policies]]
+kind = "static_threshold"
+name = "b"
+metric = "value"
+max = 1.0
+min = 2.0
+"#,
+    );
+    let out = d.cli(&["check-config", bad.to_str().unwrap()]);
+    let text = combined(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("set metric") && text.contains("max (1) is below min (2)"),
+        "{text}"
+    );
+}
