@@ -32,13 +32,6 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Socket(#[from] IngestError),
-    #[error("cannot share the control socket {path} with group {gid}")]
-    ControlGroup {
-        path: PathBuf,
-        gid: u32,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot listen for signals")]
     Signals(#[source] std::io::Error),
     #[error("cannot start the runtime")]
@@ -118,20 +111,12 @@ async fn serve(
             tracing::info!("using the ingest socket passed by systemd");
             SocketFile::inherited(l)?
         }
-        None => SocketFile::bind(&config.daemon.socket, 0o660)?,
+        None => SocketFile::bind(&config.daemon.socket, 0o660, None)?,
     };
-    let control_socket = SocketFile::bind(&config.daemon.control_socket, 0o600)?;
-    if let Some(gid) = config.daemon.control_group {
-        // Group first, then the group bits: the socket is never open to the wrong group.
-        let path = &config.daemon.control_socket;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)))
-            .map_err(|source| DaemonError::ControlGroup {
-                path: path.clone(),
-                gid,
-                source,
-            })?;
-    }
+    let control_socket = match config.daemon.control_group {
+        Some(gid) => SocketFile::bind(&config.daemon.control_socket, 0o660, Some(gid))?,
+        None => SocketFile::bind(&config.daemon.control_socket, 0o600, None)?,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (settings_tx, settings_rx) = watch::channel(conn_settings(&config));
