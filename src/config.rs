@@ -1214,6 +1214,39 @@ action = "full"
     }
 
     #[test]
+    fn hook_environment_keys() {
+        let c = Config::from_toml(
+            "[daemon]\nallow_insecure_modes = true\n[hooks]\nenv = { B = \"2\", A_1 = \"x y\" }\npass_env = [\"HTTPS_PROXY\"]\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.hooks.env,
+            [("A_1".into(), "x y".into()), ("B".into(), "2".into())]
+        );
+        assert_eq!(c.hooks.pass_env, ["HTTPS_PROXY"]);
+        assert!(c.daemon.allow_insecure_modes && c.hooks.allow_insecure_modes);
+        let c = Config::defaults(&env());
+        assert!(!c.daemon.allow_insecure_modes && c.hooks.env.is_empty());
+
+        let text = "[hooks]\nenv = { \"1X\" = \"a\", VISUTILITY_MODEL_ID = \"b\", N = 3 }\npass_env = [\"A=B\"]\n";
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, &env()) else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "hooks.env.1X",
+                "hooks.env.N",
+                "hooks.env.VISUTILITY_MODEL_ID",
+                "hooks.pass_env"
+            ],
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn globs() {
         assert!(glob_match("*", "x"));
         assert!(glob_match("fraud-*", "fraud-v3"));
