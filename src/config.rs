@@ -56,6 +56,9 @@ pub struct DaemonConfig {
     /// When set, only root, our own uid and these uids and gids may write to the ingest
     /// socket; unset, anyone who can open the socket file may.
     pub ingest_allow: Option<Vec<u32>>,
+    /// Turns off the ownership and mode checks on the config, the hooks and the state
+    /// directory (see [`crate::strict_modes`]); for development setups, warned at every start.
+    pub allow_insecure_modes: bool,
 }
 
 /// `[metrics]`: where the exposition is also written for node_exporter's textfile collector.
@@ -78,6 +81,13 @@ pub struct HooksConfig {
     pub full: Option<HookSpec>,
     pub fine_tune: Option<HookSpec>,
     pub escalate: Option<HookSpec>,
+    /// `[hooks] env`: variables every hook gets, beyond the minimal environment.
+    pub env: Vec<(String, String)>,
+    /// `[hooks] pass_env`: names of the daemon's own variables passed on to hooks.
+    pub pass_env: Vec<String>,
+    /// A copy of `[daemon] allow_insecure_modes`: the runner checks each hook's files before
+    /// it runs it unless this is set.
+    pub allow_insecure_modes: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +206,7 @@ impl Config {
                 control_allow: w.id_list("control_allow").unwrap_or_default(),
                 control_group: w.group("control_group"),
                 ingest_allow: w.id_list("ingest_allow"),
+                allow_insecure_modes: w.bool("allow_insecure_modes").unwrap_or(false),
             };
             w.finish();
             d
@@ -249,6 +260,9 @@ impl Config {
                 full,
                 fine_tune,
                 escalate,
+                env: w.env_table("env"),
+                pass_env: w.env_names("pass_env"),
+                allow_insecure_modes: daemon.allow_insecure_modes,
             };
             w.finish();
             h
@@ -813,6 +827,37 @@ impl<'a> Walker<'a> {
         gid
     }
 
+    /// Environment variables for hooks: names of `[A-Za-z_][A-Za-z0-9_]*`, string values
+    /// without NUL.
+    fn env_table(&mut self, key: &str) -> Vec<(String, String)> {
+        let Some(t) = self.opt_table(key) else {
+            return Vec::new();
+        };
+        let mut vars = Vec::new();
+        for (name, value) in &t {
+            let path = format!("{key}.{name}");
+            if let Err(message) = check_env_name(name) {
+                self.error(&path, message);
+            } else if let Some(v) = value.as_str().filter(|v| !v.contains('\0')) {
+                vars.push((name.clone(), v.to_owned()));
+            } else {
+                self.error(&path, "expected a string without NUL bytes".into());
+            }
+        }
+        vars
+    }
+
+    /// Names of environment variables (see [`Walker::env_table`]).
+    fn env_names(&mut self, key: &str) -> Vec<String> {
+        let names = self.string_array(key).unwrap_or_default();
+        for name in &names {
+            if let Err(message) = check_env_name(name) {
+                self.error(key, message);
+            }
+        }
+        names
+    }
+
     /// A sub-table; missing is an empty table.
     fn table(&mut self, key: &str) -> toml::Table {
         self.opt_table(key).unwrap_or_default()
@@ -956,6 +1001,25 @@ pub fn check_log_filter(s: &str) -> Result<(), String> {
     tracing_subscriber::EnvFilter::try_new(s)
         .map(|_| ())
         .map_err(|e| format!("invalid filter {s:?}: {e}"))
+}
+
+/// A variable name a hook may be given: a shell could not read any other. `VISUTILITY_*` are
+/// the daemon's own and always set by it.
+fn check_env_name(name: &str) -> Result<(), String> {
+    let valid = !name.is_empty()
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "{name:?} is not a variable name ([A-Za-z_][A-Za-z0-9_]*)"
+        ));
+    }
+    if name.starts_with("VISUTILITY_") {
+        return Err(format!(
+            "{name}: VISUTILITY_* variables are set by the daemon"
+        ));
+    }
+    Ok(())
 }
 
 /// The gid of the group called `name`, through the system's group database.
@@ -1246,6 +1310,39 @@ action = "full"
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"metrics.interval_s"), "{paths:?}");
         assert!(paths.contains(&"metrics.textfil"), "{paths:?}");
+    }
+
+    #[test]
+    fn hook_environment_keys() {
+        let c = Config::from_toml(
+            "[daemon]\nallow_insecure_modes = true\n[hooks]\nenv = { B = \"2\", A_1 = \"x y\" }\npass_env = [\"HTTPS_PROXY\"]\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.hooks.env,
+            [("A_1".into(), "x y".into()), ("B".into(), "2".into())]
+        );
+        assert_eq!(c.hooks.pass_env, ["HTTPS_PROXY"]);
+        assert!(c.daemon.allow_insecure_modes && c.hooks.allow_insecure_modes);
+        let c = Config::defaults(&env());
+        assert!(!c.daemon.allow_insecure_modes && c.hooks.env.is_empty());
+
+        let text = "[hooks]\nenv = { \"1X\" = \"a\", VISUTILITY_MODEL_ID = \"b\", N = 3 }\npass_env = [\"A=B\"]\n";
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, &env()) else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "hooks.env.1X",
+                "hooks.env.N",
+                "hooks.env.VISUTILITY_MODEL_ID",
+                "hooks.pass_env"
+            ],
+            "{errs:?}"
+        );
     }
 
     #[test]

@@ -2,8 +2,7 @@
 //! path ([`apply_config`]); shutdown is: stop accepting, let connections dispatch what they
 //! read, drain every model's mailbox with a barrier, stop hooks, flush, remove the sockets.
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,7 +17,7 @@ use crate::model::registry::Registry;
 use crate::model::{Barrier, Ping as ModelPing};
 use crate::shutdown::{self, SignalTo};
 use crate::store::{Store, StoreError};
-use crate::systemd;
+use crate::{strict_modes, systemd};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
@@ -28,17 +27,12 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("refusing to start: {0}")]
+    Insecure(strict_modes::Findings),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Socket(#[from] IngestError),
-    #[error("cannot share the control socket {path} with group {gid}")]
-    ControlGroup {
-        path: PathBuf,
-        gid: u32,
-        #[source]
-        source: std::io::Error,
-    },
     #[error("cannot listen for signals")]
     Signals(#[source] std::io::Error),
     #[error("cannot start the runtime")]
@@ -60,11 +54,25 @@ pub fn run(launch: Launch) -> Result<(), DaemonError> {
     let config = launch.config;
     log_config_warnings(&config);
     let state_dir = config.daemon.state_dir.clone();
-    std::fs::create_dir_all(&state_dir).map_err(|source| DaemonError::StateDir {
-        path: state_dir.clone(),
-        source,
-    })?;
-    let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
+    let me = strict_modes::daemon_uid();
+    if config.daemon.allow_insecure_modes {
+        tracing::warn!(
+            "daemon.allow_insecure_modes = true: the ownership and mode checks on the config, \
+             the hooks and the state directory are off; anyone who can write them can run code \
+             as this daemon's user"
+        );
+    } else {
+        let found = strict_modes::check_config(&config, me);
+        if !found.0.is_empty() {
+            return Err(DaemonError::Insecure(found));
+        }
+    }
+    create_state_dir(&state_dir)?;
+    if !config.daemon.allow_insecure_modes
+        && let Err(e) = strict_modes::check_state_dir(&state_dir, me)
+    {
+        return Err(DaemonError::Insecure(strict_modes::Findings(vec![e])));
+    }
     let store = Store::open(&state_dir, config.daemon.flush_interval_ms)?;
     let signals = shutdown::listen().map_err(DaemonError::Signals)?;
     let fault_injection = std::env::var_os("VISUTILITY_FAULT_INJECTION").is_some_and(|v| v == "1");
@@ -119,20 +127,12 @@ async fn serve(
             tracing::info!("using the ingest socket passed by systemd");
             SocketFile::inherited(l)?
         }
-        None => SocketFile::bind(&config.daemon.socket, 0o660)?,
+        None => SocketFile::bind(&config.daemon.socket, 0o660, None)?,
     };
-    let control_socket = SocketFile::bind(&config.daemon.control_socket, 0o600)?;
-    if let Some(gid) = config.daemon.control_group {
-        // Group first, then the group bits: the socket is never open to the wrong group.
-        let path = &config.daemon.control_socket;
-        std::os::unix::fs::chown(path, None, Some(gid))
-            .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)))
-            .map_err(|source| DaemonError::ControlGroup {
-                path: path.clone(),
-                gid,
-                source,
-            })?;
-    }
+    let control_socket = match config.daemon.control_group {
+        Some(gid) => SocketFile::bind(&config.daemon.control_socket, 0o660, Some(gid))?,
+        None => SocketFile::bind(&config.daemon.control_socket, 0o600, None)?,
+    };
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (settings_tx, settings_rx) = watch::channel(conn_settings(&config));
@@ -278,7 +278,26 @@ async fn serve(
             Some(SignalTo::Reload) => {
                 systemd::notify_reloading();
                 match Config::discover(config_path.as_deref(), &env) {
-                    Ok(new) => {
+                    Ok(mut new) => {
+                        // The opt-out changes only at a restart (where it is logged): a
+                        // config someone could write must not switch the checks off for us.
+                        if new.daemon.allow_insecure_modes != config.daemon.allow_insecure_modes {
+                            tracing::warn!(
+                                key = "daemon.allow_insecure_modes",
+                                "this setting changes only at the next restart"
+                            );
+                        }
+                        new.daemon.allow_insecure_modes = config.daemon.allow_insecure_modes;
+                        new.hooks.allow_insecure_modes = config.daemon.allow_insecure_modes;
+                        if !config.daemon.allow_insecure_modes {
+                            let found =
+                                strict_modes::check_config(&new, strict_modes::daemon_uid());
+                            if !found.0.is_empty() {
+                                tracing::error!(error = %found, "config reload refused; keeping the running config");
+                                systemd::notify_ready();
+                                continue;
+                            }
+                        }
                         let new = Arc::new(new);
                         warn_restart_only(&config, &new);
                         log_policy_resets(&config, &new);
@@ -407,6 +426,27 @@ fn max_connections(configured: usize) -> usize {
         return usize::try_from(room).unwrap_or(configured);
     }
     configured
+}
+
+/// Creates the state directory 0700 when it is missing (its parents as the umask says), and
+/// never changes the mode of one that exists: a shared directory must not lose its sticky bit
+/// to us; [`strict_modes::check_state_dir`] refuses one that is not ours instead.
+fn create_state_dir(dir: &Path) -> Result<(), DaemonError> {
+    use std::os::unix::fs::DirBuilderExt;
+    let err = |source| DaemonError::StateDir {
+        path: dir.to_owned(),
+        source,
+    };
+    if let Some(parent) = dir.parent()
+        && !parent.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(parent).map_err(err)?;
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(err(e)),
+    }
 }
 
 fn conn_settings(config: &Config) -> ConnSettings {

@@ -16,6 +16,8 @@
 //! - [`command`]: the hook runner: one actor that turns decisions into jobs and runs the
 //!   operator's retrain scripts with timeouts, cooldowns and retries.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
+//! - [`strict_modes`]: the ownership and mode checks on the config, the hooks and the state
+//!   directory (sshd's StrictModes).
 //! - [`store`]: the only module that knows sled and bincode; versioned records and migrations.
 //! - [`daemon`]: wires the actors together; start and reload share one path.
 //! - [`shutdown`]: Unix signals mapped to a closed enum.
@@ -42,4 +44,5 @@ pub mod policy;
 pub mod protocol;
 pub mod shutdown;
 pub mod store;
+pub mod strict_modes;
 pub mod systemd;

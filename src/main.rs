@@ -12,7 +12,7 @@ use serde_json::Value;
 use visutility::cli::{Cli, Command};
 use visutility::config::{Config, ConfigError, Env};
 use visutility::control::{self, Request};
-use visutility::{backtest, daemon};
+use visutility::{backtest, daemon, strict_modes};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -75,6 +75,23 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 write!(out, "{}", c.summary())?;
                 for w in c.warnings() {
                     writeln!(out, "warning: {}: {w}", file.display())?;
+                }
+                if c.daemon.allow_insecure_modes {
+                    writeln!(
+                        out,
+                        "warning: daemon.allow_insecure_modes = true: the ownership and mode checks are off"
+                    )?;
+                } else {
+                    // Judged for the user running check-config (the service user under
+                    // ExecReload=).
+                    let found = strict_modes::check_config(&c, strict_modes::daemon_uid());
+                    if !found.0.is_empty() {
+                        for line in found.to_string().lines() {
+                            writeln!(out, "{}: {line}", file.display())?;
+                        }
+                        writeln!(out, "{} error(s)", found.0.len())?;
+                        return Ok(ExitCode::FAILURE);
+                    }
                 }
                 writeln!(out, "ok")?;
                 Ok(ExitCode::SUCCESS)

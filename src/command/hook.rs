@@ -1,14 +1,21 @@
 //! Running one hook process: directly (no shell), in its own process group, with the decision
 //! on stdin, its output logged line by line and a bounded tail kept, and its whole process group
 //! killed when it runs past its timeout.
+//!
+//! A hook gets a minimal environment ([`environment`]), never the daemon's own (which may hold
+//! secrets the hook has no business seeing), and no descriptor but its stdin, stdout and stderr.
 
+use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
+use crate::config::HooksConfig;
 use crate::store::GroupLeader;
+use crate::strict_modes;
 
 /// How much of each output stream the job journal keeps.
 pub const TAIL_BYTES: usize = 4096;
@@ -17,8 +24,11 @@ const LOG_LINE_BYTES: usize = 1024;
 /// After SIGTERM to a timed-out group, how long before SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
-/// Variables a hook must not inherit from the daemon: they belong to systemd's conversation
-/// with the daemon itself.
+/// `PATH` for hooks when the daemon has none.
+const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Variables `[hooks] pass_env` cannot pass on: they belong to systemd's conversation with the
+/// daemon itself.
 const SCRUBBED_ENV: &[&str] = &[
     "NOTIFY_SOCKET",
     "LISTEN_PID",
@@ -31,7 +41,10 @@ const SCRUBBED_ENV: &[&str] = &[
 
 pub struct HookRun {
     pub command: Vec<String>,
-    pub env: Vec<(&'static str, String)>,
+    /// The whole environment: [`environment`] plus the job's `VISUTILITY_*` variables.
+    pub env: BTreeMap<OsString, OsString>,
+    /// Check the program's and its script's owner and mode before running it (StrictModes).
+    pub check_modes: bool,
     pub stdin: Vec<u8>,
     pub timeout: Duration,
     pub model_id: String,
@@ -74,18 +87,50 @@ impl HookOutcome {
 pub fn spawn(
     run: HookRun,
 ) -> std::io::Result<(i32, impl std::future::Future<Output = HookOutcome> + use<>)> {
-    let mut cmd = tokio::process::Command::new(&run.command[0]);
+    // What is checked is what runs: a bare name is resolved here, on the hook's own PATH.
+    let program = strict_modes::resolve_program(
+        &run.command[0],
+        run.env
+            .get(std::ffi::OsStr::new("PATH"))
+            .map(OsString::as_os_str),
+    );
+    if run.check_modes {
+        let me = strict_modes::daemon_uid();
+        let mut found = strict_modes::check_hook_args(&run.command[1..], me);
+        if let Some(p) = &program {
+            found.extend(strict_modes::check_file(p, me).err());
+        }
+        if !found.is_empty() {
+            return Err(std::io::Error::other(
+                strict_modes::Findings(found).to_string(),
+            ));
+        }
+    }
+    let mut cmd = match &program {
+        Some(p) => {
+            let mut cmd = tokio::process::Command::new(p);
+            cmd.arg0(&run.command[0]);
+            cmd
+        }
+        // Not found: spawning says why.
+        None => tokio::process::Command::new(&run.command[0]),
+    };
     cmd.args(&run.command[1..])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(false);
-    for var in SCRUBBED_ENV {
-        cmd.env_remove(var);
-    }
-    for (k, v) in &run.env {
-        cmd.env(k, v);
+        .kill_on_drop(false)
+        .env_clear()
+        .envs(&run.env);
+    let fd_limit = fd_limit();
+    // SAFETY: the closure runs in the child between fork and exec, and makes only
+    // async-signal-safe system calls (close_range, fcntl); it allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            cloexec_from_3(fd_limit);
+            Ok(())
+        });
     }
     let started = Instant::now();
     let mut child = cmd.spawn()?;
@@ -145,6 +190,117 @@ pub fn spawn(
         }
     };
     Ok((pid, fut))
+}
+
+/// The environment every hook starts from: `PATH`, `LANG` and `TZ` as the daemon has them,
+/// `HOME` of the daemon's user, then the variables `[hooks] pass_env` names (when the daemon
+/// has them) and those `[hooks] env` sets. The job's `VISUTILITY_*` variables are added last.
+pub fn environment(hooks: &HooksConfig) -> BTreeMap<OsString, OsString> {
+    let mut env = BTreeMap::new();
+    env.insert(
+        "PATH".into(),
+        std::env::var_os("PATH").unwrap_or_else(|| DEFAULT_PATH.into()),
+    );
+    for name in ["LANG", "TZ"] {
+        if let Some(v) = std::env::var_os(name) {
+            env.insert(name.into(), v);
+        }
+    }
+    env.insert("HOME".into(), daemon_home());
+    for name in &hooks.pass_env {
+        if SCRUBBED_ENV.contains(&name.as_str()) {
+            continue;
+        }
+        if let Some(v) = std::env::var_os(name) {
+            env.insert(name.into(), v);
+        }
+    }
+    for (name, value) in &hooks.env {
+        env.insert(name.into(), value.into());
+    }
+    env
+}
+
+/// The daemon user's home directory from the user database; else `$HOME`; else `/`.
+fn daemon_home() -> OsString {
+    use std::os::unix::ffi::OsStrExt;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: `pwd` and `buf` outlive the call, `buf.len()` is its size, and `result`
+        // either stays null or points into `pwd`, whose strings point into `buf`.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwuid_r(
+                libc::geteuid(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        if rc == 0 && !result.is_null() && !pwd.pw_dir.is_null() {
+            // SAFETY: pw_dir is a NUL-terminated string inside `buf`.
+            let dir = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) };
+            if !dir.to_bytes().is_empty() {
+                return std::ffi::OsStr::from_bytes(dir.to_bytes()).to_owned();
+            }
+        }
+        return std::env::var_os("HOME").unwrap_or_else(|| "/".into());
+    }
+}
+
+/// How far the fallback of [`cloexec_from_3`] must look: past the soft descriptor limit and
+/// past every descriptor open now (a limit lowered after descriptors were opened does not
+/// close them). Computed in the parent, where reading `/proc` is allowed.
+fn fd_limit() -> i32 {
+    // SAFETY: getrlimit writes into `lim`, which outlives the call.
+    let mut lim: libc::rlimit = unsafe { std::mem::zeroed() };
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        // An unlimited limit would mean a billion fcntl calls: the open ones are enough then.
+        lim.rlim_cur.min(1 << 16) as i32
+    } else {
+        1024
+    };
+    let highest_open = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+                .max()
+                .unwrap_or(0)
+        })
+        .unwrap_or(0);
+    soft.max(highest_open.saturating_add(1))
+}
+
+/// In the child, before exec: every descriptor above 2 is made close-on-exec, so the hook gets
+/// only stdin, stdout and stderr; not the daemon's sockets, its store, or descriptors the
+/// daemon inherited from its launcher. Close-on-exec rather than closed, because the standard
+/// library reports a failed exec through a close-on-exec pipe it still needs.
+/// `close_range(CLOSE_RANGE_CLOEXEC)` (Linux 5.11) does it in one call; without it, `fcntl` on
+/// each descriptor up to `limit` (both are async-signal-safe, unlike reading /proc/self/fd).
+fn cloexec_from_3(limit: i32) {
+    // SAFETY: close_range only changes descriptor flags; no memory is touched.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        )
+    };
+    if rc == 0 {
+        return;
+    }
+    for fd in 3..limit {
+        // SAFETY: F_SETFD on a descriptor that is not open fails with EBADF, harmlessly.
+        unsafe {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+    }
 }
 
 /// Sends `signal` to the process group `pgid`. Errors (the group is gone) are expected.

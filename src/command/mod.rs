@@ -502,16 +502,21 @@ impl CommandActor {
             let _ = self.store.save_job(&job);
             return;
         }
+        let mut env = hook::environment(&self.hooks);
+        for (name, value) in [
+            ("VISUTILITY_MODEL_ID", job.model_id.clone()),
+            ("VISUTILITY_ACTION", job.action.as_str().into()),
+            ("VISUTILITY_POLICY", job.policy.clone()),
+            ("VISUTILITY_REASON", job.reason.clone()),
+            ("VISUTILITY_JOB_ID", job.job_id.to_string()),
+            ("VISUTILITY_ATTEMPT", job.attempts.to_string()),
+        ] {
+            env.insert(name.into(), value.into());
+        }
         let run = hook::HookRun {
             command: spec.command.clone(),
-            env: vec![
-                ("VISUTILITY_MODEL_ID", job.model_id.clone()),
-                ("VISUTILITY_ACTION", job.action.as_str().into()),
-                ("VISUTILITY_POLICY", job.policy.clone()),
-                ("VISUTILITY_REASON", job.reason.clone()),
-                ("VISUTILITY_JOB_ID", job.job_id.to_string()),
-                ("VISUTILITY_ATTEMPT", job.attempts.to_string()),
-            ],
+            env,
+            check_modes: !self.hooks.allow_insecure_modes,
             stdin: {
                 let mut s = job.decision.clone().into_bytes();
                 s.push(b'\n');

@@ -474,8 +474,14 @@ pub fn render(s: &Snapshot) -> String {
 /// a temporary file in the same directory (so the rename stays on one filesystem), fsync,
 /// rename over the target, fsync the directory. The temporary name does not end in `.prom`,
 /// so node_exporter never reads it.
+///
+/// The textfile directory is often shared with other collectors and writable by other users,
+/// so the temporary file has a random name and is created exclusively (`O_CREAT|O_EXCL`, which
+/// also refuses a symlink planted at that name): a predictable name opened without it let
+/// anyone who could write the directory point it at a root-only file, which the daemon then
+/// overwrote and made world-readable. The mode is changed on our own descriptor only.
 pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    use std::os::unix::fs::PermissionsExt;
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -483,29 +489,21 @@ pub fn write_textfile(path: &Path, text: &str) -> std::io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| std::io::Error::other("the textfile path names no file"))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
-        // Whatever the umask (systemd units often set 0077), node_exporter must read it.
-        f.set_permissions(std::fs::Permissions::from_mode(0o644))?;
-        f.write_all(text.as_bytes())?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    let mut prefix = std::ffi::OsString::from(".");
+    prefix.push(name);
+    prefix.push(".tmp.");
+    // Removed on drop when anything below fails.
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&prefix)
+        .suffix("")
+        .tempfile_in(dir)?;
+    // Whatever the umask (systemd units often set 0077), node_exporter must read it.
+    tmp.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    tmp.write_all(text.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The exposition being written.

@@ -1,16 +1,17 @@
 //! The ingest socket: a Unix stream listener and one task per connection.
 //!
-//! The listener owns the socket file: a stale file from a crashed run is replaced at start
-//! (a live daemon on the same path is refused instead), the file's mode is 0660, and it is
-//! removed when the listener is dropped, unless systemd passed the socket in (then the file is
-//! systemd's). Connections are bounded by a semaphore; one over the bound gets an error line
+//! The listener owns the socket file: a stale socket from a crashed run is replaced at start
+//! (anything else at the path, a live daemon or one we may not connect to, is refused
+//! instead), the file appears with its final mode (0660), and it is removed when the listener
+//! is dropped, unless systemd passed the socket in (then the file is systemd's). Connections are bounded by a semaphore; one over the bound gets an error line
 //! and is closed. With `daemon.ingest_allow` set, the peer's credentials are checked first
 //! (see [`crate::control::peer`]): a writer not allowed gets one `permission_denied` error
 //! line and is closed, and the attempt is logged.
 
 pub mod connection;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,6 +35,24 @@ pub enum IngestError {
     },
     #[error("another process is already serving {0}")]
     InUse(PathBuf),
+    #[error("{0} exists and is not a socket; not replacing it (remove it, or choose another path)")]
+    NotASocket(PathBuf),
+    #[error(
+        "{path} is a socket that may still be served (another user's?): connecting failed \
+         otherwise than with \"connection refused\"; not replacing it (remove it if it is stale)"
+    )]
+    MaybeInUse {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot give the socket {path} to group {gid}")]
+    Group {
+        path: PathBuf,
+        gid: u32,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot bind {path}")]
     Bind {
         path: PathBuf,
@@ -77,29 +96,76 @@ impl Drop for SocketFile {
 }
 
 impl SocketFile {
-    /// Binds `path` with `mode`, replacing a stale socket file.
-    pub fn bind(path: &Path, mode: u32) -> Result<SocketFile, IngestError> {
-        if let Some(dir) = path.parent()
-            && !dir.as_os_str().is_empty()
-        {
-            std::fs::create_dir_all(dir).map_err(|source| IngestError::Dir {
-                path: dir.to_owned(),
-                source,
-            })?;
-        }
-        if path.exists() {
-            if std::os::unix::net::UnixStream::connect(path).is_ok() {
-                return Err(IngestError::InUse(path.to_owned()));
-            }
-            tracing::info!(path = %path.display(), "replacing a stale socket file");
-            let _ = std::fs::remove_file(path);
-        }
+    /// Binds `path` with `mode` (and the group `gid`), replacing only a stale socket: one
+    /// that `lstat` says is a socket and whose `connect` is refused (`ECONNREFUSED`: nobody
+    /// listens). A live socket, one we may not connect to (`EACCES`: maybe another user's
+    /// daemon), or anything that is not a socket is left alone and refused.
+    ///
+    /// Nobody may connect before the socket has its final group and mode. `bind` creates the
+    /// file with the process's umask, which is process-wide (other threads create files
+    /// meanwhile), and `fchmod` on a socket's descriptor does not change its file's mode on
+    /// Linux; so the socket is bound in a private directory (0700, created exclusively beside
+    /// `path`, where nobody else can reach it), given its group and mode there, and only then
+    /// renamed into place, without replacing whatever may have appeared at `path` meanwhile.
+    pub fn bind(path: &Path, mode: u32, gid: Option<u32>) -> Result<SocketFile, IngestError> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => Path::new("."),
+        };
+        std::fs::create_dir_all(dir).map_err(|source| IngestError::Dir {
+            path: dir.to_owned(),
+            source,
+        })?;
         let bind_err = |source| IngestError::Bind {
             path: path.to_owned(),
             source,
         };
-        let std_listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_err)?;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+        match std::fs::symlink_metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(bind_err(e)),
+            Ok(meta) if !meta.file_type().is_socket() => {
+                return Err(IngestError::NotASocket(path.to_owned()));
+            }
+            Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => return Err(IngestError::InUse(path.to_owned())),
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => {
+                    tracing::info!(path = %path.display(), "replacing a stale socket file");
+                    std::fs::remove_file(path).map_err(bind_err)?;
+                }
+                Err(source) => {
+                    return Err(IngestError::MaybeInUse {
+                        path: path.to_owned(),
+                        source,
+                    });
+                }
+            },
+        }
+        // A short name, so the temporary path is no longer than the final one for names of
+        // 11 bytes or more (`ingest.sock`): socket paths are limited to 107 bytes.
+        let private = tempfile::Builder::new()
+            .prefix(".v")
+            .rand_bytes(6)
+            .permissions(std::fs::Permissions::from_mode(0o700))
+            .tempdir_in(dir)
+            .map_err(|source| IngestError::Dir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        let tmp = private.path().join("s");
+        let std_listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(bind_err)?;
+        if let Some(gid) = gid {
+            // Group first, then the group bits: the socket is never open to the wrong group.
+            std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(|source| {
+                IngestError::Group {
+                    path: path.to_owned(),
+                    gid,
+                    source,
+                }
+            })?;
+        }
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).map_err(bind_err)?;
+        rename_noreplace(&tmp, path).map_err(bind_err)?;
+        // `private` is empty now and removed when dropped.
         std_listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
         Ok(SocketFile {
@@ -117,6 +183,35 @@ impl SocketFile {
             path: None,
         })
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (then `EEXIST`). Where the file system has no
+/// `RENAME_NOREPLACE`, a hard link (which never replaces either) and an unlink do the same.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+        return Err(e);
+    }
+    std::fs::hard_link(from, to)?;
+    std::fs::remove_file(from)
 }
 
 /// Everything the accept loop and its connections share.

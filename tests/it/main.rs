@@ -23,6 +23,7 @@ mod powerloss;
 mod protocol;
 mod replay;
 mod security_dos;
+mod security_files;
 mod signals;
 mod supervision;
 mod systemd;
