@@ -196,7 +196,13 @@ impl CommandActor {
         let hooks = self.hooks.clone();
         let runner = self.runner(model);
         if runner.paused {
-            tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
+            // A policy's decisions come with every batch while it fires (the model's log says
+            // when it starts and stops); an operator's trigger is worth a line.
+            if d.manual {
+                tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
+            } else {
+                tracing::debug!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
+            }
             return if d.manual {
                 Err(CommandError::Paused(model.into()))
             } else {
@@ -239,7 +245,7 @@ impl CommandActor {
             }
         }
         let Some(spec) = hooks.hook(action) else {
-            tracing::info!(model_id = model, action = %action, policy = %d.policy, "decision recorded; no hook configured for it");
+            tracing::debug!(model_id = model, action = %action, policy = %d.policy, "decision recorded; no hook configured for it");
             return if d.manual {
                 Err(CommandError::NoHook(action))
             } else {

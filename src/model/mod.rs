@@ -153,6 +153,9 @@ pub struct ModelActor {
     restarts: u64,
     /// Per policy and action, since the daemon started: a handful of entries per model.
     decision_counts: Vec<DecisionCount>,
+    /// Per policy of the rule (by position): how many events in a row it has fired on (0:
+    /// not firing). The log says when a policy starts and stops firing, not every event.
+    firing: Vec<u64>,
     /// Bumped at every restart. A connection notes it when it starts sending to this model
     /// and refuses to claim durability at its barrier if it moved: its events may have died
     /// with the failed state.
@@ -198,6 +201,7 @@ impl ModelActor {
             unlogged: false,
             restarts: 0,
             decision_counts: Vec::new(),
+            firing: Vec::new(),
             epoch: setup.epoch,
             fault_injection: setup.fault_injection,
             loaded: false,
@@ -306,8 +310,16 @@ impl ModelActor {
         // At most one decision per action per batch goes to the command actor: a flapping
         // metric must not flood it; every fire is still counted.
         let mut sent = [false; 3];
-        let (id, commander, counts) = (&self.id, &self.commander, &mut self.decision_counts);
-        advance(&mut self.record, self.rule.as_deref(), batch, |fired| {
+        let rule = self.rule.clone();
+        let specs = rule.as_deref().map(|r| &r.policies[..]).unwrap_or(&[]);
+        self.firing.resize(specs.len(), 0);
+        let (id, commander, counts, firing) = (
+            &self.id,
+            &self.commander,
+            &mut self.decision_counts,
+            &mut self.firing,
+        );
+        advance(&mut self.record, rule.as_deref(), batch, |fired| {
             let Fired {
                 spec,
                 action,
@@ -318,6 +330,23 @@ impl ModelActor {
                 tracing::debug!(model_id = %id, policy = %spec.name, reason = %reason, "warning");
                 return;
             };
+            // A detector flags a drift once and restarts: each is worth a line. A threshold
+            // or window fires on every event while its condition holds: one line when it
+            // starts, one when it stops (below), the events between at debug level.
+            let detector = matches!(spec.kind, crate::policy::PolicyKind::Detector(_));
+            match specs.iter().position(|s| std::ptr::eq(s, spec)) {
+                Some(i) if !detector => {
+                    if firing[i] == 0 {
+                        tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "policy started firing");
+                    } else {
+                        tracing::debug!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision");
+                    }
+                    firing[i] += 1;
+                }
+                _ => {
+                    tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision");
+                }
+            }
             match counts
                 .iter_mut()
                 .find(|c| c.policy == spec.name && c.action == action.as_str())
@@ -332,7 +361,6 @@ impl ModelActor {
             let slot = action as usize;
             if !sent[slot] {
                 sent[slot] = true;
-                tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision");
                 commander.do_send(Decision {
                     model_id: id.clone(),
                     policy: spec.name.clone(),
@@ -344,6 +372,17 @@ impl ModelActor {
                 });
             }
         });
+        // A policy whose condition no longer holds (its streak broke) has stopped firing.
+        for ((spec, state), n) in specs
+            .iter()
+            .zip(&self.record.policies)
+            .zip(self.firing.iter_mut())
+        {
+            if *n > 0 && state.streak == 0 {
+                tracing::info!(model_id = %self.id, policy = %spec.name, events = *n, "policy stopped firing");
+                *n = 0;
+            }
+        }
         self.log(first_seq, batch);
         Ok(())
     }
@@ -694,6 +733,7 @@ impl Handler<Reconfigure> for ModelActor {
         if !changed {
             return;
         }
+        self.firing.clear();
         let old_specs = old.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = crate::policy::rebind_states(
@@ -718,6 +758,7 @@ impl Handler<ResetPolicies> for ModelActor {
         self.schedule_unload_check(ctx);
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = specs.iter().map(PolicyState::new).collect();
+        self.firing.clear();
         self.record.warmup_left = if msg.warmup {
             self.rule.as_ref().map(|r| r.warmup_events).unwrap_or(0)
         } else {

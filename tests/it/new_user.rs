@@ -275,3 +275,58 @@ min = 2.0
         "{text}"
     );
 }
+
+/// 12.8: a policy that stays over its threshold is one INFO line when it starts firing and
+/// one when it stops (with the count), not a line per event.
+#[test]
+fn a_policy_that_keeps_firing_logs_when_it_starts_and_stops() {
+    let d = Daemon::builder()
+        .body(
+            r#"
+[[models]]
+match = "*"
+[[models.policies]]
+kind = "static_threshold"
+max_drift = 0.3
+"#,
+        )
+        .start();
+    let mut c = d.connect();
+    // One event per batch (a flush after each), as a slow model server sends them.
+    for _ in 0..40 {
+        c.send_json(&json!({"model_id": "m", "drift_score": 0.9}));
+        c.flush();
+    }
+    for _ in 0..3 {
+        c.send_json(&json!({"model_id": "m", "drift_score": 0.1}));
+        c.flush();
+    }
+    let logs = d.wait_for("the stop line", || {
+        let l = d.logs();
+        l.contains("policy stopped firing").then_some(l)
+    });
+    let info: Vec<&str> = logs
+        .lines()
+        .filter(|l| l.contains(" INFO ") && l.contains("model_id=m"))
+        .collect();
+    let started: Vec<&&str> = info
+        .iter()
+        .filter(|l| l.contains("policy started firing"))
+        .collect();
+    let stopped: Vec<&&str> = info
+        .iter()
+        .filter(|l| l.contains("policy stopped firing"))
+        .collect();
+    assert_eq!(started.len(), 1, "{info:#?}");
+    assert_eq!(stopped.len(), 1, "{info:#?}");
+    assert!(stopped[0].contains("events=40"), "{}", stopped[0]);
+    assert!(
+        started[0].contains("drift_score 0.9 > max_drift 0.3"),
+        "{}",
+        started[0]
+    );
+    assert!(
+        info.len() <= 3,
+        "INFO lines about model m beyond start and stop: {info:#?}"
+    );
+}
