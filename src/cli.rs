@@ -37,7 +37,7 @@ pub enum Command {
     },
     /// Replay recorded events through the configured policies offline.
     Backtest {
-        /// Recorded events (NDJSON, as sent to the ingest socket).
+        /// Recorded events (NDJSON, as sent to the ingest socket); `-` reads standard input.
         events: PathBuf,
     },
     /// Validate a config file.
@@ -47,13 +47,13 @@ pub enum Command {
     },
     /// The daemon's state at a glance.
     Status {
-        /// Machine output: JSON with the fields the contract names.
+        /// Print one JSON object: version, models, events, connections, jobs, store counters.
         #[arg(long)]
         json: bool,
     },
     /// Every model with its policies' state.
     Models {
-        /// Machine output: JSON with the fields the contract names.
+        /// Print a JSON array: per model `model_id`, `events`, `last_seen`, `paused`, `policies`.
         #[arg(long)]
         json: bool,
     },
@@ -64,7 +64,7 @@ pub enum Command {
         /// At most this many jobs.
         #[arg(long, default_value_t = 50)]
         limit: usize,
-        /// Machine output: JSON with the fields the contract names.
+        /// Print a JSON array of jobs: `job_id`, `model_id`, `action`, `state`, `attempts`, `exit_code`, `started`, `ended`.
         #[arg(long)]
         json: bool,
     },
@@ -75,7 +75,7 @@ pub enum Command {
         /// Which hook: full or fine_tune.
         #[arg(value_parser = ["full", "fine_tune"])]
         action: String,
-        /// Machine output: JSON with the fields the contract names.
+        /// Print the daemon's reply as JSON (with the new job's `job_id`).
         #[arg(long)]
         json: bool,
     },
@@ -83,7 +83,7 @@ pub enum Command {
     Reset {
         /// The model id.
         model: String,
-        /// Machine output: JSON with the fields the contract names.
+        /// Print the daemon's reply as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -91,7 +91,7 @@ pub enum Command {
     Pause {
         /// The model id.
         model: String,
-        /// Machine output: JSON with the fields the contract names.
+        /// Print the daemon's reply as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -99,7 +99,7 @@ pub enum Command {
     Resume {
         /// The model id.
         model: String,
-        /// Machine output: JSON with the fields the contract names.
+        /// Print the daemon's reply as JSON.
         #[arg(long)]
         json: bool,
     },

@@ -108,10 +108,16 @@ fn run(cli: Cli) -> Result<ExitCode> {
         },
         Command::Backtest { events } => {
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
-            let f = std::fs::File::open(&events)
-                .with_context(|| format!("cannot open {}", events.display()))?;
+            let input: Box<dyn std::io::Read> = if events.as_os_str() == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                Box::new(
+                    std::fs::File::open(&events)
+                        .with_context(|| format!("cannot open {}", events.display()))?,
+                )
+            };
             let stdout = std::io::stdout().lock();
-            let summary = backtest::run(&config, std::io::BufReader::new(f), stdout)?;
+            let summary = backtest::run(&config, std::io::BufReader::new(input), stdout)?;
             for (line, e) in &summary.rejected {
                 eprintln!("{}:{line}: {e}", events.display());
             }

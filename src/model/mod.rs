@@ -633,6 +633,9 @@ impl Actor for ModelActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.rule.is_none() {
+            warn_no_rule(&self.id);
+        }
         if let Err(error) = self.ensure_loaded() {
             // Handlers try again (ApplyBatch restarts the actor on a failed load).
             tracing::error!(model_id = %self.id, error = %error, "cannot load the model's state");
@@ -649,6 +652,16 @@ impl Actor for ModelActor {
             tracing::error!(model_id = %self.id, error = %error, "cannot persist model state at stop");
         }
     }
+}
+
+/// Once per model (at its start, or when a reload leaves it without a rule): events of an id
+/// that no `[[models]]` rule matches are counted and nothing watches them, which is easy to
+/// miss (a typo in a pattern).
+fn warn_no_rule(id: &str) {
+    tracing::warn!(
+        model_id = %id,
+        "no [[models]] rule matches this model id: its events are counted and no policy watches them"
+    );
 }
 
 impl Supervised for ModelActor {
@@ -734,6 +747,9 @@ impl Handler<Reconfigure> for ModelActor {
             return;
         }
         self.firing.clear();
+        if self.rule.is_none() {
+            warn_no_rule(&self.id);
+        }
         let old_specs = old.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = crate::policy::rebind_states(

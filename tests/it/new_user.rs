@@ -330,3 +330,44 @@ max_drift = 0.3
         "INFO lines about model m beyond start and stop: {info:#?}"
     );
 }
+
+/// 12.10: `backtest -` reads standard input; an id no rule matches is warned about, once.
+#[test]
+fn backtest_reads_stdin_and_an_unmatched_id_is_warned_once() {
+    let d = Daemon::builder()
+        .body(
+            r#"
+[[models]]
+match = "fraud-*"
+[[models.policies]]
+kind = "static_threshold"
+max_drift = 0.3
+"#,
+        )
+        .start();
+    let events = "{\"model_id\":\"fraud-1\",\"drift_score\":0.9}\n{\"model_id\":\"fruad-2\",\"drift_score\":0.9}\n";
+    let out = d.cli_stdin(&["backtest", "-"], events.as_bytes());
+    let text = stdout(&out);
+    assert!(out.status.success(), "{}", combined(&out));
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert_eq!(lines[0]["model_id"], json!("fraud-1"));
+
+    let mut c = d.connect();
+    for _ in 0..3 {
+        c.send_json(&json!({"model_id": "fruad-2", "drift_score": 0.9}));
+        c.flush();
+    }
+    let warned = d.wait_for("the warning", || {
+        let n = d
+            .logs()
+            .lines()
+            .filter(|l| l.contains("no [[models]] rule matches") && l.contains("fruad-2"))
+            .count();
+        (n > 0).then_some(n)
+    });
+    assert_eq!(warned, 1);
+}
