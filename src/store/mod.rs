@@ -84,6 +84,8 @@ const MAX_OLD_SEGMENTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("the thread opening the state store panicked")]
+    OpenPanicked,
     #[error(
         "cannot open the state store at {path} (if it is damaged beyond repair: stop the daemon, move the state directory aside, start again with an empty one, see the README's \"Durability\" section)"
     )]
@@ -289,6 +291,23 @@ pub struct LoadedModel {
     pub recovered: bool,
 }
 
+/// Timer slack for sled's I/O threads. sled 0.34.7 keeps seven pool threads that each wake
+/// once a second to poll an empty queue (its src/threadpool.rs; nothing configures it), which
+/// is most of an idle daemon's wakeups. Their one-second waits are the only timed waits they
+/// do; with this slack the kernel may defer each wakeup until the CPU wakes anyway for
+/// something else, so on an idle host they stop waking it on their own. Set only on the
+/// thread that starts the pool (the threads inherit it), never on the daemon's own threads,
+/// whose timers (hook timeouts, flush interval) keep their precision.
+const SLED_TIMER_SLACK_NS: libc::c_ulong = 30_000_000_000;
+
+fn relax_timers() {
+    // SAFETY: PR_SET_TIMERSLACK takes a value and changes only the calling thread's slack.
+    let rc = unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, SLED_TIMER_SLACK_NS, 0, 0, 0) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot set timer slack for sled's threads");
+    }
+}
+
 impl Handles {
     /// Opens the database without creating any tree.
     fn open_db(path: &Path) -> Result<(sled::Config, sled::Db), StoreError> {
@@ -298,6 +317,28 @@ impl Handles {
             .flush_every_ms(None)
             .mode(sled::Mode::LowSpace)
             .cache_capacity(CACHE_BYTES);
+        let db = std::thread::scope(|s| {
+            s.spawn(|| {
+                relax_timers();
+                let db = Self::open_with_retry(&config, path)?;
+                // sled's I/O pool starts on its first task, in the thread that submits it:
+                // submit one here (a flush: harmless) so its threads inherit the slack.
+                {
+                    let mut first = std::pin::pin!(db.flush_async());
+                    let _ = std::future::Future::poll(
+                        first.as_mut(),
+                        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+                    );
+                }
+                Ok::<_, StoreError>(db)
+            })
+            .join()
+            .unwrap_or_else(|_| Err(StoreError::OpenPanicked))
+        })?;
+        Ok((config, db))
+    }
+
+    fn open_with_retry(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
         // The lock of a store this process just closed can outlive it by a flush round (the
         // flusher thread may hold the last reference): wait a moment for it rather than fail.
         // Another process holding the store still fails, a second later.
@@ -318,7 +359,7 @@ impl Handles {
                 }
             }
         };
-        Ok((config, db))
+        Ok(db)
     }
 
     fn new(config: sled::Config, db: sled::Db, path: &Path) -> Result<Handles, StoreError> {
