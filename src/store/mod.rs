@@ -84,8 +84,6 @@ const MAX_OLD_SEGMENTS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("the thread opening the state store panicked")]
-    OpenPanicked,
     #[error(
         "cannot open the state store at {path} (if it is damaged beyond repair: stop the daemon, move the state directory aside, start again with an empty one, see the README's \"Durability\" section)"
     )]
@@ -317,34 +315,12 @@ impl Handles {
             .flush_every_ms(None)
             .mode(sled::Mode::LowSpace)
             .cache_capacity(CACHE_BYTES);
-        let db = std::thread::scope(|s| {
-            s.spawn(|| {
-                relax_timers();
-                let db = Self::open_with_retry(&config, path)?;
-                // sled's I/O pool starts on its first task, in the thread that submits it:
-                // submit one here (a flush: harmless) so its threads inherit the slack.
-                {
-                    let mut first = std::pin::pin!(db.flush_async());
-                    let _ = std::future::Future::poll(
-                        first.as_mut(),
-                        &mut std::task::Context::from_waker(std::task::Waker::noop()),
-                    );
-                }
-                Ok::<_, StoreError>(db)
-            })
-            .join()
-            .unwrap_or_else(|_| Err(StoreError::OpenPanicked))
-        })?;
-        Ok((config, db))
-    }
-
-    fn open_with_retry(config: &sled::Config, path: &Path) -> Result<sled::Db, StoreError> {
         // The lock of a store this process just closed can outlive it by a flush round (the
         // flusher thread may hold the last reference): wait a moment for it rather than fail.
         // Another process holding the store still fails, a second later.
         let mut tries = 0;
         let db = loop {
-            match config.open() {
+            match Self::open_relaxed(&config) {
                 Err(sled::Error::Io(e))
                     if tries < 20 && e.to_string().contains("could not acquire lock") =>
                 {
@@ -359,7 +335,33 @@ impl Handles {
                 }
             }
         };
-        Ok(db)
+        Ok((config, db))
+    }
+
+    /// Opens the database from a thread of its own with [`SLED_TIMER_SLACK_NS`] of timer
+    /// slack, so that sled's I/O pool, which starts on the first task it is given (the open's
+    /// recovery reads, or the flush below), inherits it. The thread does nothing else.
+    fn open_relaxed(config: &sled::Config) -> sled::Result<sled::Db> {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                relax_timers();
+                let db = config.open()?;
+                {
+                    let mut first = std::pin::pin!(db.flush_async());
+                    let _ = std::future::Future::poll(
+                        first.as_mut(),
+                        &mut std::task::Context::from_waker(std::task::Waker::noop()),
+                    );
+                }
+                Ok(db)
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(sled::Error::ReportableBug(
+                    "the thread opening the store panicked".into(),
+                ))
+            })
+        })
     }
 
     fn new(config: sled::Config, db: sled::Db, path: &Path) -> Result<Handles, StoreError> {
