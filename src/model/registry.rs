@@ -42,6 +42,9 @@ pub struct ModelHandle {
 
 struct Inner {
     actors: HashMap<Arc<str>, ModelHandle>,
+    /// Models that exist: in the store at start, plus those first seen since (what
+    /// `max_models` bounds).
+    known: usize,
     config: Arc<Config>,
     /// Rules shared by the actors, one `Arc` per config rule.
     rules: Vec<Arc<ModelRule>>,
@@ -61,6 +64,7 @@ impl Registry {
         Registry {
             inner: Arc::new(Mutex::new(Inner {
                 actors: HashMap::new(),
+                known: store.model_count(),
                 config,
                 rules,
                 commander: None,
@@ -100,8 +104,11 @@ impl Registry {
         if let Some(h) = inner.actors.get(model_id) {
             return Ok(h.clone());
         }
+        // `max_models` bounds the models that exist, stored ones included: a model of an
+        // earlier run takes its slot whether or not it has sent anything since the restart.
         let max = inner.config.daemon.max_models;
-        if inner.actors.len() >= max {
+        let stored = self.store.contains_model(model_id);
+        if !stored && inner.known >= max {
             return Err(RegistryError::TooManyModels(max));
         }
         let commander = inner.commander.clone().ok_or(RegistryError::NotReady)?;
@@ -126,6 +133,9 @@ impl Registry {
             epoch,
         };
         inner.actors.insert(id, handle.clone());
+        if !stored {
+            inner.known += 1;
+        }
         Ok(handle)
     }
 

@@ -797,6 +797,16 @@ impl Store {
             }))
     }
 
+    /// Whether the store holds anything of `model_id` (a checkpoint or logged events).
+    pub fn contains_model(&self, model_id: &str) -> bool {
+        lock(&self.shared.wal).tails.contains_key(model_id)
+            || self
+                .handles()
+                .ok()
+                .and_then(|h| h.models.contains_key(model_id.as_bytes()).ok())
+                .unwrap_or(false)
+    }
+
     /// Models with a checkpoint or logged events.
     pub fn model_count(&self) -> usize {
         let checkpointed = self.handles().map(|h| h.models.len()).unwrap_or(0);

@@ -354,3 +354,25 @@ metric = "value"
         "{metrics}"
     );
 }
+
+/// Security review, finding 11: `max_models` counts the models in the store, so restarts do
+/// not let the store (and the per-model series) grow by `max_models` each time.
+#[test]
+fn finding_11_max_models_counts_stored_models_across_restarts() {
+    let mut d = Daemon::builder().daemon_keys("max_models = 3").start();
+    let mut c = d.connect();
+    for m in ["a", "b", "c"] {
+        c.send_json(&json!({"model_id": m, "drift_score": 0.1}));
+    }
+    assert_eq!(c.flush()["accepted"], json!(3));
+    drop(c);
+    d.kill_and_restart();
+    let mut c = d.connect();
+    c.send_json(&json!({"model_id": "d", "drift_score": 0.1}));
+    c.send_json(&json!({"model_id": "a", "drift_score": 0.1}));
+    let (flush, errors) = c.flush_with_errors();
+    assert_flush(&flush, 1, 1);
+    assert_error(&errors[0], &["too_many_models"], 1);
+    assert_eq!(d.events_of("a"), 2);
+    assert_eq!(d.status_json()["models"], json!(3));
+}
