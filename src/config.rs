@@ -485,8 +485,13 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
     let metric = w.string("metric");
     let action_s = w.string("action");
     let for_events = w.int("for_events", 1, 1_000_000).unwrap_or(1) as u32;
-    for k in ["kind", "name", "metric", "action", "for_events"] {
+    for k in POLICY_KEYS {
         rest.remove(k);
+    }
+    if let Some(m) = &metric
+        && let Err(message) = check_metric_name(m)
+    {
+        w.error("metric", message);
     }
     let action = match action_s.as_deref() {
         None => Action::Full,
@@ -511,6 +516,7 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
         w.error("name", "must be 1 to 64 characters".into());
     }
     let mut kw = Walker::new(&rest, prefix.to_owned(), w.errors);
+    kw.also_known = &POLICY_KEYS;
     let (pk, default_metric) = match kind.as_str() {
         "static_threshold" => {
             let max_drift = kw.float("max_drift", f64::MIN, f64::MAX);
@@ -581,10 +587,28 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
             )
         }
         k if KINDS.contains(&k) => {
-            let value = toml::Value::Table(rest);
-            match DetectorParams::parse(k, value) {
+            // Each key on its own first, so that every bad one is reported with its path
+            // (serde stops at the first); then the keys that passed, together.
+            let names = DetectorParams::names(k).unwrap_or_default();
+            let mut good = toml::Table::new();
+            for (key, value) in &rest {
+                let path = format!("{prefix}.{key}");
+                if !names.contains(&key.as_str()) {
+                    let known = names.iter().chain(&POLICY_KEYS).copied();
+                    errors.push(unknown_key(path, key, known));
+                    continue;
+                }
+                let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+                match DetectorParams::parse(k, toml::Value::Table(one)) {
+                    Ok(_) => {
+                        good.insert(key.clone(), value.clone());
+                    }
+                    Err(e) => errors.push(KeyError::new(path, serde_message(&e.to_string()))),
+                }
+            }
+            match DetectorParams::parse(k, toml::Value::Table(good)) {
                 Ok(Some(params)) => {
-                    if let Err(e) = params.validate() {
+                    for e in params.validate_all() {
                         errors.push(KeyError::new(format!("{prefix}.{}", e.key), e.message));
                     }
                     let metric = if params.has_warning() {
@@ -598,7 +622,7 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
                 Err(e) => {
                     errors.push(KeyError::new(
                         prefix.to_owned(),
-                        e.to_string().trim().to_owned(),
+                        serde_message(&e.to_string()),
                     ));
                     return None;
                 }
@@ -652,6 +676,96 @@ impl fmt::Display for KeyError {
     }
 }
 
+/// The keys every policy takes, whatever its kind.
+const POLICY_KEYS: [&str; 5] = ["kind", "name", "metric", "action", "for_events"];
+
+/// `unknown key`, with the known key `key` most likely misspells.
+fn unknown_key<'k>(path: String, key: &str, known: impl Iterator<Item = &'k str>) -> KeyError {
+    match did_you_mean(key, known) {
+        Some(k) => KeyError::new(path, format!("unknown key; did you mean {k:?}?")),
+        None => KeyError::new(path, "unknown key"),
+    }
+}
+
+/// The candidate closest to `key` by edit distance (a transposition counts as one edit), if
+/// it is close enough to be a typo: at most 2 edits, and fewer than half of `key`'s length
+/// (so that `x` is not taken for `k`).
+fn did_you_mean<'k>(key: &str, candidates: impl Iterator<Item = &'k str>) -> Option<&'k str> {
+    candidates
+        .filter(|c| *c != key)
+        .map(|c| (edit_distance(key, c), c))
+        .filter(|&(d, _)| d <= 2 && 2 * d < key.chars().count())
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// adjacent characters each count as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // d[i][j]: distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// A serde message as one line: `invalid type: string "x", expected f64` reads
+/// `expected a number, got string "x"`; Rust type names become what a config writer knows.
+fn serde_message(raw: &str) -> String {
+    let one_line = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    let plain = |expected: &str| -> String {
+        // toml adds the key (`expected f64 in `k``), which the path already names.
+        let expected = match expected.rsplit_once(" in `") {
+            Some((e, key)) if key.ends_with('`') => e,
+            _ => expected,
+        };
+        match expected.trim() {
+            "f64" | "f32" => "a number".into(),
+            "u8" => format!("an integer between 0 and {}", u8::MAX),
+            "u16" => format!("an integer between 0 and {}", u16::MAX),
+            "u32" => format!("an integer between 0 and {}", u32::MAX),
+            "u64" | "usize" => format!("an integer between 0 and {}", u64::MAX),
+            "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+            "a boolean" | "bool" => "a boolean".into(),
+            other => other.to_owned(),
+        }
+    };
+    for lead in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = one_line.strip_prefix(lead)
+            && let Some((got, expected)) = rest.rsplit_once(", expected ")
+        {
+            return format!("expected {}, got {got}", plain(expected));
+        }
+    }
+    one_line
+}
+
+/// A policy's `metric`: one of the event's top-level numbers, or a name the protocol accepts
+/// in `metrics` (else the policy could never read a value).
+fn check_metric_name(name: &str) -> Result<(), String> {
+    if crate::protocol::is_reserved_metric(name.as_bytes()) {
+        return Ok(());
+    }
+    crate::protocol::validate_metric_name(name).map_err(|e| e.detail)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}")]
@@ -670,6 +784,9 @@ pub enum ConfigError {
 struct Walker<'a> {
     table: &'a toml::Table,
     seen: BTreeSet<String>,
+    /// Keys of the same table another walker takes (a policy's common keys, beside its
+    /// kind's): suggested for a misspelt key, never reported.
+    also_known: &'static [&'static str],
     prefix: String,
     errors: &'a mut Vec<KeyError>,
 }
@@ -679,6 +796,7 @@ impl<'a> Walker<'a> {
         Walker {
             table,
             seen: BTreeSet::new(),
+            also_known: &[],
             prefix,
             errors,
         }
@@ -871,16 +989,17 @@ impl<'a> Walker<'a> {
         self.typed(key, "an array of tables", |v| v.as_array().cloned())
     }
 
-    /// Reports every key that nobody took.
+    /// Reports every key that nobody took, with the known key it most likely meant.
     fn finish(self) {
         for key in self.table.keys() {
             if !self.seen.contains(key) {
-                let path = if self.prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{}.{key}", self.prefix)
-                };
-                self.errors.push(KeyError::new(path, "unknown key"));
+                let known = self.seen.iter().map(String::as_str);
+                let error = unknown_key(
+                    self.key_path(key),
+                    key,
+                    known.chain(self.also_known.iter().copied()),
+                );
+                self.errors.push(error);
             }
         }
     }
@@ -1117,13 +1236,119 @@ mod tests {
         assert!(paths.contains(&"daemon.max_modles"), "{paths:?}");
         assert!(paths.contains(&"daemon.flush_interval_ms"), "{paths:?}");
         assert!(paths.contains(&"hooks.full.command"), "{paths:?}");
-        assert!(paths.contains(&"models[0].policies[0]"), "{paths:?}");
+        assert!(paths.contains(&"models[0].policies[0].wat"), "{paths:?}");
         assert!(paths.contains(&"models[0].policies[1].kind"), "{paths:?}");
-        let adwin = errs
-            .iter()
-            .find(|e| e.path == "models[0].policies[0]")
-            .unwrap();
-        assert!(adwin.message.contains("wat"), "{}", adwin.message);
+    }
+
+    /// The errors of `text`, as `path: message` lines.
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text, &env()) {
+            Err(ConfigError::Invalid(errs)) => errs.iter().map(ToString::to_string).collect(),
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    /// Issue 12.6: CUSUM with four bad values took four runs; now one, each with its path.
+    #[test]
+    fn every_bad_detector_parameter_is_reported_with_its_path() {
+        let errs = errors_of(
+            "[[models]]\n[[models.policies]]\nkind = \"cusum\"\nk = -1\nh = \"big\"\nsigma = 0\nwarm_start = -3\ntarget = 1\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "models[0].policies[0].h: expected a number, got string \"big\"",
+                "models[0].policies[0].warm_start: expected an integer between 0 and 4294967295, got integer `-3`",
+                "models[0].policies[0].sigma: must be finite and > 0, got 0",
+                "models[0].policies[0].k: must be finite and >= 0, got -1",
+            ]
+        );
+        let errs = errors_of(
+            "[[models]]\n[[models.policies]]\nkind = \"kswin\"\nalpha = 2\nstat_size = 0\nwindow_sise = 10\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "models[0].policies[0].window_sise: unknown key; did you mean \"window_size\"?",
+                "models[0].policies[0].alpha: must be in [0, 1], got 2",
+                "models[0].policies[0].stat_size: must be in 1..=10000, got 0",
+            ]
+        );
+    }
+
+    /// Issue 12.6: a misspelt key names the key it most likely meant, in every table.
+    #[test]
+    fn unknown_keys_get_a_did_you_mean() {
+        let errs = errors_of(
+            "[deamon]\n[hooks]\ncooldwon_s = 1\n[metrics]\nintervals = 3\n[[models]]\nmacth = \"*\"\n[[models.policies]]\nkind = \"drift_window\"\ntreshold = 0.3\nmetirc = \"error\"\n[[models.policies]]\nkind = \"adwin\"\ndetla = 0.1\nactoin = \"full\"\nx = 1\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "deamon: unknown key; did you mean \"daemon\"?",
+                "hooks.cooldwon_s: unknown key; did you mean \"cooldown_s\"?",
+                "metrics.intervals: unknown key; did you mean \"interval_s\"?",
+                "models[0].macth: unknown key; did you mean \"match\"?",
+                "models[0].policies[0].metirc: unknown key; did you mean \"metric\"?",
+                "models[0].policies[0].treshold: unknown key; did you mean \"threshold\"?",
+                "models[0].policies[1].actoin: unknown key; did you mean \"action\"?",
+                "models[0].policies[1].detla: unknown key; did you mean \"delta\"?",
+                "models[0].policies[1].x: unknown key",
+            ]
+        );
+        assert_eq!(edit_distance("treshold", "threshold"), 1);
+        assert_eq!(edit_distance("detla", "delta"), 1);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(did_you_mean("k", ["h"].into_iter()), None);
+        assert_eq!(did_you_mean("zzzzzz", ["delta"].into_iter()), None);
+    }
+
+    /// Issue 12.6: a policy's metric follows the protocol's name rules.
+    #[test]
+    fn policy_metric_names_are_validated() {
+        let policy = |metric: &str| {
+            format!(
+                "[[models]]\n[[models.policies]]\nkind = \"drift_window\"\nmetric = {metric:?}\n"
+            )
+        };
+        for ok in [
+            "drift_score",
+            "accuracy",
+            "error",
+            "value",
+            "latency_ms",
+            "a.b:c-d",
+        ] {
+            Config::from_toml(&policy(ok), &env()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, fragment) in [
+            ("bad metric!", "invalid character ' '"),
+            ("", "empty"),
+            (&"x".repeat(65), "max 64"),
+        ] {
+            let errs = errors_of(&policy(bad));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].starts_with("models[0].policies[0].metric: ") && errs[0].contains(fragment),
+                "{errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn serde_messages_are_one_line_in_plain_words() {
+        assert_eq!(
+            serde_message("invalid type: string \"x\", expected f64 in `k`\n"),
+            "expected a number, got string \"x\""
+        );
+        assert_eq!(
+            serde_message("invalid value: integer `-1`, expected u32"),
+            "expected an integer between 0 and 4294967295, got integer `-1`"
+        );
+        assert_eq!(
+            serde_message("unknown variant `up`, expected one of `both`, `up`\n  x"),
+            "unknown variant `up`, expected one of `both`, `up` x"
+        );
     }
 
     #[test]
