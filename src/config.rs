@@ -139,7 +139,7 @@ impl Config {
 
     /// Parses and validates `text`.
     pub fn from_toml(text: &str, env: &Env) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(ConfigError::Parse)?;
+        let table: toml::Table = text.parse().map_err(|e| parse_error(text, &e))?;
         Config::from_table(&table, env).map_err(ConfigError::Invalid)
     }
 
@@ -313,6 +313,21 @@ impl Config {
     /// prints them, the daemon logs them at start and reload.
     pub fn warnings(&self) -> Vec<KeyError> {
         let mut out = Vec::new();
+        for (j, rule) in self.models.iter().enumerate() {
+            let earlier = self.models[..j].iter().enumerate();
+            if let Some((i, first)) = earlier
+                .into_iter()
+                .find(|(_, e)| glob_covers(&e.pattern, &rule.pattern))
+            {
+                out.push(KeyError::new(
+                    format!("models[{j}].match"),
+                    format!(
+                        "this rule is never used: every id {:?} matches is matched first by models[{i}] (match = {:?}), and the first match wins; move it above",
+                        rule.pattern, first.pattern
+                    ),
+                ));
+            }
+        }
         for (i, rule) in self.models.iter().enumerate() {
             for (j, spec) in rule.policies.iter().enumerate() {
                 let path = format!("models[{i}].policies[{j}]");
@@ -393,15 +408,63 @@ impl Config {
             let names: Vec<String> = rule
                 .policies
                 .iter()
-                .map(|p| format!("{} ({})", p.name, p.kind.kind_name()))
+                .map(|p| {
+                    format!(
+                        "{} ({} on {})",
+                        p.name,
+                        p.kind.kind_name(),
+                        metrics_read(p).join(" and ")
+                    )
+                })
                 .collect();
-            s.push_str(&format!(
-                "models {:?}: {}\n",
-                rule.pattern,
+            let names = if names.is_empty() {
+                "no policies".to_owned()
+            } else {
                 names.join(", ")
-            ));
+            };
+            s.push_str(&format!("models {:?}: {names}\n", rule.pattern));
         }
         s
+    }
+
+    /// [`Config::summary`] for tools (`check-config --json`).
+    pub fn summary_json(&self) -> serde_json::Value {
+        let hook = |h: &Option<HookSpec>| {
+            h.as_ref().map_or(
+                serde_json::Value::Null,
+                |h| serde_json::json!({"command": h.command, "timeout_s": h.timeout_s}),
+            )
+        };
+        let models: Vec<_> = self
+            .models
+            .iter()
+            .map(|rule| {
+                let policies: Vec<_> = rule
+                    .policies
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "kind": p.kind.kind_name(),
+                            "metrics": metrics_read(p),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"match": rule.pattern, "policies": policies})
+            })
+            .collect();
+        serde_json::json!({
+            "config": self.source.as_ref().map(|p| p.display().to_string()),
+            "socket": self.daemon.socket.display().to_string(),
+            "control_socket": self.daemon.control_socket.display().to_string(),
+            "state_dir": self.daemon.state_dir.display().to_string(),
+            "hooks": {
+                "full": hook(&self.hooks.full),
+                "fine_tune": hook(&self.hooks.fine_tune),
+                "escalate": hook(&self.hooks.escalate),
+            },
+            "models": models,
+        })
     }
 }
 
@@ -676,6 +739,25 @@ impl fmt::Display for KeyError {
     }
 }
 
+/// `e` as [`ConfigError::Parse`]: 1-based line and column (in characters) of where it starts.
+fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |r| r.start).min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Parse {
+        line,
+        column,
+        message: e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
 /// The keys every policy takes, whatever its kind.
 const POLICY_KEYS: [&str; 5] = ["kind", "name", "metric", "action", "for_events"];
 
@@ -774,8 +856,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid TOML")]
-    Parse(#[source] toml::de::Error),
+    /// A TOML syntax error, on one line (toml's own message draws the line with a caret).
+    #[error("invalid TOML at line {line}, column {column}: {message}")]
+    Parse {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<KeyError>),
 }
@@ -1165,6 +1252,59 @@ fn group_gid(name: &str) -> Option<u32> {
         }
         return (rc == 0 && !result.is_null()).then_some(grp.gr_gid);
     }
+}
+
+/// The metrics a policy reads: its `metric`, or for the classic `static_threshold` the two
+/// fixed ones it bounds.
+fn metrics_read(spec: &PolicySpec) -> Vec<&str> {
+    match &spec.kind {
+        PolicyKind::StaticThreshold {
+            max_drift,
+            min_accuracy,
+            ..
+        } if max_drift.is_some() || min_accuracy.is_some() => {
+            let mut m = Vec::new();
+            if max_drift.is_some() {
+                m.push("drift_score");
+            }
+            if min_accuracy.is_some() {
+                m.push("accuracy");
+            }
+            m
+        }
+        _ => vec![spec.metric.as_str()],
+    }
+}
+
+/// Whether every id `later` matches is matched by `earlier` too (then a rule with `later`
+/// after one with `earlier` is never used). Sound, not complete: `true` only in cases
+/// decided exactly (equal patterns, `earlier` all stars, `later` without wildcards,
+/// `earlier` a literal prefix or suffix with one `*` that `later` starts or ends with).
+fn glob_covers(earlier: &str, later: &str) -> bool {
+    let wild = |c: char| c == '*' || c == '?';
+    if earlier == later || (!earlier.is_empty() && earlier.chars().all(|c| c == '*')) {
+        return true;
+    }
+    if !later.contains(wild) {
+        return glob_match(earlier, later);
+    }
+    if let Some(prefix) = earlier.strip_suffix('*')
+        && !prefix.contains(wild)
+    {
+        return later
+            .get(..prefix.len())
+            .is_some_and(|p| p == prefix && !p.contains(wild));
+    }
+    if let Some(suffix) = earlier.strip_prefix('*')
+        && !suffix.contains(wild)
+    {
+        return later
+            .len()
+            .checked_sub(suffix.len())
+            .and_then(|at| later.get(at..))
+            .is_some_and(|s| s == suffix);
+    }
+    false
 }
 
 /// Shell-style glob on model ids: `*` any run of characters, `?` one character.
@@ -1567,6 +1707,110 @@ action = "full"
                 "hooks.pass_env"
             ],
             "{errs:?}"
+        );
+    }
+
+    /// Issue 12.6: a rule after one that matches every id it matches is dead: warned.
+    #[test]
+    fn shadowed_rules_are_warned() {
+        let c = Config::from_toml(
+            "[[models]]\nmatch = \"fraud-*\"\n[[models]]\nmatch = \"*\"\n[[models]]\nmatch = \"fraud-v?\"\n[[models]]\nmatch = \"spam\"\n",
+            &env(),
+        )
+        .unwrap();
+        let w: Vec<_> = c.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("models[2].match: this rule is never used")
+                && w[0].contains("models[0] (match = \"fraud-*\")"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("models[3].match: ") && w[1].contains("models[1]"),
+            "{w:?}"
+        );
+        // A specific rule first, then a catch-all: nothing to say.
+        let c = Config::from_toml(
+            "[[models]]\nmatch = \"fraud-*\"\n[[models]]\nmatch = \"*-v1\"\n[[models]]\nmatch = \"*\"\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.warnings(), []);
+    }
+
+    /// `glob_covers` never says yes wrongly: checked against every id over a small alphabet.
+    #[test]
+    fn glob_covers_is_sound() {
+        let patterns = [
+            "*", "**", "", "a", "ab", "a*", "ab*", "*b", "*ab", "a?", "?b", "a*b", "*a*", "a**",
+            "?", "??*", "b-*", "b-a", "*-a", "a?*",
+        ];
+        let mut ids = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..4 {
+            let next: Vec<String> = frontier
+                .iter()
+                .flat_map(|s| ["a", "b", "-"].map(|c| format!("{s}{c}")))
+                .collect();
+            ids.extend(next.iter().cloned());
+            frontier = next;
+        }
+        let mut decided = 0;
+        for earlier in patterns {
+            for later in patterns {
+                if glob_covers(earlier, later) {
+                    decided += 1;
+                    for id in &ids {
+                        assert!(
+                            !glob_match(later, id) || glob_match(earlier, id),
+                            "{earlier:?} said to cover {later:?}, but {id:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(glob_covers("fraud-*", "fraud-v?") && glob_covers("*", "fraud-*"));
+        assert!(glob_covers("*-v1", "fraud*-v1") && glob_covers("a?c", "abc"));
+        assert!(!glob_covers("fraud-*", "fraud*") && !glob_covers("a?", "a*"));
+        assert!(decided > 40, "{decided}");
+    }
+
+    /// Issue 12.6: the summary says which metrics each policy reads.
+    #[test]
+    fn the_summary_names_the_metric_of_each_policy() {
+        let c = Config::from_toml(
+            "[[models]]\n[[models.policies]]\nkind = \"static_threshold\"\nmax_drift = 0.3\nmin_accuracy = 0.9\n[[models.policies]]\nkind = \"adwin\"\nmetric = \"latency_ms\"\n",
+            &env(),
+        )
+        .unwrap();
+        assert!(
+            c.summary().contains(
+                "models \"*\": static_threshold (static_threshold on drift_score and accuracy), adwin (adwin on latency_ms)"
+            ),
+            "{}",
+            c.summary()
+        );
+        let j = c.summary_json();
+        assert_eq!(
+            j["models"][0]["policies"][1],
+            serde_json::json!({"name": "adwin", "kind": "adwin", "metrics": ["latency_ms"]})
+        );
+        assert_eq!(
+            j["models"][0]["policies"][0]["metrics"],
+            serde_json::json!(["drift_score", "accuracy"])
+        );
+    }
+
+    /// Issue 12.6: a TOML syntax error is one line with its line and column.
+    #[test]
+    fn toml_syntax_errors_are_one_line() {
+        let Err(e) = Config::from_toml("[daemon]\nmax_models = 3\n  socket = = 1\n", &env()) else {
+            panic!("expected an error");
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("invalid TOML at line 3, column ") && !text.contains('\n'),
+            "{text}"
         );
     }
 
