@@ -40,10 +40,14 @@ pub enum Command {
         /// Recorded events (NDJSON, as sent to the ingest socket); `-` reads standard input.
         events: PathBuf,
     },
-    /// Validate a config file.
+    /// Validate a config file: every error and warning with its key path, and a summary.
     CheckConfig {
-        /// The config file to check.
-        file: PathBuf,
+        /// The config file to check (or give it as --config FILE; without either, the file
+        /// the daemon would read).
+        file: Option<PathBuf>,
+        /// Machine output: {"ok", "errors", "warnings", "summary"}.
+        #[arg(long)]
+        json: bool,
     },
     /// The daemon's state at a glance.
     Status {

@@ -139,7 +139,7 @@ impl Config {
 
     /// Parses and validates `text`.
     pub fn from_toml(text: &str, env: &Env) -> Result<Config, ConfigError> {
-        let table: toml::Table = text.parse().map_err(ConfigError::Parse)?;
+        let table: toml::Table = text.parse().map_err(|e| parse_error(text, &e))?;
         Config::from_table(&table, env).map_err(ConfigError::Invalid)
     }
 
@@ -313,6 +313,21 @@ impl Config {
     /// prints them, the daemon logs them at start and reload.
     pub fn warnings(&self) -> Vec<KeyError> {
         let mut out = Vec::new();
+        for (j, rule) in self.models.iter().enumerate() {
+            let earlier = self.models[..j].iter().enumerate();
+            if let Some((i, first)) = earlier
+                .into_iter()
+                .find(|(_, e)| glob_covers(&e.pattern, &rule.pattern))
+            {
+                out.push(KeyError::new(
+                    format!("models[{j}].match"),
+                    format!(
+                        "this rule is never used: every id {:?} matches is matched first by models[{i}] (match = {:?}), and the first match wins; move it above",
+                        rule.pattern, first.pattern
+                    ),
+                ));
+            }
+        }
         for (i, rule) in self.models.iter().enumerate() {
             for (j, spec) in rule.policies.iter().enumerate() {
                 let path = format!("models[{i}].policies[{j}]");
@@ -393,15 +408,63 @@ impl Config {
             let names: Vec<String> = rule
                 .policies
                 .iter()
-                .map(|p| format!("{} ({})", p.name, p.kind.kind_name()))
+                .map(|p| {
+                    format!(
+                        "{} ({} on {})",
+                        p.name,
+                        p.kind.kind_name(),
+                        metrics_read(p).join(" and ")
+                    )
+                })
                 .collect();
-            s.push_str(&format!(
-                "models {:?}: {}\n",
-                rule.pattern,
+            let names = if names.is_empty() {
+                "no policies".to_owned()
+            } else {
                 names.join(", ")
-            ));
+            };
+            s.push_str(&format!("models {:?}: {names}\n", rule.pattern));
         }
         s
+    }
+
+    /// [`Config::summary`] for tools (`check-config --json`).
+    pub fn summary_json(&self) -> serde_json::Value {
+        let hook = |h: &Option<HookSpec>| {
+            h.as_ref().map_or(
+                serde_json::Value::Null,
+                |h| serde_json::json!({"command": h.command, "timeout_s": h.timeout_s}),
+            )
+        };
+        let models: Vec<_> = self
+            .models
+            .iter()
+            .map(|rule| {
+                let policies: Vec<_> = rule
+                    .policies
+                    .iter()
+                    .map(|p| {
+                        serde_json::json!({
+                            "name": p.name,
+                            "kind": p.kind.kind_name(),
+                            "metrics": metrics_read(p),
+                        })
+                    })
+                    .collect();
+                serde_json::json!({"match": rule.pattern, "policies": policies})
+            })
+            .collect();
+        serde_json::json!({
+            "config": self.source.as_ref().map(|p| p.display().to_string()),
+            "socket": self.daemon.socket.display().to_string(),
+            "control_socket": self.daemon.control_socket.display().to_string(),
+            "state_dir": self.daemon.state_dir.display().to_string(),
+            "hooks": {
+                "full": hook(&self.hooks.full),
+                "fine_tune": hook(&self.hooks.fine_tune),
+                "escalate": hook(&self.hooks.escalate),
+            },
+            "models": models,
+        })
     }
 }
 
@@ -485,8 +548,13 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
     let metric = w.string("metric");
     let action_s = w.string("action");
     let for_events = w.int("for_events", 1, 1_000_000).unwrap_or(1) as u32;
-    for k in ["kind", "name", "metric", "action", "for_events"] {
+    for k in POLICY_KEYS {
         rest.remove(k);
+    }
+    if let Some(m) = &metric
+        && let Err(message) = check_metric_name(m)
+    {
+        w.error("metric", message);
     }
     let action = match action_s.as_deref() {
         None => Action::Full,
@@ -511,6 +579,7 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
         w.error("name", "must be 1 to 64 characters".into());
     }
     let mut kw = Walker::new(&rest, prefix.to_owned(), w.errors);
+    kw.also_known = &POLICY_KEYS;
     let (pk, default_metric) = match kind.as_str() {
         "static_threshold" => {
             let max_drift = kw.float("max_drift", f64::MIN, f64::MAX);
@@ -581,10 +650,28 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
             )
         }
         k if KINDS.contains(&k) => {
-            let value = toml::Value::Table(rest);
-            match DetectorParams::parse(k, value) {
+            // Each key on its own first, so that every bad one is reported with its path
+            // (serde stops at the first); then the keys that passed, together.
+            let names = DetectorParams::names(k).unwrap_or_default();
+            let mut good = toml::Table::new();
+            for (key, value) in &rest {
+                let path = format!("{prefix}.{key}");
+                if !names.contains(&key.as_str()) {
+                    let known = names.iter().chain(&POLICY_KEYS).copied();
+                    errors.push(unknown_key(path, key, known));
+                    continue;
+                }
+                let one = toml::Table::from_iter([(key.clone(), value.clone())]);
+                match DetectorParams::parse(k, toml::Value::Table(one)) {
+                    Ok(_) => {
+                        good.insert(key.clone(), value.clone());
+                    }
+                    Err(e) => errors.push(KeyError::new(path, serde_message(&e.to_string()))),
+                }
+            }
+            match DetectorParams::parse(k, toml::Value::Table(good)) {
                 Ok(Some(params)) => {
-                    if let Err(e) = params.validate() {
+                    for e in params.validate_all() {
                         errors.push(KeyError::new(format!("{prefix}.{}", e.key), e.message));
                     }
                     let metric = if params.has_warning() {
@@ -598,7 +685,7 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
                 Err(e) => {
                     errors.push(KeyError::new(
                         prefix.to_owned(),
-                        e.to_string().trim().to_owned(),
+                        serde_message(&e.to_string()),
                     ));
                     return None;
                 }
@@ -652,6 +739,115 @@ impl fmt::Display for KeyError {
     }
 }
 
+/// `e` as [`ConfigError::Parse`]: 1-based line and column (in characters) of where it starts.
+fn parse_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let at = e.span().map_or(0, |r| r.start).min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    ConfigError::Parse {
+        line,
+        column,
+        message: e
+            .message()
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join("; "),
+    }
+}
+
+/// The keys every policy takes, whatever its kind.
+const POLICY_KEYS: [&str; 5] = ["kind", "name", "metric", "action", "for_events"];
+
+/// `unknown key`, with the known key `key` most likely misspells.
+fn unknown_key<'k>(path: String, key: &str, known: impl Iterator<Item = &'k str>) -> KeyError {
+    match did_you_mean(key, known) {
+        Some(k) => KeyError::new(path, format!("unknown key; did you mean {k:?}?")),
+        None => KeyError::new(path, "unknown key"),
+    }
+}
+
+/// The candidate closest to `key` by edit distance (a transposition counts as one edit), if
+/// it is close enough to be a typo: at most 2 edits, and fewer than half of `key`'s length
+/// (so that `x` is not taken for `k`).
+fn did_you_mean<'k>(key: &str, candidates: impl Iterator<Item = &'k str>) -> Option<&'k str> {
+    candidates
+        .filter(|c| *c != key)
+        .map(|c| (edit_distance(key, c), c))
+        .filter(|&(d, _)| d <= 2 && 2 * d < key.chars().count())
+        .min_by_key(|&(d, _)| d)
+        .map(|(_, c)| c)
+}
+
+/// Optimal string alignment distance: insertions, deletions, substitutions and swaps of two
+/// adjacent characters each count as one edit.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    // d[i][j]: distance between a[..i] and b[..j].
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+/// A serde message as one line: `invalid type: string "x", expected f64` reads
+/// `expected a number, got string "x"`; Rust type names become what a config writer knows.
+fn serde_message(raw: &str) -> String {
+    let one_line = raw.split_whitespace().collect::<Vec<_>>().join(" ");
+    let plain = |expected: &str| -> String {
+        // toml adds the key (`expected f64 in `k``), which the path already names.
+        let expected = match expected.rsplit_once(" in `") {
+            Some((e, key)) if key.ends_with('`') => e,
+            _ => expected,
+        };
+        match expected.trim() {
+            "f64" | "f32" => "a number".into(),
+            "u8" => format!("an integer between 0 and {}", u8::MAX),
+            "u16" => format!("an integer between 0 and {}", u16::MAX),
+            "u32" => format!("an integer between 0 and {}", u32::MAX),
+            "u64" | "usize" => format!("an integer between 0 and {}", u64::MAX),
+            "i8" | "i16" | "i32" | "i64" | "isize" => "an integer".into(),
+            "a boolean" | "bool" => "a boolean".into(),
+            other => other.to_owned(),
+        }
+    };
+    for lead in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = one_line.strip_prefix(lead)
+            && let Some((got, expected)) = rest.rsplit_once(", expected ")
+        {
+            return format!("expected {}, got {got}", plain(expected));
+        }
+    }
+    one_line
+}
+
+/// A policy's `metric`: one of the event's top-level numbers, or a name the protocol accepts
+/// in `metrics` (else the policy could never read a value).
+fn check_metric_name(name: &str) -> Result<(), String> {
+    if crate::protocol::is_reserved_metric(name.as_bytes()) {
+        return Ok(());
+    }
+    crate::protocol::validate_metric_name(name).map_err(|e| e.detail)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config {path}")]
@@ -660,8 +856,13 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("invalid TOML")]
-    Parse(#[source] toml::de::Error),
+    /// A TOML syntax error, on one line (toml's own message draws the line with a caret).
+    #[error("invalid TOML at line {line}, column {column}: {message}")]
+    Parse {
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
     Invalid(Vec<KeyError>),
 }
@@ -670,6 +871,9 @@ pub enum ConfigError {
 struct Walker<'a> {
     table: &'a toml::Table,
     seen: BTreeSet<String>,
+    /// Keys of the same table another walker takes (a policy's common keys, beside its
+    /// kind's): suggested for a misspelt key, never reported.
+    also_known: &'static [&'static str],
     prefix: String,
     errors: &'a mut Vec<KeyError>,
 }
@@ -679,6 +883,7 @@ impl<'a> Walker<'a> {
         Walker {
             table,
             seen: BTreeSet::new(),
+            also_known: &[],
             prefix,
             errors,
         }
@@ -871,16 +1076,17 @@ impl<'a> Walker<'a> {
         self.typed(key, "an array of tables", |v| v.as_array().cloned())
     }
 
-    /// Reports every key that nobody took.
+    /// Reports every key that nobody took, with the known key it most likely meant.
     fn finish(self) {
         for key in self.table.keys() {
             if !self.seen.contains(key) {
-                let path = if self.prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{}.{key}", self.prefix)
-                };
-                self.errors.push(KeyError::new(path, "unknown key"));
+                let known = self.seen.iter().map(String::as_str);
+                let error = unknown_key(
+                    self.key_path(key),
+                    key,
+                    known.chain(self.also_known.iter().copied()),
+                );
+                self.errors.push(error);
             }
         }
     }
@@ -1048,6 +1254,59 @@ fn group_gid(name: &str) -> Option<u32> {
     }
 }
 
+/// The metrics a policy reads: its `metric`, or for the classic `static_threshold` the two
+/// fixed ones it bounds.
+fn metrics_read(spec: &PolicySpec) -> Vec<&str> {
+    match &spec.kind {
+        PolicyKind::StaticThreshold {
+            max_drift,
+            min_accuracy,
+            ..
+        } if max_drift.is_some() || min_accuracy.is_some() => {
+            let mut m = Vec::new();
+            if max_drift.is_some() {
+                m.push("drift_score");
+            }
+            if min_accuracy.is_some() {
+                m.push("accuracy");
+            }
+            m
+        }
+        _ => vec![spec.metric.as_str()],
+    }
+}
+
+/// Whether every id `later` matches is matched by `earlier` too (then a rule with `later`
+/// after one with `earlier` is never used). Sound, not complete: `true` only in cases
+/// decided exactly (equal patterns, `earlier` all stars, `later` without wildcards,
+/// `earlier` a literal prefix or suffix with one `*` that `later` starts or ends with).
+fn glob_covers(earlier: &str, later: &str) -> bool {
+    let wild = |c: char| c == '*' || c == '?';
+    if earlier == later || (!earlier.is_empty() && earlier.chars().all(|c| c == '*')) {
+        return true;
+    }
+    if !later.contains(wild) {
+        return glob_match(earlier, later);
+    }
+    if let Some(prefix) = earlier.strip_suffix('*')
+        && !prefix.contains(wild)
+    {
+        return later
+            .get(..prefix.len())
+            .is_some_and(|p| p == prefix && !p.contains(wild));
+    }
+    if let Some(suffix) = earlier.strip_prefix('*')
+        && !suffix.contains(wild)
+    {
+        return later
+            .len()
+            .checked_sub(suffix.len())
+            .and_then(|at| later.get(at..))
+            .is_some_and(|s| s == suffix);
+    }
+    false
+}
+
 /// Shell-style glob on model ids: `*` any run of characters, `?` one character.
 pub fn glob_match(pattern: &str, s: &str) -> bool {
     let (p, s) = (pattern.as_bytes(), s.as_bytes());
@@ -1117,13 +1376,119 @@ mod tests {
         assert!(paths.contains(&"daemon.max_modles"), "{paths:?}");
         assert!(paths.contains(&"daemon.flush_interval_ms"), "{paths:?}");
         assert!(paths.contains(&"hooks.full.command"), "{paths:?}");
-        assert!(paths.contains(&"models[0].policies[0]"), "{paths:?}");
+        assert!(paths.contains(&"models[0].policies[0].wat"), "{paths:?}");
         assert!(paths.contains(&"models[0].policies[1].kind"), "{paths:?}");
-        let adwin = errs
-            .iter()
-            .find(|e| e.path == "models[0].policies[0]")
-            .unwrap();
-        assert!(adwin.message.contains("wat"), "{}", adwin.message);
+    }
+
+    /// The errors of `text`, as `path: message` lines.
+    fn errors_of(text: &str) -> Vec<String> {
+        match Config::from_toml(text, &env()) {
+            Err(ConfigError::Invalid(errs)) => errs.iter().map(ToString::to_string).collect(),
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    /// Issue 12.6: CUSUM with four bad values took four runs; now one, each with its path.
+    #[test]
+    fn every_bad_detector_parameter_is_reported_with_its_path() {
+        let errs = errors_of(
+            "[[models]]\n[[models.policies]]\nkind = \"cusum\"\nk = -1\nh = \"big\"\nsigma = 0\nwarm_start = -3\ntarget = 1\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "models[0].policies[0].h: expected a number, got string \"big\"",
+                "models[0].policies[0].warm_start: expected an integer between 0 and 4294967295, got integer `-3`",
+                "models[0].policies[0].sigma: must be finite and > 0, got 0",
+                "models[0].policies[0].k: must be finite and >= 0, got -1",
+            ]
+        );
+        let errs = errors_of(
+            "[[models]]\n[[models.policies]]\nkind = \"kswin\"\nalpha = 2\nstat_size = 0\nwindow_sise = 10\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "models[0].policies[0].window_sise: unknown key; did you mean \"window_size\"?",
+                "models[0].policies[0].alpha: must be in [0, 1], got 2",
+                "models[0].policies[0].stat_size: must be in 1..=10000, got 0",
+            ]
+        );
+    }
+
+    /// Issue 12.6: a misspelt key names the key it most likely meant, in every table.
+    #[test]
+    fn unknown_keys_get_a_did_you_mean() {
+        let errs = errors_of(
+            "[deamon]\n[hooks]\ncooldwon_s = 1\n[metrics]\nintervals = 3\n[[models]]\nmacth = \"*\"\n[[models.policies]]\nkind = \"drift_window\"\ntreshold = 0.3\nmetirc = \"error\"\n[[models.policies]]\nkind = \"adwin\"\ndetla = 0.1\nactoin = \"full\"\nx = 1\n",
+        );
+        assert_eq!(
+            errs,
+            [
+                "deamon: unknown key; did you mean \"daemon\"?",
+                "hooks.cooldwon_s: unknown key; did you mean \"cooldown_s\"?",
+                "metrics.intervals: unknown key; did you mean \"interval_s\"?",
+                "models[0].macth: unknown key; did you mean \"match\"?",
+                "models[0].policies[0].metirc: unknown key; did you mean \"metric\"?",
+                "models[0].policies[0].treshold: unknown key; did you mean \"threshold\"?",
+                "models[0].policies[1].actoin: unknown key; did you mean \"action\"?",
+                "models[0].policies[1].detla: unknown key; did you mean \"delta\"?",
+                "models[0].policies[1].x: unknown key",
+            ]
+        );
+        assert_eq!(edit_distance("treshold", "threshold"), 1);
+        assert_eq!(edit_distance("detla", "delta"), 1);
+        assert_eq!(edit_distance("", "ab"), 2);
+        assert_eq!(did_you_mean("k", ["h"].into_iter()), None);
+        assert_eq!(did_you_mean("zzzzzz", ["delta"].into_iter()), None);
+    }
+
+    /// Issue 12.6: a policy's metric follows the protocol's name rules.
+    #[test]
+    fn policy_metric_names_are_validated() {
+        let policy = |metric: &str| {
+            format!(
+                "[[models]]\n[[models.policies]]\nkind = \"drift_window\"\nmetric = {metric:?}\n"
+            )
+        };
+        for ok in [
+            "drift_score",
+            "accuracy",
+            "error",
+            "value",
+            "latency_ms",
+            "a.b:c-d",
+        ] {
+            Config::from_toml(&policy(ok), &env()).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, fragment) in [
+            ("bad metric!", "invalid character ' '"),
+            ("", "empty"),
+            (&"x".repeat(65), "max 64"),
+        ] {
+            let errs = errors_of(&policy(bad));
+            assert_eq!(errs.len(), 1, "{errs:?}");
+            assert!(
+                errs[0].starts_with("models[0].policies[0].metric: ") && errs[0].contains(fragment),
+                "{errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn serde_messages_are_one_line_in_plain_words() {
+        assert_eq!(
+            serde_message("invalid type: string \"x\", expected f64 in `k`\n"),
+            "expected a number, got string \"x\""
+        );
+        assert_eq!(
+            serde_message("invalid value: integer `-1`, expected u32"),
+            "expected an integer between 0 and 4294967295, got integer `-1`"
+        );
+        assert_eq!(
+            serde_message("unknown variant `up`, expected one of `both`, `up`\n  x"),
+            "unknown variant `up`, expected one of `both`, `up` x"
+        );
     }
 
     #[test]
@@ -1342,6 +1707,110 @@ action = "full"
                 "hooks.pass_env"
             ],
             "{errs:?}"
+        );
+    }
+
+    /// Issue 12.6: a rule after one that matches every id it matches is dead: warned.
+    #[test]
+    fn shadowed_rules_are_warned() {
+        let c = Config::from_toml(
+            "[[models]]\nmatch = \"fraud-*\"\n[[models]]\nmatch = \"*\"\n[[models]]\nmatch = \"fraud-v?\"\n[[models]]\nmatch = \"spam\"\n",
+            &env(),
+        )
+        .unwrap();
+        let w: Vec<_> = c.warnings().iter().map(ToString::to_string).collect();
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].starts_with("models[2].match: this rule is never used")
+                && w[0].contains("models[0] (match = \"fraud-*\")"),
+            "{w:?}"
+        );
+        assert!(
+            w[1].starts_with("models[3].match: ") && w[1].contains("models[1]"),
+            "{w:?}"
+        );
+        // A specific rule first, then a catch-all: nothing to say.
+        let c = Config::from_toml(
+            "[[models]]\nmatch = \"fraud-*\"\n[[models]]\nmatch = \"*-v1\"\n[[models]]\nmatch = \"*\"\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.warnings(), []);
+    }
+
+    /// `glob_covers` never says yes wrongly: checked against every id over a small alphabet.
+    #[test]
+    fn glob_covers_is_sound() {
+        let patterns = [
+            "*", "**", "", "a", "ab", "a*", "ab*", "*b", "*ab", "a?", "?b", "a*b", "*a*", "a**",
+            "?", "??*", "b-*", "b-a", "*-a", "a?*",
+        ];
+        let mut ids = vec![String::new()];
+        let mut frontier = vec![String::new()];
+        for _ in 0..4 {
+            let next: Vec<String> = frontier
+                .iter()
+                .flat_map(|s| ["a", "b", "-"].map(|c| format!("{s}{c}")))
+                .collect();
+            ids.extend(next.iter().cloned());
+            frontier = next;
+        }
+        let mut decided = 0;
+        for earlier in patterns {
+            for later in patterns {
+                if glob_covers(earlier, later) {
+                    decided += 1;
+                    for id in &ids {
+                        assert!(
+                            !glob_match(later, id) || glob_match(earlier, id),
+                            "{earlier:?} said to cover {later:?}, but {id:?}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(glob_covers("fraud-*", "fraud-v?") && glob_covers("*", "fraud-*"));
+        assert!(glob_covers("*-v1", "fraud*-v1") && glob_covers("a?c", "abc"));
+        assert!(!glob_covers("fraud-*", "fraud*") && !glob_covers("a?", "a*"));
+        assert!(decided > 40, "{decided}");
+    }
+
+    /// Issue 12.6: the summary says which metrics each policy reads.
+    #[test]
+    fn the_summary_names_the_metric_of_each_policy() {
+        let c = Config::from_toml(
+            "[[models]]\n[[models.policies]]\nkind = \"static_threshold\"\nmax_drift = 0.3\nmin_accuracy = 0.9\n[[models.policies]]\nkind = \"adwin\"\nmetric = \"latency_ms\"\n",
+            &env(),
+        )
+        .unwrap();
+        assert!(
+            c.summary().contains(
+                "models \"*\": static_threshold (static_threshold on drift_score and accuracy), adwin (adwin on latency_ms)"
+            ),
+            "{}",
+            c.summary()
+        );
+        let j = c.summary_json();
+        assert_eq!(
+            j["models"][0]["policies"][1],
+            serde_json::json!({"name": "adwin", "kind": "adwin", "metrics": ["latency_ms"]})
+        );
+        assert_eq!(
+            j["models"][0]["policies"][0]["metrics"],
+            serde_json::json!(["drift_score", "accuracy"])
+        );
+    }
+
+    /// Issue 12.6: a TOML syntax error is one line with its line and column.
+    #[test]
+    fn toml_syntax_errors_are_one_line() {
+        let Err(e) = Config::from_toml("[daemon]\nmax_models = 3\n  socket = = 1\n", &env()) else {
+            panic!("expected an error");
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("invalid TOML at line 3, column ") && !text.contains('\n'),
+            "{text}"
         );
     }
 

@@ -10,7 +10,7 @@ use actix::prelude::*;
 use tokio::sync::watch;
 
 use crate::command::{self, CommandActor};
-use crate::config::{Config, ConfigError, Env};
+use crate::config::{Config, Env};
 use crate::control::{self, ControlCtx, Rate};
 use crate::ingest::{self, ConnSettings, IngestCtx, IngestError, IngestStats, SocketFile};
 use crate::model::registry::Registry;
@@ -309,14 +309,9 @@ async fn serve(
                         tracing::info!("config reloaded");
                     }
                     Err(error) => {
-                        let error = match &error {
-                            ConfigError::Invalid(_) => format!("{error}"),
-                            other => format!(
-                                "{other}: {}",
-                                std::error::Error::source(other)
-                                    .map(|s| s.to_string())
-                                    .unwrap_or_default()
-                            ),
+                        let error = match std::error::Error::source(&error) {
+                            Some(source) => format!("{error}: {source}"),
+                            None => error.to_string(),
                         };
                         tracing::error!(error = %error, "config reload failed; keeping the running config");
                     }
@@ -358,8 +353,14 @@ async fn serve(
 
 /// The config's [`Config::warnings`], one WARN line each.
 fn log_config_warnings(config: &Config) {
-    for w in config.warnings() {
+    let hooks = strict_modes::check_hook_programs(&config.hooks);
+    for w in config.warnings().iter().chain(&hooks.warnings) {
         tracing::warn!(key = %w.path, "{}", w.message);
+    }
+    // An error for check-config, but the program may be installed after the daemon starts:
+    // the runner looks it up again before each run.
+    for e in &hooks.errors {
+        tracing::warn!(key = %e.path, "{}", e.message);
     }
 }
 

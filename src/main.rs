@@ -2,7 +2,7 @@
 //! printed with their whole chain.
 
 use std::io::{BufRead, IsTerminal, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
@@ -10,7 +10,7 @@ use clap::{CommandFactory, Parser};
 use serde_json::Value;
 
 use visutility::cli::{Cli, Command};
-use visutility::config::{Config, ConfigError, Env};
+use visutility::config::{Config, ConfigError, Env, KeyError};
 use visutility::control::{self, Request};
 use visutility::{backtest, daemon, strict_modes};
 
@@ -69,43 +69,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { file } => match Config::load(&file, &env) {
-            Ok(c) => {
-                let mut out = std::io::stdout().lock();
-                write!(out, "{}", c.summary())?;
-                for w in c.warnings() {
-                    writeln!(out, "warning: {}: {w}", file.display())?;
-                }
-                if c.daemon.allow_insecure_modes {
-                    writeln!(
-                        out,
-                        "warning: daemon.allow_insecure_modes = true: the ownership and mode checks are off"
-                    )?;
-                } else {
-                    // Judged for the user running check-config (the service user under
-                    // ExecReload=).
-                    let found = strict_modes::check_config(&c, strict_modes::daemon_uid());
-                    if !found.0.is_empty() {
-                        for line in found.to_string().lines() {
-                            writeln!(out, "{}: {line}", file.display())?;
-                        }
-                        writeln!(out, "{} error(s)", found.0.len())?;
-                        return Ok(ExitCode::FAILURE);
-                    }
-                }
-                writeln!(out, "ok")?;
-                Ok(ExitCode::SUCCESS)
-            }
-            Err(ConfigError::Invalid(errors)) => {
-                let mut out = std::io::stdout().lock();
-                for e in &errors {
-                    writeln!(out, "{}: {e}", file.display())?;
-                }
-                writeln!(out, "{} error(s)", errors.len())?;
-                Ok(ExitCode::FAILURE)
-            }
-            Err(e) => Err(config_error(e)),
-        },
+        Command::CheckConfig { file, json } => check_config(file, cli.config, json, &env),
         Command::Backtest { events } => {
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
             let input: Box<dyn std::io::Read> = if events.as_os_str() == "-" {
@@ -173,6 +137,112 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `check-config`: every error and warning with its key path, one line each, then `ok` or
+/// the count of errors (exit 1); with `json`, one object that says the same.
+fn check_config(
+    file: Option<PathBuf>,
+    config: Option<PathBuf>,
+    json: bool,
+    env: &Env,
+) -> Result<ExitCode> {
+    // FILE is what to check; `--config` (which every command takes, and tools pass along)
+    // names it only when FILE is absent.
+    let file = match file.or(config) {
+        Some(f) => f,
+        None => env.config_file().context(
+            "no config file given (visutility check-config FILE) and none in the look-up order",
+        )?,
+    };
+    let line = |path: &str, message: String| KeyError {
+        path: path.to_owned(),
+        message,
+    };
+    let mut errors = Vec::new();
+    let mut warnings = Vec::new();
+    let mut insecure = false;
+    let config = match Config::load(&file, env) {
+        Ok(c) => Some(c),
+        Err(ConfigError::Invalid(e)) => {
+            errors = e;
+            None
+        }
+        Err(e) => {
+            let message = match std::error::Error::source(&e) {
+                Some(source) => format!("{e}: {source}"),
+                None => e.to_string(),
+            };
+            errors.push(line("", message));
+            None
+        }
+    };
+    if let Some(c) = &config {
+        warnings = c.warnings();
+        let hooks = strict_modes::check_hook_programs(&c.hooks);
+        errors.extend(hooks.errors);
+        warnings.extend(hooks.warnings);
+        if c.daemon.allow_insecure_modes {
+            warnings.push(line(
+                "daemon.allow_insecure_modes",
+                "true: the ownership and mode checks are off".into(),
+            ));
+        } else {
+            // Judged for the user running check-config (the service user under ExecReload=).
+            let found = strict_modes::check_config(c, strict_modes::daemon_uid());
+            insecure = !found.0.is_empty();
+            for e in &found.0 {
+                let message = match std::error::Error::source(e) {
+                    Some(source) => format!("insecure {e}: {source}"),
+                    None => format!("insecure {e}"),
+                };
+                errors.push(line("", message));
+            }
+        }
+    }
+    let code = if errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    };
+    let mut out = std::io::stdout().lock();
+    if json {
+        let list = |l: &[KeyError]| -> Vec<Value> {
+            l.iter()
+                .map(|e| serde_json::json!({"path": e.path, "message": e.message}))
+                .collect()
+        };
+        let report = serde_json::json!({
+            "ok": errors.is_empty(),
+            "errors": list(&errors),
+            "warnings": list(&warnings),
+            "summary": config.as_ref().map(Config::summary_json),
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(code);
+    }
+    if let Some(c) = &config {
+        write!(out, "{}", c.summary())?;
+    }
+    for e in &errors {
+        writeln!(out, "{}: {e}", file.display())?;
+    }
+    if insecure {
+        writeln!(
+            out,
+            "{}: (or set [daemon] allow_insecure_modes = true, on a development machine only)",
+            file.display()
+        )?;
+    }
+    for w in &warnings {
+        writeln!(out, "warning: {}: {w}", file.display())?;
+    }
+    if errors.is_empty() {
+        writeln!(out, "ok")?;
+    } else {
+        writeln!(out, "{} error(s)", errors.len())?;
+    }
+    Ok(code)
 }
 
 fn config_error(e: ConfigError) -> anyhow::Error {

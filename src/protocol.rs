@@ -488,7 +488,7 @@ pub fn validate_model_id(id: &str) -> Result<(), LineError> {
 }
 
 /// The top-level metrics, which `metrics` may not name again.
-fn is_reserved_metric(name: &[u8]) -> bool {
+pub(crate) fn is_reserved_metric(name: &[u8]) -> bool {
     matches!(name, b"drift_score" | b"accuracy" | b"error" | b"value")
 }
 

@@ -18,7 +18,7 @@ use std::fmt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
-use crate::config::Config;
+use crate::config::{Config, HooksConfig, KeyError};
 
 /// How many symlinks one path may pass through (the kernel's own limit).
 const MAX_SYMLINKS: usize = 40;
@@ -141,16 +141,71 @@ pub fn check_config(config: &Config, me: u32) -> Findings {
     .into_iter()
     .flatten()
     {
-        match resolve_program(&spec.command[0], path_var.as_deref()) {
-            Some(program) => found.extend(check_file(&program, me).err()),
-            None => tracing::warn!(
-                program = %spec.command[0],
-                "hook program not found; it is checked again before each run"
-            ),
+        // A program not found is reported with its key path by `check_hook_programs`.
+        if let Some(program) = resolve_program(&spec.command[0], path_var.as_deref()) {
+            found.extend(check_file(&program, me).err());
         }
         found.extend(check_hook_args(&spec.command[1..], me));
     }
     Findings(found)
+}
+
+/// Hook programs that would fail at their first run, each under `hooks.<action>.command`.
+#[derive(Debug, Default)]
+pub struct HookPrograms {
+    /// An absolute path that is missing, not a file or not executable: `check-config` fails.
+    pub errors: Vec<KeyError>,
+    /// A name not found on the hook's `PATH`, or a relative path not found from here (the
+    /// daemon may run elsewhere, or the program may be installed later).
+    pub warnings: Vec<KeyError>,
+}
+
+/// Finds the hook programs that cannot run as configured. The daemon only logs these: it
+/// starts with a hook that is installed later, and looks the program up again at each run.
+pub fn check_hook_programs(hooks: &HooksConfig) -> HookPrograms {
+    use std::os::unix::fs::PermissionsExt;
+
+    let mut out = HookPrograms::default();
+    let path_var = hook_path_var(&hooks.env);
+    for (action, spec) in [
+        ("full", &hooks.full),
+        ("fine_tune", &hooks.fine_tune),
+        ("escalate", &hooks.escalate),
+    ] {
+        let Some(spec) = spec else { continue };
+        let program = &spec.command[0];
+        let key = format!("hooks.{action}.command");
+        let problem = |message: String| KeyError {
+            path: key.clone(),
+            message,
+        };
+        if program.starts_with('/') {
+            let fail = format!("the first {action} hook run would fail");
+            match std::fs::metadata(program) {
+                Err(e) => out.errors.push(problem(format!("{program}: {e}; {fail}"))),
+                Ok(m) if !m.is_file() => out
+                    .errors
+                    .push(problem(format!("{program} is not a file; {fail}"))),
+                Ok(m) if m.permissions().mode() & 0o111 == 0 => out.errors.push(problem(format!(
+                    "{program} is not executable (mode {:o}); {fail}; fix: chmod +x {program}",
+                    m.permissions().mode() & 0o7777
+                ))),
+                Ok(_) => {}
+            }
+        } else if resolve_program(program, path_var.as_deref()).is_none() {
+            let message = if program.contains('/') {
+                format!(
+                    "{program} does not exist relative to this directory; the daemon resolves it from its own working directory (an absolute path is safer)"
+                )
+            } else {
+                format!(
+                    "{program:?} is not found on the hook's PATH (the daemon's, or [hooks] env PATH); the {action} hook will fail unless it is installed before it runs, or give its absolute path"
+                )
+            };
+            out.warnings.push(problem(message));
+        }
+    }
+    out
 }
 
 /// The `PATH` a hook gets: `[hooks] env` may set it, else it is the daemon's.
@@ -379,6 +434,63 @@ mod tests {
 
     fn chmod(p: &Path, mode: u32) {
         fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Issue 12.6: hook programs that would fail at their first run.
+    #[test]
+    fn hook_programs_that_cannot_run_are_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let ok = d.join("ok");
+        let plain = d.join("plain");
+        fs::write(&ok, "#!/bin/sh\n").unwrap();
+        fs::write(&plain, "#!/bin/sh\n").unwrap();
+        chmod(&ok, 0o755);
+        chmod(&plain, 0o644);
+        fs::write(d.join("bare-ok"), "#!/bin/sh\n").unwrap();
+        chmod(&d.join("bare-ok"), 0o755);
+        let spec = |p: &Path| {
+            Some(crate::config::HookSpec {
+                command: vec![p.to_str().unwrap().to_owned()],
+                timeout_s: 1,
+            })
+        };
+        let mut hooks = crate::config::Config::defaults(&crate::config::Env::default()).hooks;
+        hooks.env = vec![("PATH".into(), d.to_str().unwrap().into())];
+        hooks.full = spec(&ok);
+        hooks.fine_tune = spec(Path::new("bare-ok"));
+        hooks.escalate = spec(Path::new("bare-missing"));
+        let found = check_hook_programs(&hooks);
+        assert!(found.errors.is_empty(), "{found:?}");
+        assert_eq!(found.warnings.len(), 1, "{found:?}");
+        assert_eq!(found.warnings[0].path, "hooks.escalate.command");
+        assert!(
+            found.warnings[0]
+                .message
+                .contains("\"bare-missing\" is not found on the hook's PATH")
+        );
+
+        hooks.full = spec(&d.join("missing"));
+        hooks.fine_tune = spec(&plain);
+        hooks.escalate = spec(d);
+        let found = check_hook_programs(&hooks);
+        assert!(found.warnings.is_empty(), "{found:?}");
+        let errors: Vec<_> = found.errors.iter().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(
+            errors[0].starts_with("hooks.full.command: ") && errors[0].contains("No such file"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[1].starts_with("hooks.fine_tune.command: ")
+                && errors[1].contains("is not executable (mode 644)"),
+            "{errors:?}"
+        );
+        assert!(
+            errors[2].starts_with("hooks.escalate.command: ")
+                && errors[2].contains("is not a file"),
+            "{errors:?}"
+        );
     }
 
     #[test]

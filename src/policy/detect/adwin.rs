@@ -63,21 +63,28 @@ impl Default for AdwinParams {
 impl AdwinParams {
     /// Range checks. `Adwin::new` never panics on unchecked values, but behaves sensibly
     /// only on values that pass here.
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
         if !(self.delta > 0.0 && self.delta < 1.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "delta",
                 message: format!("must be in (0, 1), got {}", self.delta),
             });
         }
         if self.clock == 0 {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "clock",
                 message: "must be at least 1".into(),
             });
         }
         if self.max_buckets == 0 || self.max_buckets > MAX_BUCKETS_LIMIT {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "max_buckets",
                 message: format!(
                     "must be in 1..={MAX_BUCKETS_LIMIT}, got {}",
@@ -85,7 +92,7 @@ impl AdwinParams {
                 ),
             });
         }
-        Ok(())
+        errors
     }
 }
 

@@ -73,27 +73,34 @@ impl Default for CusumParams {
 }
 
 impl CusumParams {
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
         if let Some(t) = self.target.filter(|t| !t.is_finite()) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "target",
                 message: format!("must be finite, got {t}"),
             });
         }
         if let Some(s) = self.sigma.filter(|s| !(s.is_finite() && *s > 0.0)) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "sigma",
                 message: format!("must be finite and > 0, got {s}"),
             });
         }
         if !(self.k.is_finite() && self.k >= 0.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "k",
                 message: format!("must be finite and >= 0, got {}", self.k),
             });
         }
         if !(self.h.is_finite() && self.h > 0.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "h",
                 message: format!("must be finite and > 0, got {}", self.h),
             });
@@ -106,7 +113,7 @@ impl CusumParams {
             0
         };
         if self.warm_start < needed {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "warm_start",
                 message: format!(
                     "must be at least {needed} to estimate {}, got {}",
@@ -119,7 +126,7 @@ impl CusumParams {
                 ),
             });
         }
-        Ok(())
+        errors
     }
 }
 

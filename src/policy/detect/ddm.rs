@@ -48,21 +48,28 @@ impl DdmParams {
     /// Range checks. River accepts anything; we refuse values that make the detector
     /// meaningless (non-finite or non-positive thresholds, a warning level above the drift
     /// level, which would make warnings impossible to see before a drift).
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
         if !(self.warning_threshold.is_finite() && self.warning_threshold > 0.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "warning_threshold",
                 message: format!("must be finite and > 0, got {}", self.warning_threshold),
             });
         }
         if !(self.drift_threshold.is_finite() && self.drift_threshold > 0.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "drift_threshold",
                 message: format!("must be finite and > 0, got {}", self.drift_threshold),
             });
         }
         if self.warning_threshold > self.drift_threshold {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "warning_threshold",
                 message: format!(
                     "must be <= drift_threshold ({}), got {}",
@@ -70,7 +77,7 @@ impl DdmParams {
                 ),
             });
         }
-        Ok(())
+        errors
     }
 }
 

@@ -50,26 +50,33 @@ impl Default for EddmParams {
 impl EddmParams {
     /// Range checks: `0 < beta <= alpha <= 1` (River raises on `alpha < beta` and documents
     /// both as lying between 0 and 1; the ratio tested is never above 1).
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
         if !(self.alpha > 0.0 && self.alpha <= 1.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "alpha",
                 message: format!("must be in (0, 1], got {}", self.alpha),
             });
         }
         if !(self.beta > 0.0 && self.beta <= 1.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "beta",
                 message: format!("must be in (0, 1], got {}", self.beta),
             });
         }
         if self.alpha < self.beta {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "alpha",
                 message: format!("must be >= beta ({}), got {}", self.beta, self.alpha),
             });
         }
-        Ok(())
+        errors
     }
 }
 

@@ -53,9 +53,17 @@ impl Default for HddmAParams {
 impl HddmAParams {
     /// Range checks: both confidences in (0, 1) (they are probabilities; at 0 or 1 the
     /// bounds degenerate to infinity or zero).
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
-        check_confidence("drift_confidence", self.drift_confidence)?;
-        check_confidence("warning_confidence", self.warning_confidence)
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
+        errors.extend(check_confidence("drift_confidence", self.drift_confidence).err());
+        errors.extend(check_confidence("warning_confidence", self.warning_confidence).err());
+        errors
     }
 }
 

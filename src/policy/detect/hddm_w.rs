@@ -57,16 +57,23 @@ impl Default for HddmWParams {
 impl HddmWParams {
     /// Range checks: both confidences in (0, 1) (probabilities; at 0 or 1 the bound
     /// degenerates), `lambda_val` in (0, 1] (at 0 the EWMA would never move).
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
-        check_confidence("drift_confidence", self.drift_confidence)?;
-        check_confidence("warning_confidence", self.warning_confidence)?;
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
+        errors.extend(check_confidence("drift_confidence", self.drift_confidence).err());
+        errors.extend(check_confidence("warning_confidence", self.warning_confidence).err());
         if !(self.lambda_val > 0.0 && self.lambda_val <= 1.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "lambda_val",
                 message: format!("must be in (0, 1], got {}", self.lambda_val),
             });
         }
-        Ok(())
+        errors
     }
 }
 

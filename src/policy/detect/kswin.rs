@@ -70,30 +70,36 @@ impl Default for KswinParams {
 }
 
 impl KswinParams {
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
         if !(0.0..=1.0).contains(&self.alpha) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "alpha",
                 message: format!("must be in [0, 1], got {}", self.alpha),
             });
         }
         if self.stat_size == 0 || self.stat_size > MAX_STAT_SIZE {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "stat_size",
                 message: format!("must be in 1..={MAX_STAT_SIZE}, got {}", self.stat_size),
             });
         }
         if self.window_size > MAX_WINDOW_SIZE {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "window_size",
                 message: format!(
                     "must be at most {MAX_WINDOW_SIZE}, got {}",
                     self.window_size
                 ),
             });
-        }
-        if u64::from(self.window_size) < 2 * u64::from(self.stat_size) {
-            return Err(ParamError {
+        } else if u64::from(self.window_size) < 2 * u64::from(self.stat_size) {
+            errors.push(ParamError {
                 key: "window_size",
                 message: format!(
                     "must be at least 2 * stat_size = {}, got {}",
@@ -102,7 +108,7 @@ impl KswinParams {
                 ),
             });
         }
-        Ok(())
+        errors
     }
 }
 

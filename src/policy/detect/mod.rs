@@ -100,6 +100,28 @@ macro_rules! detectors {
                 }
             }
 
+            /// Every parameter out of range (config reports them all in one run).
+            pub fn validate_all(&self) -> Vec<ParamError> {
+                match self {
+                    $(Self::$variant(p) => p.validate_all(),)*
+                }
+            }
+
+            /// The parameter names `kind` accepts (its serde field names), `None` when
+            /// `kind` is not a detector. Read from the parameters' own `Deserialize`, so
+            /// they cannot drift from what [`DetectorParams::parse`] accepts.
+            pub fn names(kind: &str) -> Option<&'static [&'static str]> {
+                let mut fields: &'static [&'static str] = &[];
+                match kind {
+                    $($kind => {
+                        // The field list is the point; the error it stops with is not.
+                        let _ = $params::deserialize(fields::Fields(&mut fields));
+                    })*
+                    _ => return None,
+                }
+                Some(fields)
+            }
+
             /// A fresh detector with these parameters.
             pub fn build(&self) -> Detector {
                 match self {
@@ -199,6 +221,37 @@ impl Detector {
             return None;
         }
         Some(signal)
+    }
+}
+
+/// A deserializer that only records the field names a struct asks for.
+mod fields {
+    use serde::de::{self, Visitor};
+
+    pub struct Fields<'a>(pub &'a mut &'static [&'static str]);
+
+    impl<'de> de::Deserializer<'de> for Fields<'_> {
+        type Error = de::value::Error;
+
+        fn deserialize_any<V: Visitor<'de>>(self, _: V) -> Result<V::Value, Self::Error> {
+            Err(de::Error::custom("only a struct's field names are read"))
+        }
+
+        fn deserialize_struct<V: Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Self::Error> {
+            *self.0 = fields;
+            Err(de::Error::custom("field names read"))
+        }
+
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
     }
 }
 
@@ -438,6 +491,19 @@ mod tests {
                     .build()
             })
             .collect()
+    }
+
+    #[test]
+    fn names_come_from_the_parameter_structs() {
+        assert_eq!(
+            DetectorParams::names("cusum"),
+            Some(&["target", "sigma", "k", "h", "warm_start"][..])
+        );
+        assert!(DetectorParams::names("adwin").unwrap().contains(&"delta"));
+        assert_eq!(DetectorParams::names("drift_window"), None);
+        for k in KINDS {
+            assert!(!DetectorParams::names(k).unwrap().is_empty(), "{k}");
+        }
     }
 
     /// Security review, finding 10: after one 1.8e308, every detector's state stays finite

@@ -64,26 +64,33 @@ impl Default for PageHinkleyParams {
 }
 
 impl PageHinkleyParams {
+    /// The first problem [`Self::validate_all`] finds.
     pub fn validate(&self) -> Result<(), ParamError> {
+        self.validate_all().into_iter().next().map_or(Ok(()), Err)
+    }
+
+    /// Every parameter out of range, each once, in the order of the fields.
+    pub fn validate_all(&self) -> Vec<ParamError> {
+        let mut errors = Vec::new();
         if !(self.delta.is_finite() && self.delta >= 0.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "delta",
                 message: format!("must be finite and >= 0, got {}", self.delta),
             });
         }
         if !(self.threshold.is_finite() && self.threshold > 0.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "threshold",
                 message: format!("must be finite and > 0, got {}", self.threshold),
             });
         }
         if !(self.alpha > 0.0 && self.alpha <= 1.0) {
-            return Err(ParamError {
+            errors.push(ParamError {
                 key: "alpha",
                 message: format!("must be in (0, 1], got {}", self.alpha),
             });
         }
-        Ok(())
+        errors
     }
 }
 
