@@ -158,15 +158,12 @@ async fn serve(
         stats: stats.clone(),
         rate: rate.clone(),
         started,
-        allow: Arc::new(
-            config
-                .daemon
-                .control_allow
-                .iter()
-                .copied()
-                .chain(config.daemon.control_group)
-                .collect(),
-        ),
+        allow: Arc::new({
+            // control_group is a group: it joins the gids, never the uids.
+            let mut allow = config.daemon.control_allow.clone();
+            allow.gids.extend(config.daemon.control_group);
+            allow
+        }),
         refused: Arc::default(),
         shutdown: shutdown_rx.clone(),
     };
@@ -268,6 +265,9 @@ async fn serve(
                 systemd::notify_reloading();
                 match Config::discover(config_path.as_deref(), &env) {
                     Ok(new) => {
+                        for w in &new.warnings {
+                            tracing::warn!(key = %w.path, "{}", w.message);
+                        }
                         let new = Arc::new(new);
                         warn_restart_only(&config, &new);
                         registry.reconfigure(new.clone());

@@ -59,6 +59,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .context("cannot take the socket passed by systemd")?;
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
             init_tracing(config.daemon.log_level.as_deref());
+            for w in &config.warnings {
+                tracing::warn!(key = %w.path, "{}", w.message);
+            }
             let config_path = config.source.clone();
             tracing::info!(config = %config_path.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()), version = env!("CARGO_PKG_VERSION"), "starting");
             daemon::run(daemon::Launch {
@@ -72,6 +75,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::CheckConfig { file } => match Config::load(&file, &env) {
             Ok(c) => {
                 let mut out = std::io::stdout().lock();
+                for w in &c.warnings {
+                    writeln!(out, "{}: warning: {w}", file.display())?;
+                }
                 write!(out, "{}", c.summary())?;
                 writeln!(out, "ok")?;
                 Ok(ExitCode::SUCCESS)

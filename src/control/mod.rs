@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Every connection's peer credentials (SO_PEERCRED) are checked first: root, the daemon's
-//! own uid, the uids or gids listed in `daemon.control_allow` and members of
-//! `daemon.control_group` are served; anyone else is refused and the attempt is logged.
+//! own uid, the uids listed in `daemon.control_allow`, peers whose primary or supplementary
+//! gids include a gid listed there, and members of `daemon.control_group` are served; anyone
+//! else is refused and the attempt is logged.
 
 pub mod metrics;
 pub mod peer;
@@ -162,8 +163,8 @@ pub struct ControlCtx {
     pub stats: Arc<IngestStats>,
     pub rate: Arc<Rate>,
     pub started: Instant,
-    /// `daemon.control_allow` plus the gid of `daemon.control_group`.
-    pub allow: Arc<Vec<u32>>,
+    /// `daemon.control_allow` plus the gid of `daemon.control_group` (as a gid).
+    pub allow: Arc<crate::config::PeerAllow>,
     /// Refused connections, for `metrics`.
     pub refused: Arc<AtomicU64>,
     pub shutdown: watch::Receiver<bool>,

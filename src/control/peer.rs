@@ -2,12 +2,15 @@
 //!
 //! The kernel vouches for the peer's uid and gids (SO_PEERCRED, SO_PEERGROUPS), as they were
 //! when it connected, so the check cannot be forged by the client. Both sockets use the same
-//! rule: root and the daemon's own uid always pass; otherwise the peer's uid, primary gid or
-//! one of its supplementary gids must be listed.
+//! rule: root and the daemon's own uid always pass; otherwise the peer's uid must be one of the
+//! listed uids, or its primary gid or one of its supplementary gids one of the listed gids.
+//! uids and gids are separate namespaces and are never compared with each other.
 
 use std::os::fd::AsRawFd;
 
 use tokio::net::UnixStream;
+
+use crate::config::PeerAllow;
 
 /// The peer's credentials.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,15 +31,19 @@ impl Peer {
         })
     }
 
-    /// Root, our own uid, or any of the peer's ids in `allow`.
-    pub fn allowed(&self, allow: &[u32]) -> bool {
+    /// Root, our own uid, a uid in `allow.uids`, or a peer in one of `allow.gids`.
+    pub fn allowed(&self, allow: &PeerAllow) -> bool {
         // SAFETY: geteuid has no preconditions and cannot fail.
         let me = unsafe { libc::geteuid() };
+        self.allowed_for(allow, me)
+    }
+
+    fn allowed_for(&self, allow: &PeerAllow, me: u32) -> bool {
         self.uid == 0
             || self.uid == me
-            || allow.contains(&self.uid)
-            || allow.contains(&self.gid)
-            || self.groups.iter().any(|g| allow.contains(g))
+            || allow.uids.contains(&self.uid)
+            || allow.gids.contains(&self.gid)
+            || self.groups.iter().any(|g| allow.gids.contains(g))
     }
 }
 
@@ -68,5 +75,42 @@ fn peer_groups(stream: &UnixStream) -> std::io::Result<Vec<u32>> {
             continue;
         }
         return Err(err);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Finding 1 of the security review: a uid entry matches only uids, a gid entry only gids.
+    #[test]
+    fn finding_1_uids_and_gids_never_match_each_other() {
+        let me = 999;
+        let peer = |uid, gid, groups: &[u32]| Peer {
+            uid,
+            gid,
+            groups: groups.to_vec(),
+        };
+        let groups_only = PeerAllow {
+            uids: vec![],
+            gids: vec![4141],
+        };
+        assert!(!peer(4141, 7, &[8]).allowed_for(&groups_only, me));
+        assert!(peer(7, 4141, &[]).allowed_for(&groups_only, me));
+        assert!(peer(7, 7, &[8, 4141]).allowed_for(&groups_only, me));
+        let users_only = PeerAllow {
+            uids: vec![4242],
+            gids: vec![],
+        };
+        assert!(peer(4242, 7, &[]).allowed_for(&users_only, me));
+        assert!(!peer(7, 4242, &[]).allowed_for(&users_only, me));
+        assert!(!peer(7, 7, &[4242]).allowed_for(&users_only, me));
+        let none = PeerAllow::default();
+        assert!(peer(0, 7, &[]).allowed_for(&none, me));
+        assert!(peer(me, 7, &[]).allowed_for(&none, me));
+        assert!(
+            !peer(7, 0, &[0]).allowed_for(&none, me),
+            "gid 0 is not root"
+        );
     }
 }

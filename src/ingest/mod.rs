@@ -124,7 +124,7 @@ pub struct IngestCtx {
     pub settings: watch::Receiver<ConnSettings>,
     pub shutdown: watch::Receiver<bool>,
     /// `daemon.ingest_allow`: `None` lets anyone who can open the socket file write.
-    pub allow: Option<Arc<Vec<u32>>>,
+    pub allow: Option<Arc<crate::config::PeerAllow>>,
 }
 
 /// Accepts connections until shutdown; returns when every connection has finished.
@@ -196,7 +196,7 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
 }
 
 /// The error line for a peer `daemon.ingest_allow` does not admit (logged here), or `None`.
-fn refusal(stream: &tokio::net::UnixStream, allow: &[u32]) -> Option<Vec<u8>> {
+fn refusal(stream: &tokio::net::UnixStream, allow: &crate::config::PeerAllow) -> Option<Vec<u8>> {
     let detail = match crate::control::peer::Peer::of(stream) {
         Ok(peer) if peer.allowed(allow) => return None,
         Ok(peer) => {

@@ -21,6 +21,7 @@ mod powerfs_selftest;
 mod powerloss;
 mod protocol;
 mod replay;
+mod security_peers;
 mod signals;
 mod supervision;
 mod systemd;

@@ -1,0 +1,186 @@
+//! The security review (issue 18), findings 1, 5, 6 and 11: who may use the sockets, what an
+//! operator may do, which model ids are taken, and what the logs and tables show.
+//!
+//! CI runs as root: the peers here are throwaway numeric uids and gids set with `setpriv`
+//! (the kernel and SO_PEERCRED need no passwd entry for them).
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::*;
+
+/// Ids nobody on the machine has. `GROUP` is used both as a gid and, on purpose, as a uid.
+const GROUP: u32 = 5151;
+const OTHER: u32 = 5252;
+
+/// Runs the CLI as `uid`:`gid` with the supplementary `groups` (none: cleared).
+fn cli_as(d: &Daemon, uid: u32, gid: u32, groups: &[u32], args: &[&str]) -> Output {
+    let mut cmd = Command::new("setpriv");
+    d.sb.apply_env(&mut cmd);
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"));
+    if groups.is_empty() {
+        cmd.arg("--clear-groups");
+    } else {
+        let list: Vec<String> = groups.iter().map(u32::to_string).collect();
+        cmd.arg(format!("--groups={}", list.join(",")));
+    }
+    cmd.arg(bin())
+        .args(args)
+        .arg("--config")
+        .arg(&d.config_path);
+    run_with_timeout(cmd, None, CLI_DEADLINE).unwrap_or_else(|e| d.fail(e))
+}
+
+/// Lets other users reach the sandbox's sockets and read its config (the tempdir is 0700),
+/// and opens both sockets' modes, so that only the daemon's credential check decides.
+fn open_everything(d: &Daemon) {
+    let chmod = |p: &std::path::Path, mode: u32| {
+        fs::set_permissions(p, fs::Permissions::from_mode(mode)).unwrap()
+    };
+    chmod(d.dir(), 0o711);
+    chmod(&d.config_path, 0o644);
+    chmod(&d.control_socket, 0o666);
+    chmod(&d.socket, 0o666);
+}
+
+fn stderr_of(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[track_caller]
+fn assert_refused(d: &Daemon, o: &Output, what: &str) {
+    assert!(!o.status.success(), "{what} was served: {}", out_text(o));
+    assert!(
+        stderr_of(o).contains("permission denied"),
+        "{what}: the reply does not name the refusal: {}",
+        out_text(o)
+    );
+    let _ = d;
+}
+
+#[test]
+fn finding_1_a_uid_equal_to_the_control_gid_is_not_an_operator() {
+    let b = Daemon::builder();
+    let hook = b.recording_hook("retrain", 0);
+    let d = b
+        .daemon_keys(&format!("control_group = {GROUP}"))
+        .body(hooks_body(&hook, ""))
+        .start();
+    open_everything(&d);
+    d.push_events(&[plain_event("m1")]);
+
+    // uid 5151 is not in group 5151: the control group's gid must not match its uid.
+    let o = cli_as(&d, GROUP, OTHER, &[], &["trigger", "m1", "full"]);
+    assert_refused(&d, &o, "trigger by a uid equal to the control gid");
+    let o = cli_as(&d, GROUP, OTHER, &[OTHER], &["pause", "m1"]);
+    assert_refused(&d, &o, "pause by a uid equal to the control gid");
+    assert_eq!(d.status_json()["paused"], json!([]), "the model was paused");
+    assert!(d.history(Some("m1")).is_empty(), "a job was created");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(hook.started(), 0, "the hook ran");
+
+    // A member of the group, by primary or supplementary gid, is an operator.
+    let o = cli_as(&d, OTHER, GROUP, &[], &["status", "--json"]);
+    assert!(
+        o.status.success(),
+        "primary member refused: {}",
+        out_text(&o)
+    );
+    let o = cli_as(&d, OTHER, OTHER, &[GROUP], &["pause", "m1"]);
+    assert!(o.status.success(), "member refused: {}", out_text(&o));
+    assert_eq!(d.status_json()["paused"], json!(["m1"]));
+}
+
+#[test]
+fn finding_1_control_allow_entries_are_typed() {
+    let b = Daemon::builder();
+    let hook = b.recording_hook("retrain", 0);
+    let d = b
+        .daemon_keys(&format!(
+            "control_allow = [\"gid:{GROUP}\", \"uid:{OTHER}\"]"
+        ))
+        .body(hooks_body(&hook, ""))
+        .start();
+    open_everything(&d);
+    d.push_events(&[plain_event("m1")]);
+
+    // A gid entry: uid 5151 outside group 5151 is refused.
+    let o = cli_as(&d, GROUP, 7, &[], &["trigger", "m1", "full"]);
+    assert_refused(&d, &o, "a uid equal to an allowed gid");
+    // A uid entry: a peer whose gid is 5252 but whose uid is not is refused.
+    let o = cli_as(&d, 7, OTHER, &[OTHER], &["pause", "m1"]);
+    assert_refused(&d, &o, "a gid equal to an allowed uid");
+    assert_eq!(d.status_json()["paused"], json!([]));
+    assert!(d.history(Some("m1")).is_empty(), "a job was created");
+    assert_eq!(hook.started(), 0, "the hook ran");
+
+    let o = cli_as(&d, 7, 7, &[GROUP], &["status"]);
+    assert!(o.status.success(), "group member refused: {}", out_text(&o));
+    let o = cli_as(&d, OTHER, 7, &[], &["status"]);
+    assert!(o.status.success(), "listed uid refused: {}", out_text(&o));
+}
+
+#[test]
+fn finding_1_ingest_allow_entries_are_typed() {
+    let d = Daemon::builder()
+        .daemon_keys(&format!(
+            "ingest_allow = [\"uid:{GROUP}\", \"gid:{OTHER}\"]"
+        ))
+        .start();
+    open_everything(&d);
+    let events = d.sb.write("events.jsonl", &plain_event("w1"));
+    let events = events.to_str().unwrap();
+
+    // gid 5151 is not uid 5151; uid 5252 is not gid 5252.
+    for (uid, gid, groups) in [(7, GROUP, vec![GROUP]), (OTHER, 7, vec![7])] {
+        let o = cli_as(&d, uid, gid, &groups, &["push", events]);
+        assert_eq!(o.status.code(), Some(1), "{}", out_text(&o));
+        assert!(
+            json_values(&stderr_of(&o))
+                .iter()
+                .any(|v| v["error"] == "permission_denied"),
+            "uid {uid} gid {gid}: no permission_denied: {}",
+            out_text(&o)
+        );
+    }
+    assert_eq!(
+        d.events_of("w1"),
+        0,
+        "a refused writer's events were applied"
+    );
+
+    let o = cli_as(&d, GROUP, 7, &[], &["push", events]);
+    assert!(o.status.success(), "listed uid refused: {}", out_text(&o));
+    let o = cli_as(&d, 7, 7, &[OTHER], &["push", events]);
+    assert!(o.status.success(), "listed group refused: {}", out_text(&o));
+    assert_eq!(d.events_of("w1"), 2);
+}
+
+#[test]
+fn finding_1_a_bare_integer_is_a_uid_with_a_warning() {
+    let d = Daemon::builder()
+        .daemon_keys(&format!("control_allow = [{GROUP}]"))
+        .start();
+    open_everything(&d);
+    d.wait_log_count("the warning naming the typed form", 1, |l| {
+        l.contains("WARN") && l.contains(&format!("\"uid:{GROUP}\"")) && l.contains("control_allow")
+    });
+    let o = cli_as(&d, 7, GROUP, &[GROUP], &["status"]);
+    assert_refused(&d, &o, "a group member through a bare integer");
+    let o = cli_as(&d, GROUP, 7, &[], &["status"]);
+    assert!(o.status.success(), "the bare uid refused: {}", out_text(&o));
+    let o = d.sb.run(&["check-config", d.config_path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", out_text(&o));
+    assert!(
+        stdout(&o).contains(&format!(
+            "warning: daemon.control_allow: bare integer {GROUP}"
+        )),
+        "{}",
+        out_text(&o)
+    );
+}
