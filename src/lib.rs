@@ -18,6 +18,7 @@
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
 //! - [`store`]: the only module that knows sled and bincode; versioned records and migrations.
 //! - [`daemon`]: wires the actors together; start and reload share one path.
+//! - [`escape`]: non-printable characters made visible in every table and log line.
 //! - [`shutdown`]: Unix signals mapped to a closed enum.
 //! - [`systemd`]: readiness notification and socket activation.
 //! - [`backtest`]: offline replay of recorded events through the same policy code.
@@ -36,6 +37,7 @@ pub mod command;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod escape;
 pub mod ingest;
 pub mod model;
 pub mod policy;

@@ -302,6 +302,9 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             serde_json::Value::Array(arr)
         }
         Request::History { model, limit } => {
+            if let Some(m) = &model {
+                crate::protocol::validate_model_id(m).map_err(|e| e.detail)?;
+            }
             let jobs = ctx
                 .store
                 .jobs(model.as_deref(), limit)
@@ -329,6 +332,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             serde_json::json!({"job_id": job_id})
         }
         Request::Reset { model } => {
+            crate::protocol::validate_model_id(&model).map_err(|e| e.detail)?;
             let h = ctx
                 .registry
                 .get_or_create(&model)

@@ -9,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -183,4 +183,127 @@ fn finding_1_a_bare_integer_is_a_uid_with_a_warning() {
         "{}",
         out_text(&o)
     );
+}
+
+/// Ids that must never be created, persisted or shown.
+const BAD_IDS: [&str; 8] = [
+    "",
+    "../../../etc/passwd",
+    "\u{1b}]0;pwned\u{7}\u{1b}[2J",
+    "a\rb",
+    "x\nforged  1  now",
+    "nul\0id",
+    "-rf",
+    "--help",
+];
+
+/// One raw control request (the CLI cannot send every byte an attacker can).
+fn control_raw(d: &Daemon, req: &Value) -> Value {
+    use std::io::{BufRead, BufReader, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.control_socket).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(format!("{req}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or_else(|e| d.fail(format!("reply {line:?}: {e}")))
+}
+
+#[test]
+fn finding_6_every_control_op_refuses_invalid_ids() {
+    let b = Daemon::builder();
+    let hook = b.recording_hook("retrain", 0);
+    let mut d = b.body(hooks_body(&hook, "")).start();
+    for id in BAD_IDS {
+        for req in [
+            json!({"cmd": "reset", "model": id}),
+            json!({"cmd": "trigger", "model": id, "action": "full"}),
+            json!({"cmd": "pause", "model": id}),
+            json!({"cmd": "resume", "model": id}),
+            json!({"cmd": "history", "model": id}),
+        ] {
+            let reply = control_raw(&d, &req);
+            assert_eq!(reply["ok"], json!(false), "{req} was served: {reply}");
+            assert!(
+                reply["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("model_id")),
+                "{req}: the refusal does not say why: {reply}"
+            );
+        }
+    }
+    // The leading '-' is refused on the ingest socket too.
+    let mut c = d.connect();
+    c.send_line(&plain_event("-rf"));
+    let (flush, errors) = c.flush_with_errors();
+    assert_eq!(flush["rejected"], json!(1), "{flush}");
+    assert!(is_error(&errors[0], &["bad_model_id"], 1), "{errors:?}");
+
+    assert_eq!(d.models_json(), json!([]), "a model was created");
+    assert_eq!(d.status_json()["paused"], json!([]));
+    assert_eq!(hook.started(), 0, "a hook ran");
+    drop(c);
+    d.sigterm();
+    d.wait_exit();
+    d.restart();
+    assert_eq!(d.models_json(), json!([]), "a model was persisted");
+}
+
+#[test]
+fn finding_6_a_store_with_invalid_ids_serves_only_valid_ones() {
+    let b = Daemon::builder();
+    let fixture =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-bad-ids/state");
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&fixture)
+        .arg(b.path("state"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let d = b.start();
+
+    let models = d.models_json();
+    let ids: Vec<&str> = models
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["model_id"].as_str())
+        .collect();
+    assert_eq!(ids, ["good-1"], "{models}");
+    assert_eq!(d.events_of("good-1"), 2);
+    assert_eq!(
+        d.status_json()["paused"],
+        json!([]),
+        "the -rf runner was served"
+    );
+
+    // People see no raw control character: not in the table, not in the log.
+    let table = d.cli_ok(&["models"]);
+    assert!(!table.contains(['\u{1b}', '\r', '\0']), "{table:?}");
+    assert!(!table.contains("forged"), "{table}");
+    d.wait_log_count("one line per skipped record", 7, |l| {
+        l.contains("skipping a stored record with an invalid model id")
+    });
+    let log = fs::read_to_string(&d.log_path).unwrap();
+    assert!(
+        !log.contains(['\u{1b}', '\r', '\0']),
+        "raw control bytes in the log"
+    );
+    assert!(log.contains("model_id=\\x1b]0;pwned\\x07\\x1b[2J"), "{log}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("forged")),
+        "a forged log line: {log}"
+    );
+    // The exposition still parses, and names only the valid model.
+    let text = d.cli_ok(&["metrics"]);
+    for line in text.lines() {
+        assert!(
+            !matches!(
+                prometheus_parse::LineInfo::parse(line),
+                prometheus_parse::LineInfo::Ignored | prometheus_parse::LineInfo::Empty
+            ),
+            "not an exposition line: {line:?}"
+        );
+    }
+    assert!(!text.contains("passwd") && !text.contains("-rf"), "{text}");
 }
