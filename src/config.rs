@@ -81,6 +81,8 @@ pub struct HooksConfig {
     pub on_interrupted: OnInterrupted,
     /// 0 means no budget.
     pub max_jobs_per_day: u32,
+    /// Per model, operator `trigger`s that may start a job in any hour; 0 means no limit.
+    pub max_triggers_per_hour: u32,
     pub full: Option<HookSpec>,
     pub fine_tune: Option<HookSpec>,
     pub escalate: Option<HookSpec>,
@@ -248,6 +250,8 @@ impl Config {
                 dry_run: w.bool("dry_run").unwrap_or(false),
                 on_interrupted,
                 max_jobs_per_day: w.int("max_jobs_per_day", 0, 1_000_000).unwrap_or(0) as u32,
+                max_triggers_per_hour: w.int("max_triggers_per_hour", 0, 1_000_000).unwrap_or(3)
+                    as u32,
                 full,
                 fine_tune,
                 escalate,
@@ -1249,6 +1253,15 @@ action = "full"
             panic!("a bare number was accepted as a list");
         };
         assert!(errs[0].message.contains("array"), "{errs:?}");
+    }
+
+    /// Finding 5 of the security review: a few triggers per model and hour unless configured.
+    #[test]
+    fn finding_5_max_triggers_per_hour() {
+        assert_eq!(Config::defaults(&env()).hooks.max_triggers_per_hour, 3);
+        let c = Config::from_toml("[hooks]\nmax_triggers_per_hour = 0\n", &env()).unwrap();
+        assert_eq!(c.hooks.max_triggers_per_hour, 0, "0: no limit");
+        assert!(Config::from_toml("[hooks]\nmax_triggers_per_hour = -1\n", &env()).is_err());
     }
 
     #[test]

@@ -307,3 +307,52 @@ fn finding_6_a_store_with_invalid_ids_serves_only_valid_ones() {
     }
     assert!(!text.contains("passwd") && !text.contains("-rf"), "{text}");
 }
+
+#[test]
+fn finding_5_trigger_is_rate_limited_per_model() {
+    let b = Daemon::builder();
+    let hook = b.recording_hook("retrain", 0);
+    // A one-hour cooldown, as in the finding: triggers bypass it, the trigger limit does not.
+    // max_triggers_per_hour is left at its default (3).
+    let body = hooks_body(&hook, "").replace("cooldown_s = 0", "cooldown_s = 3600");
+    let d = b.body(body).start();
+    d.push_events(&[plain_event("m1"), plain_event("m2")]);
+
+    for n in 1..=3 {
+        let t = d.cli_json(&["trigger", "m1", "full"]);
+        let id = t["job_id"].clone();
+        d.wait_job(Some("m1"), "the triggered job succeeded", |j| {
+            j["job_id"] == id && j["state"] == "succeeded"
+        });
+        assert_eq!(hook.runs_for("m1").len(), n);
+    }
+    let o = d.cli(&["trigger", "m1", "full"]);
+    assert!(
+        !o.status.success(),
+        "a fourth trigger in an hour was served: {}",
+        out_text(&o)
+    );
+    assert!(
+        stderr_of(&o).contains("max_triggers_per_hour"),
+        "the refusal does not name the limit: {}",
+        out_text(&o)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        hook.runs_for("m1").len(),
+        3,
+        "the refused trigger ran the hook"
+    );
+    assert_eq!(
+        d.history(Some("m1")).len(),
+        3,
+        "the refused trigger made a job"
+    );
+    d.wait_log_count("the refusal in the log", 1, |l| {
+        l.contains("trigger refused") && l.contains("m1")
+    });
+
+    // The limit is per model.
+    let t = d.cli_json(&["trigger", "m2", "full"]);
+    assert!(t["job_id"].is_u64(), "{t}");
+}
