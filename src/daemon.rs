@@ -123,8 +123,15 @@ async fn serve(
     let control_socket = SocketFile::bind(&config.daemon.control_socket, 0o600)?;
     if let Some(gid) = config.daemon.control_group {
         // Group first, then the group bits: the socket is never open to the wrong group.
+        // When the group is already ours (the shipped unit runs the daemon with
+        // Group=visutility-admin) there is nothing to change, and no chown: the unit's
+        // system call filter refuses it.
         let path = &config.daemon.control_socket;
-        std::os::unix::fs::chown(path, None, Some(gid))
+        let chown = || match std::fs::metadata(path) {
+            Ok(m) if std::os::unix::fs::MetadataExt::gid(&m) == gid => Ok(()),
+            _ => std::os::unix::fs::chown(path, None, Some(gid)),
+        };
+        chown()
             .and_then(|()| std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)))
             .map_err(|source| DaemonError::ControlGroup {
                 path: path.clone(),
