@@ -50,8 +50,7 @@ pub struct Launch {
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub env: Env,
-    /// The ingest socket systemd passed in, taken by `main` before any thread started
-    /// (taking it edits the environment).
+    /// The ingest socket systemd passed in, taken by `main` before the runtime starts.
     pub inherited: Option<std::os::unix::net::UnixListener>,
 }
 
@@ -66,7 +65,18 @@ pub fn run(launch: Launch) -> Result<(), DaemonError> {
     let _ = std::fs::set_permissions(&state_dir, std::fs::Permissions::from_mode(0o700));
     let store = Store::open(&state_dir, config.daemon.flush_interval_ms)?;
     let signals = shutdown::listen().map_err(DaemonError::Signals)?;
-    let fault_injection = std::env::var_os("VISUTILITY_FAULT_INJECTION").is_some_and(|v| v == "1");
+    let switch = std::env::var_os("VISUTILITY_FAULT_INJECTION");
+    let fault_injection = switch.as_ref().is_some_and(|v| v == "1");
+    if let Some(value) = switch {
+        // A test seam left on in production fails models and the store on request.
+        tracing::warn!(
+            variable = "VISUTILITY_FAULT_INJECTION",
+            value = %value.to_string_lossy(),
+            enabled = fault_injection,
+            "a fault-injection switch is set: it is for tests only (with 1, the control \
+             socket's fault command and injected model failures are enabled); unset it"
+        );
+    }
 
     let system = System::new();
     let result = system.block_on(serve(
@@ -144,6 +154,8 @@ async fn serve(
     let (settings_tx, settings_rx) = watch::channel(conn_settings(&config));
     let stats = Arc::new(IngestStats::default());
     let rate = Arc::new(Rate::default());
+    let ingest_refusals = Arc::new(control::peer::RefusalLog::new("ingest"));
+    let control_refusals = Arc::new(control::peer::RefusalLog::new("control"));
 
     let ingest_ctx = IngestCtx {
         registry: registry.clone(),
@@ -152,6 +164,7 @@ async fn serve(
         settings: settings_rx,
         shutdown: shutdown_rx.clone(),
         allow: config.daemon.ingest_allow.clone().map(Arc::new),
+        refusals: ingest_refusals.clone(),
     };
     let ingest_task = actix::spawn(ingest::serve(
         ingest_socket,
@@ -172,6 +185,7 @@ async fn serve(
             allow
         }),
         refused: Arc::default(),
+        refusals: control_refusals.clone(),
         shutdown: shutdown_rx.clone(),
     };
     let control_task = actix::spawn(control::serve(control_socket, control_ctx.clone()));
@@ -219,6 +233,12 @@ async fn serve(
             }
         });
     }
+
+    // Refusals past the first of each uid are summed up once their interval has passed.
+    let sweepers = [ingest_refusals, control_refusals].map(|log| {
+        let shutdown = shutdown_rx.clone();
+        actix::spawn(async move { log.sweep_until(shutdown).await })
+    });
 
     if let Some(interval) = systemd::watchdog_interval() {
         let commander = commander.clone();
@@ -310,6 +330,9 @@ async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = ingest_task.await;
     let _ = control_task.await;
+    for sweeper in sweepers {
+        let _ = sweeper.await;
+    }
     // Every batch already sent is applied before its actor answers the barrier.
     for (id, addr) in registry.all() {
         match tokio::time::timeout(Duration::from_secs(10), addr.send(Barrier)).await {

@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let env = Env::from_process();
     match cli.command {
         Command::Daemon => {
-            // Before any thread exists: taking the socket unsets LISTEN_* in our environment.
+            // Before the runtime starts; the environment is left as it is (see take_listener).
             let inherited = visutility::systemd::take_listener("ingest")
                 .context("cannot take the socket passed by systemd")?;
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;

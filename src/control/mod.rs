@@ -167,6 +167,8 @@ pub struct ControlCtx {
     pub allow: Arc<crate::config::PeerAllow>,
     /// Refused connections, for `metrics`.
     pub refused: Arc<AtomicU64>,
+    /// Refused connections, for the log (one line per uid and interval).
+    pub refusals: Arc<peer::RefusalLog>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -199,11 +201,14 @@ async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError
     let (rd, mut wr) = stream.into_split();
     if !peer.allowed(&ctx.allow) {
         ctx.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            uid = peer.uid,
-            gid = peer.gid,
-            "control request refused: peer not allowed"
-        );
+        if ctx.refusals.first(peer.uid, Instant::now()) {
+            tracing::warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                "control request refused: peer not allowed (further refusals of this uid are \
+                 summed up once a minute)"
+            );
+        }
         let reply = serde_json::json!({
             "ok": false,
             "error": format!(

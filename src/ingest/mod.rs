@@ -125,6 +125,8 @@ pub struct IngestCtx {
     pub shutdown: watch::Receiver<bool>,
     /// `daemon.ingest_allow`: `None` lets anyone who can open the socket file write.
     pub allow: Option<Arc<crate::config::PeerAllow>>,
+    /// Refused connections, for the log (one line per uid and interval).
+    pub refusals: Arc<crate::control::peer::RefusalLog>,
 }
 
 /// Accepts connections until shutdown; returns when every connection has finished.
@@ -149,7 +151,7 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
         };
         // A peer that may not write learns nothing else, not even that the daemon is busy.
         if let Some(allow) = &ctx.allow
-            && let Some(reply) = refusal(&stream, allow)
+            && let Some(reply) = refusal(&stream, allow, &ctx.refusals)
         {
             ctx.stats.connections_denied.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
@@ -196,15 +198,22 @@ pub async fn serve(socket: SocketFile, ctx: IngestCtx, max_connections: usize) {
 }
 
 /// The error line for a peer `daemon.ingest_allow` does not admit (logged here), or `None`.
-fn refusal(stream: &tokio::net::UnixStream, allow: &crate::config::PeerAllow) -> Option<Vec<u8>> {
+fn refusal(
+    stream: &tokio::net::UnixStream,
+    allow: &crate::config::PeerAllow,
+    refusals: &crate::control::peer::RefusalLog,
+) -> Option<Vec<u8>> {
     let detail = match crate::control::peer::Peer::of(stream) {
         Ok(peer) if peer.allowed(allow) => return None,
         Ok(peer) => {
-            tracing::warn!(
-                uid = peer.uid,
-                gid = peer.gid,
-                "ingest connection refused: peer not in daemon.ingest_allow"
-            );
+            if refusals.first(peer.uid, std::time::Instant::now()) {
+                tracing::warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    "ingest connection refused: peer not in daemon.ingest_allow (further \
+                     refusals of this uid are summed up once a minute)"
+                );
+            }
             format!(
                 "uid {} (gid {}) may not write to this socket; see daemon.ingest_allow",
                 peer.uid, peer.gid

@@ -356,3 +356,120 @@ fn finding_5_trigger_is_rate_limited_per_model() {
     let t = d.cli_json(&["trigger", "m2", "full"]);
     assert!(t["job_id"].is_u64(), "{t}");
 }
+
+/// Connects `n` times to `socket` as `uid`:`gid` (one process, so that thousands of refusals
+/// take a second), reading each reply; returns how many replies named the refusal.
+fn refused_connects(d: &Daemon, uid: u32, gid: u32, socket: &std::path::Path, n: usize) -> usize {
+    let script = r#"
+import socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+refused = 0
+for _ in range(n):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(path)
+    reply = b""
+    while not reply.endswith(b"\n"):
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        reply += chunk
+    s.close()
+    if b"permission" in reply:
+        refused += 1
+print(refused)
+"#;
+    let mut cmd = Command::new("setpriv");
+    cmd.arg(format!("--reuid={uid}"))
+        .arg(format!("--regid={gid}"))
+        .arg("--clear-groups")
+        // The system interpreter: a per-user one (pyenv) is not reachable by another uid.
+        .args(["/usr/bin/python3", "-c", script])
+        .arg(socket)
+        .arg(n.to_string());
+    let o = run_with_timeout(cmd, None, Duration::from_secs(120)).unwrap_or_else(|e| d.fail(e));
+    assert!(o.status.success(), "{}", out_text(&o));
+    stdout(&o).trim().parse().unwrap()
+}
+
+#[test]
+fn finding_11_refusals_are_logged_once_per_uid_and_interval() {
+    let mut d = Daemon::builder()
+        .daemon_keys(&format!("ingest_allow = [\"uid:{GROUP}\"]"))
+        .start();
+    open_everything(&d);
+    let n = 2000;
+    assert_eq!(refused_connects(&d, OTHER, OTHER, &d.control_socket, n), n);
+    assert_eq!(refused_connects(&d, OTHER, OTHER, &d.socket.clone(), n), n);
+    assert_eq!(
+        refused_connects(&d, GROUP + 1, OTHER, &d.control_socket, 1),
+        1
+    );
+    // Every refusal is still counted.
+    let text = d.cli_ok(&["metrics"]);
+    assert!(
+        text.contains(&format!("visutility_control_refused_total {}\n", n + 1)),
+        "{text}"
+    );
+    d.sigterm();
+    d.wait_exit();
+
+    let lines = d.log_lines();
+    let count = |pred: &dyn Fn(&str) -> bool| lines.iter().filter(|l| pred(l)).count();
+    let uid = format!("uid={OTHER}");
+    assert_eq!(
+        count(&|l| l.contains("control request refused") && l.contains(&uid)),
+        1,
+        "control refusals of one uid: one line, not one each"
+    );
+    assert_eq!(
+        count(&|l| l.contains("ingest connection refused") && l.contains(&uid)),
+        1
+    );
+    assert_eq!(
+        count(
+            &|l| l.contains("control request refused") && l.contains(&format!("uid={}", GROUP + 1))
+        ),
+        1,
+        "another uid gets its own line"
+    );
+    // The rest are summed up, here at shutdown (else once their minute has passed).
+    for socket in ["control", "ingest"] {
+        assert_eq!(
+            count(&|l| l.contains("more connections refused")
+                && l.contains(&format!("socket=\"{socket}\""))
+                && l.contains(&uid)
+                && l.contains(&format!("refused={}", n - 1))),
+            1,
+            "{socket} summary: {:?}",
+            lines
+                .iter()
+                .filter(|l| l.contains("refused"))
+                .collect::<Vec<_>>()
+        );
+    }
+    let refused_lines = count(&|l| l.contains("refused") && l.contains("WARN"));
+    eprintln!("{} refusals logged in {refused_lines} lines", 2 * n + 1);
+    assert_eq!(refused_lines, 5);
+}
+
+#[test]
+fn finding_11_a_fault_injection_switch_is_warned_at_start() {
+    for (value, enabled) in [("1", true), ("yes", false)] {
+        let d = Daemon::builder()
+            .env("VISUTILITY_FAULT_INJECTION", value)
+            .start();
+        d.wait_log_count("the warning at start", 1, |l| {
+            l.contains("WARN")
+                && l.contains("fault-injection switch is set")
+                && l.contains("VISUTILITY_FAULT_INJECTION")
+                && l.contains(&format!("enabled={enabled}"))
+        });
+    }
+    let d = Daemon::start_default();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        !d.log_lines().iter().any(|l| l.contains("fault-injection")),
+        "warned without the switch"
+    );
+}
