@@ -473,3 +473,97 @@ fn finding_11_a_fault_injection_switch_is_warned_at_start() {
         "warned without the switch"
     );
 }
+
+/// A throwaway system group and user, removed when dropped (names unique per test process;
+/// one already there from an interrupted run is taken over and removed too).
+struct Accounts {
+    user: String,
+    group: String,
+}
+
+impl Accounts {
+    /// Group `group` with gid `id`, and user `user` with uid `id` too, outside that group.
+    fn create(tag: &str, id: u32) -> Accounts {
+        let pid = std::process::id();
+        let a = Accounts {
+            user: format!("vt-{tag}-u{pid}"),
+            group: format!("vt-{tag}-g{pid}"),
+        };
+        let run = |args: &[&str]| {
+            let o = Command::new(args[0]).args(&args[1..]).output().unwrap();
+            // 9: the name exists already (a leftover), which is fine.
+            assert!(
+                o.status.success() || o.status.code() == Some(9),
+                "{args:?}: {}",
+                out_text(&o)
+            );
+        };
+        run(&["groupadd", "--gid", &id.to_string(), &a.group]);
+        run(&[
+            "useradd",
+            "--no-create-home",
+            "--uid",
+            &id.to_string(),
+            "--gid",
+            "nogroup",
+            &a.user,
+        ]);
+        a
+    }
+}
+
+impl Drop for Accounts {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.user).output();
+        let _ = Command::new("groupdel").arg(&self.group).output();
+    }
+}
+
+#[test]
+fn finding_1_named_entries_resolve_into_their_own_namespace() {
+    // uid 5353 and gid 5353 belong to different accounts, as on a real system.
+    let id = 5353;
+    let accounts = Accounts::create("sec1", id);
+    let b = Daemon::builder();
+    let hook = b.recording_hook("retrain", 0);
+    let d = b
+        .daemon_keys(&format!("control_allow = [\"group:{}\"]", accounts.group))
+        .body(hooks_body(&hook, ""))
+        .start();
+    open_everything(&d);
+    d.push_events(&[plain_event("m1")]);
+
+    // The user whose uid is the group's gid, not a member: refused.
+    let o = cli_as(&d, id, 65534, &[], &["trigger", "m1", "full"]);
+    assert_refused(&d, &o, "a user whose uid equals the allowed group's gid");
+    assert!(d.history(Some("m1")).is_empty(), "a job was created");
+    assert_eq!(hook.started(), 0, "the hook ran");
+    // A member of the group: served.
+    let o = cli_as(&d, OTHER, OTHER, &[id], &["status"]);
+    assert!(o.status.success(), "group member refused: {}", out_text(&o));
+
+    // user:NAME is a uid entry: the group's members are not that user.
+    d.write_raw_config(&format!(
+        "{}\n{}",
+        d.daemon_table(&format!("control_allow = [\"user:{}\"]", accounts.user)),
+        hooks_body(&hook, "")
+    ));
+    let mut d = d;
+    d.sigterm();
+    d.wait_exit();
+    d.restart();
+    open_everything(&d);
+    let o = cli_as(&d, OTHER, id, &[id], &["status"]);
+    assert_refused(
+        &d,
+        &o,
+        "a member of a group whose gid equals the allowed uid",
+    );
+    let o = cli_as(&d, id, 65534, &[], &["status"]);
+    assert!(
+        o.status.success(),
+        "the named user refused: {}",
+        out_text(&o)
+    );
+    drop(accounts);
+}
