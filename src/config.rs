@@ -26,6 +26,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// Where the config came from (`None`: built-in defaults).
     pub source: Option<PathBuf>,
+    /// Accepted but deprecated forms (a bare integer in a peer list), with the key path:
+    /// logged at start and reload, printed by `check-config`.
+    pub warnings: Vec<KeyError>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -50,15 +53,24 @@ pub struct DaemonConfig {
     pub model_idle_unload_s: u64,
     pub log_level: Option<String>,
     /// Extra uids and gids allowed on the control socket (root and our own uid always are).
-    pub control_allow: Vec<u32>,
+    pub control_allow: PeerAllow,
     /// The group the control socket is shared with (then mode 0660); its members are allowed.
     pub control_group: Option<u32>,
     /// When set, only root, our own uid and these uids and gids may write to the ingest
     /// socket; unset, anyone who can open the socket file may.
-    pub ingest_allow: Option<Vec<u32>>,
+    pub ingest_allow: Option<PeerAllow>,
     /// Turns off the ownership and mode checks on the config, the hooks and the state
     /// directory (see [`crate::strict_modes`]); for development setups, warned at every start.
     pub allow_insecure_modes: bool,
+}
+
+/// A peer allow list. uids and gids are kept apart, because they are separate namespaces: a
+/// uid entry matches only a peer's uid, a gid entry only its primary or supplementary gids
+/// (a user whose uid happens to equal an allowed gid is not a member of that group).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerAllow {
+    pub uids: Vec<u32>,
+    pub gids: Vec<u32>,
 }
 
 /// `[metrics]`: where the exposition is also written for node_exporter's textfile collector.
@@ -78,6 +90,8 @@ pub struct HooksConfig {
     pub on_interrupted: OnInterrupted,
     /// 0 means no budget.
     pub max_jobs_per_day: u32,
+    /// Per model, operator `trigger`s that may start a job in any hour; 0 means no limit.
+    pub max_triggers_per_hour: u32,
     pub full: Option<HookSpec>,
     pub fine_tune: Option<HookSpec>,
     pub escalate: Option<HookSpec>,
@@ -165,6 +179,7 @@ impl Config {
 
     fn from_table(table: &toml::Table, env: &Env) -> Result<Config, Vec<KeyError>> {
         let mut errors = Vec::new();
+        let mut warnings = Vec::new();
         let mut root = Walker::new(table, String::new(), &mut errors);
         let daemon_t = root.table("daemon");
         let hooks_t = root.table("hooks");
@@ -203,9 +218,11 @@ impl Config {
                         false
                     }
                 }),
-                control_allow: w.id_list("control_allow").unwrap_or_default(),
+                control_allow: w
+                    .peer_list("control_allow", &mut warnings)
+                    .unwrap_or_default(),
                 control_group: w.group("control_group"),
-                ingest_allow: w.id_list("ingest_allow"),
+                ingest_allow: w.peer_list("ingest_allow", &mut warnings),
                 allow_insecure_modes: w.bool("allow_insecure_modes").unwrap_or(false),
             };
             w.finish();
@@ -257,6 +274,8 @@ impl Config {
                 dry_run: w.bool("dry_run").unwrap_or(false),
                 on_interrupted,
                 max_jobs_per_day: w.int("max_jobs_per_day", 0, 1_000_000).unwrap_or(0) as u32,
+                max_triggers_per_hour: w.int("max_triggers_per_hour", 0, 1_000_000).unwrap_or(3)
+                    as u32,
                 full,
                 fine_tune,
                 escalate,
@@ -303,6 +322,7 @@ impl Config {
                 models,
                 metrics,
                 source: None,
+                warnings,
             })
         } else {
             Err(errors)
@@ -312,7 +332,8 @@ impl Config {
     /// Settings that load but cannot work as meant (each with its key path): `check-config`
     /// prints them, the daemon logs them at start and reload.
     pub fn warnings(&self) -> Vec<KeyError> {
-        let mut out = Vec::new();
+        // Deprecated forms found while loading come first.
+        let mut out = self.warnings.clone();
         for (j, rule) in self.models.iter().enumerate() {
             let earlier = self.models[..j].iter().enumerate();
             if let Some((i, first)) = earlier
@@ -970,34 +991,44 @@ impl<'a> Walker<'a> {
         })
     }
 
-    fn int_array(&mut self, key: &str, min: u64, max: u64) -> Option<Vec<u64>> {
-        let v = self.typed(key, "an array of integers", |v| {
-            v.as_array()?
-                .iter()
-                .map(|x| x.as_integer())
-                .collect::<Option<Vec<i64>>>()
-        })?;
-        if v.iter()
-            .any(|&x| x < 0 || (x as u64) < min || (x as u64) > max)
-        {
-            self.error(key, format!("every item must be between {min} and {max}"));
-            return None;
+    /// A peer allow list: typed entries `"uid:N"`, `"gid:N"`, `"user:NAME"`, `"group:NAME"`
+    /// (names resolved now, through the system's databases). A bare integer is still read,
+    /// as a uid, with a warning naming the typed form.
+    fn peer_list(&mut self, key: &str, warnings: &mut Vec<KeyError>) -> Option<PeerAllow> {
+        let items = self.typed(key, "an array", |v| v.as_array().cloned())?;
+        let mut allow = PeerAllow::default();
+        let mut ok = true;
+        for item in &items {
+            match parse_peer_entry(item) {
+                Ok((entry, bare)) => {
+                    if bare {
+                        let PeerEntry::Uid(uid) = entry else {
+                            unreachable!("a bare integer is a uid")
+                        };
+                        warnings.push(KeyError::new(
+                            self.key_path(key),
+                            format!(
+                                "bare integer {uid} is read as a uid; write \"uid:{uid}\" \
+                                 (or \"gid:{uid}\" for a group)"
+                            ),
+                        ));
+                    }
+                    match entry {
+                        PeerEntry::Uid(id) | PeerEntry::Gid(id) if id == OVERFLOW_ID => {
+                            self.error(key, OVERFLOW_MESSAGE.into());
+                            ok = false;
+                        }
+                        PeerEntry::Uid(uid) => allow.uids.push(uid),
+                        PeerEntry::Gid(gid) => allow.gids.push(gid),
+                    }
+                }
+                Err(message) => {
+                    self.error(key, message);
+                    ok = false;
+                }
+            }
         }
-        Some(v.into_iter().map(|x| x as u64).collect())
-    }
-
-    /// uids and gids for a peer check.
-    fn id_list(&mut self, key: &str) -> Option<Vec<u32>> {
-        let ids: Vec<u32> = self
-            .int_array(key, 0, u32::MAX as u64)?
-            .into_iter()
-            .map(|x| x as u32)
-            .collect();
-        if ids.contains(&OVERFLOW_ID) {
-            self.error(key, OVERFLOW_MESSAGE.into());
-            return None;
-        }
-        Some(ids)
+        ok.then_some(allow)
     }
 
     /// A group by name or gid, resolved to its gid.
@@ -1226,6 +1257,68 @@ fn check_env_name(name: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// One resolved entry of a peer list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerEntry {
+    Uid(u32),
+    Gid(u32),
+}
+
+/// Reads one peer list entry; the flag says it was a bare integer (the old, untyped form).
+fn parse_peer_entry(v: &toml::Value) -> Result<(PeerEntry, bool), String> {
+    const EXPECTED: &str = "expected \"uid:N\", \"gid:N\", \"user:NAME\" or \"group:NAME\"";
+    if let Some(n) = v.as_integer() {
+        return u32::try_from(n)
+            .map(|uid| (PeerEntry::Uid(uid), true))
+            .map_err(|_| format!("{n} is not a valid uid; {EXPECTED}"));
+    }
+    let Some(s) = v.as_str() else {
+        return Err(format!("{EXPECTED}, got {}", v.type_str()));
+    };
+    let number = |n: &str| {
+        n.parse::<u32>()
+            .map_err(|_| format!("{s:?}: {n:?} is not a number between 0 and {}", u32::MAX))
+    };
+    let entry = match s.split_once(':') {
+        Some(("uid", n)) => PeerEntry::Uid(number(n)?),
+        Some(("gid", n)) => PeerEntry::Gid(number(n)?),
+        Some(("user", name)) => PeerEntry::Uid(
+            user_uid(name).ok_or_else(|| format!("no user named {name:?} on this system"))?,
+        ),
+        Some(("group", name)) => PeerEntry::Gid(
+            group_gid(name).ok_or_else(|| format!("no group named {name:?} on this system"))?,
+        ),
+        _ => return Err(format!("{EXPECTED}, got {s:?}")),
+    };
+    Ok((entry, false))
+}
+
+/// The uid of the user called `name`, through the system's user database.
+fn user_uid(name: &str) -> Option<u32> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 4096];
+    loop {
+        // SAFETY: `pwd` and `buf` outlive the call, `buf.len()` is its size, and `result`
+        // either stays null or points into `pwd`.
+        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut result: *mut libc::passwd = std::ptr::null_mut();
+        let rc = unsafe {
+            libc::getpwnam_r(
+                cname.as_ptr(),
+                &mut pwd,
+                buf.as_mut_ptr(),
+                buf.len(),
+                &mut result,
+            )
+        };
+        if rc == libc::ERANGE && buf.len() < 1 << 20 {
+            buf.resize(buf.len() * 2, 0);
+            continue;
+        }
+        return (rc == 0 && !result.is_null()).then_some(pwd.pw_uid);
+    }
 }
 
 /// The gid of the group called `name`, through the system's group database.
@@ -1565,12 +1658,19 @@ action = "full"
     #[test]
     fn access_keys() {
         let c = Config::from_toml(
-            "[daemon]\ncontrol_group = \"root\"\ningest_allow = [1000, 2000]\n",
+            "[daemon]\ncontrol_group = \"root\"\ningest_allow = [\"uid:1000\", \"gid:2000\"]\n",
             &env(),
         )
         .unwrap();
         assert_eq!(c.daemon.control_group, Some(0));
-        assert_eq!(c.daemon.ingest_allow, Some(vec![1000, 2000]));
+        assert_eq!(
+            c.daemon.ingest_allow,
+            Some(PeerAllow {
+                uids: vec![1000],
+                gids: vec![2000]
+            })
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
         let c = Config::from_toml(
             "[daemon]\ncontrol_group = 4444\ningest_allow = []\n",
             &env(),
@@ -1579,7 +1679,7 @@ action = "full"
         assert_eq!(c.daemon.control_group, Some(4444));
         assert_eq!(
             c.daemon.ingest_allow,
-            Some(vec![]),
+            Some(PeerAllow::default()),
             "empty: only root and us"
         );
         let c = Config::defaults(&env());
@@ -1605,7 +1705,7 @@ action = "full"
             panic!("expected errors");
         };
         assert!(errs[0].message.contains("group name or gid"), "{errs:?}");
-        let text = "[daemon]\ncontrol_group = \"nogroup\"\ncontrol_allow = [65534]\ningest_allow = [1, 65534]\n";
+        let text = "[daemon]\ncontrol_group = \"nogroup\"\ncontrol_allow = [\"gid:65534\"]\ningest_allow = [\"uid:1\", \"uid:65534\"]\n";
         let Err(ConfigError::Invalid(errs)) = Config::from_toml(text, &env()) else {
             panic!("expected errors");
         };
@@ -1623,6 +1723,74 @@ action = "full"
             errs.iter().all(|e| e.message.contains("overflow")),
             "{errs:?}"
         );
+    }
+
+    /// Finding 1 of the security review: uids and gids are separate namespaces.
+    #[test]
+    fn finding_1_peer_entries_are_typed() {
+        let c = Config::from_toml(
+            "[daemon]\ncontrol_allow = [\"uid:7\", \"gid:8\", \"user:root\", \"group:root\"]\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.daemon.control_allow,
+            PeerAllow {
+                uids: vec![7, 0],
+                gids: vec![8, 0]
+            }
+        );
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+
+        // The old form still loads, as uids, and says what to write instead.
+        let c = Config::from_toml("[daemon]\ningest_allow = [1001]\n", &env()).unwrap();
+        assert_eq!(
+            c.daemon.ingest_allow,
+            Some(PeerAllow {
+                uids: vec![1001],
+                gids: vec![]
+            })
+        );
+        assert_eq!(c.warnings.len(), 1, "{:?}", c.warnings);
+        assert_eq!(c.warnings[0].path, "daemon.ingest_allow");
+        assert!(
+            c.warnings[0].message.contains("\"uid:1001\""),
+            "{:?}",
+            c.warnings
+        );
+
+        for bad in [
+            "\"1001\"",
+            "\"uid:\"",
+            "\"uid:-1\"",
+            "\"gid:x\"",
+            "\"pid:4\"",
+            "\"user:no-such-user-here\"",
+            "\"group:no-such-group-here\"",
+            "true",
+            "4294967296",
+        ] {
+            let text = format!("[daemon]\ncontrol_allow = [{bad}]\n");
+            let Err(ConfigError::Invalid(errs)) = Config::from_toml(&text, &env()) else {
+                panic!("{bad} was accepted");
+            };
+            assert_eq!(errs[0].path, "daemon.control_allow", "{bad}: {errs:?}");
+        }
+        let Err(ConfigError::Invalid(errs)) =
+            Config::from_toml("[daemon]\ncontrol_allow = 5\n", &env())
+        else {
+            panic!("a bare number was accepted as a list");
+        };
+        assert!(errs[0].message.contains("array"), "{errs:?}");
+    }
+
+    /// Finding 5 of the security review: a few triggers per model and hour unless configured.
+    #[test]
+    fn finding_5_max_triggers_per_hour() {
+        assert_eq!(Config::defaults(&env()).hooks.max_triggers_per_hour, 3);
+        let c = Config::from_toml("[hooks]\nmax_triggers_per_hour = 0\n", &env()).unwrap();
+        assert_eq!(c.hooks.max_triggers_per_hour, 0, "0: no limit");
+        assert!(Config::from_toml("[hooks]\nmax_triggers_per_hour = -1\n", &env()).is_err());
     }
 
     #[test]

@@ -44,8 +44,7 @@ pub struct Launch {
     pub config: Config,
     pub config_path: Option<PathBuf>,
     pub env: Env,
-    /// The ingest socket systemd passed in, taken by `main` before any thread started
-    /// (taking it edits the environment).
+    /// The ingest socket systemd passed in, taken by `main` before the runtime starts.
     pub inherited: Option<std::os::unix::net::UnixListener>,
 }
 
@@ -75,7 +74,18 @@ pub fn run(launch: Launch) -> Result<(), DaemonError> {
     }
     let store = Store::open(&state_dir, config.daemon.flush_interval_ms)?;
     let signals = shutdown::listen().map_err(DaemonError::Signals)?;
-    let fault_injection = std::env::var_os("VISUTILITY_FAULT_INJECTION").is_some_and(|v| v == "1");
+    let switch = std::env::var_os("VISUTILITY_FAULT_INJECTION");
+    let fault_injection = switch.as_ref().is_some_and(|v| v == "1");
+    if let Some(value) = switch {
+        // A test seam left on in production fails models and the store on request.
+        tracing::warn!(
+            variable = "VISUTILITY_FAULT_INJECTION",
+            value = %value.to_string_lossy(),
+            enabled = fault_injection,
+            "a fault-injection switch is set: it is for tests only (with 1, the control \
+             socket's fault command and injected model failures are enabled); unset it"
+        );
+    }
 
     let system = System::new();
     let result = system.block_on(serve(
@@ -138,6 +148,8 @@ async fn serve(
     let (settings_tx, settings_rx) = watch::channel(conn_settings(&config));
     let stats = Arc::new(IngestStats::default());
     let rate = Arc::new(Rate::default());
+    let ingest_refusals = Arc::new(control::peer::RefusalLog::new("ingest"));
+    let control_refusals = Arc::new(control::peer::RefusalLog::new("control"));
 
     let ingest_ctx = IngestCtx {
         registry: registry.clone(),
@@ -152,6 +164,7 @@ async fn serve(
         replies: Arc::new(ingest::connection::ByteBudget::new(
             ingest::connection::REPLY_BUDGET,
         )),
+        refusals: ingest_refusals.clone(),
     };
     let (probe, probes) = tokio::sync::mpsc::channel(1);
     let ingest_task = actix::spawn(ingest::serve(
@@ -170,16 +183,14 @@ async fn serve(
         stats: stats.clone(),
         rate: rate.clone(),
         started,
-        allow: Arc::new(
-            config
-                .daemon
-                .control_allow
-                .iter()
-                .copied()
-                .chain(config.daemon.control_group)
-                .collect(),
-        ),
+        allow: Arc::new({
+            // control_group is a group: it joins the gids, never the uids.
+            let mut allow = config.daemon.control_allow.clone();
+            allow.gids.extend(config.daemon.control_group);
+            allow
+        }),
         refused: Arc::default(),
+        refusals: control_refusals.clone(),
         shutdown: shutdown_rx.clone(),
     };
     let control_task = actix::spawn(control::serve(control_socket, control_ctx.clone()));
@@ -227,6 +238,12 @@ async fn serve(
             }
         });
     }
+
+    // Refusals past the first of each uid are summed up once their interval has passed.
+    let sweepers = [ingest_refusals, control_refusals].map(|log| {
+        let shutdown = shutdown_rx.clone();
+        actix::spawn(async move { log.sweep_until(shutdown).await })
+    });
 
     if let Some(interval) = systemd::watchdog_interval() {
         let commander = commander.clone();
@@ -330,6 +347,9 @@ async fn serve(
     let _ = shutdown_tx.send(true);
     let _ = ingest_task.await;
     let _ = control_task.await;
+    for sweeper in sweepers {
+        let _ = sweeper.await;
+    }
     // Every batch already sent is applied before its actor answers the barrier.
     for (id, addr) in registry.all() {
         match tokio::time::timeout(Duration::from_secs(10), addr.send(Barrier)).await {

@@ -20,9 +20,26 @@
 //!   directory (sshd's StrictModes).
 //! - [`store`]: the only module that knows sled and bincode; versioned records and migrations.
 //! - [`daemon`]: wires the actors together; start and reload share one path.
+//! - [`escape`]: non-printable characters made visible in every table and log line.
 //! - [`shutdown`]: Unix signals mapped to a closed enum.
 //! - [`systemd`]: readiness notification and socket activation.
 //! - [`backtest`]: offline replay of recorded events through the same policy code.
+//!
+//! # Dependencies and their audit
+//!
+//! `cargo audit` (RustSec advisory database) finds no crate with a known vulnerability. It
+//! flags three as unmaintained: `bincode` 2.0.1 (RUSTSEC-2025-0141), a direct dependency, and
+//! `fxhash` and `instant`, which come in through `sled` 0.34.7. Rerun it with
+//! `cargo install cargo-audit --locked && cargo audit` (it reads `Cargo.lock`; `cargo audit
+//! --deny unmaintained` makes the warnings errors).
+//!
+//! `bincode` encodes the store's records, behind `store` only (every stored value starts with a
+//! version byte). It stays for now because it works, has no known flaw, and replacing
+//! it changes the bytes on disk: that is a store migration, not a dependency bump. Its
+//! replacement would be `postcard` (maintained, serde-based, a compact and documented stable
+//! wire format, no_std-friendly), introduced as a new record version that old records are
+//! migrated from, one migration file beside the others. `fxhash` and `instant` go with `sled`
+//! itself, whose replacement is the larger question the `store` boundary is there for.
 //!
 //! # Architecture invariants
 //!
@@ -38,6 +55,7 @@ pub mod command;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod escape;
 pub mod ingest;
 pub mod model;
 pub mod policy;

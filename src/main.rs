@@ -54,7 +54,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     let env = Env::from_process();
     match cli.command {
         Command::Daemon => {
-            // Before any thread exists: taking the socket unsets LISTEN_* in our environment.
+            // Before the runtime starts; the environment is left as it is (see take_listener).
             let inherited = visutility::systemd::take_listener("ingest")
                 .context("cannot take the socket passed by systemd")?;
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
@@ -288,6 +288,7 @@ fn init_tracing(config_level: Option<&str>) {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .fmt_fields(EscapedFields)
         .with_writer(std::io::stderr);
     if stderr_is_journal() {
         builder.event_format(JournalFormat).init();
@@ -311,6 +312,65 @@ fn stderr_is_journal() -> bool {
     // SAFETY: fstat writes only into `st`, which lives across the call.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     (unsafe { libc::fstat(2, &mut st) } == 0) && st.st_dev as u64 == dev && st.st_ino as u64 == ino
+}
+
+/// Field values as the default formatter writes them (`message` first, then `key=value`), but
+/// with non-printable characters escaped: a model id, a hook's output line or an error text
+/// can then never forge a log line, a journal priority or a terminal escape. Only the message
+/// keeps its line breaks (the daemon's own multi-line messages; the journal format prefixes
+/// each line).
+struct EscapedFields;
+
+impl<'w> tracing_subscriber::fmt::FormatFields<'w> for EscapedFields {
+    fn format_fields<R: tracing_subscriber::field::RecordFields>(
+        &self,
+        mut writer: tracing_subscriber::fmt::format::Writer<'w>,
+        fields: R,
+    ) -> std::fmt::Result {
+        let mut visitor = EscapingVisitor {
+            writer: &mut writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visitor);
+        visitor.result
+    }
+}
+
+struct EscapingVisitor<'a, 'w> {
+    writer: &'a mut tracing_subscriber::fmt::format::Writer<'w>,
+    first: bool,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for EscapingVisitor<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "message" {
+            self.record_debug(field, &format_args!("{value}"));
+        } else {
+            self.record_debug(field, &value);
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        use visutility::escape::{escape, escape_except};
+        let name = field.name();
+        if self.result.is_err() || name.starts_with("log.") {
+            return;
+        }
+        let sep = if std::mem::take(&mut self.first) {
+            ""
+        } else {
+            " "
+        };
+        let text = format!("{value:?}");
+        self.result = if name == "message" {
+            write!(self.writer, "{sep}{}", escape_except(&text, Some('\n')))
+        } else {
+            let name = name.strip_prefix("r#").unwrap_or(name);
+            write!(self.writer, "{sep}{name}={}", escape(&text))
+        };
+    }
 }
 
 /// journald's stream format: `<N>message` per line, N the syslog priority; no timestamp
@@ -384,14 +444,27 @@ fn control_cmd(
         Request::Status => print_status(&mut out, &data)?,
         Request::Models => print_models(&mut out, &data)?,
         Request::History { .. } => print_history(&mut out, &data)?,
-        Request::Trigger { model, action } => {
-            writeln!(out, "job {} queued: {action} for {model}", data["job_id"])?
+        // The daemon answered, so the id passed its check; escaped all the same.
+        Request::Trigger { model, action } => writeln!(
+            out,
+            "job {} queued: {} for {}",
+            data["job_id"],
+            visutility::escape::escape(&action),
+            visutility::escape::escape(&model)
+        )?,
+        Request::Reset { model } => writeln!(
+            out,
+            "{}: policies reset",
+            visutility::escape::escape(&model)
+        )?,
+        Request::Pause { model } => writeln!(
+            out,
+            "{}: paused (decisions recorded, no hooks run)",
+            visutility::escape::escape(&model)
+        )?,
+        Request::Resume { model } => {
+            writeln!(out, "{}: resumed", visutility::escape::escape(&model))?
         }
-        Request::Reset { model } => writeln!(out, "{model}: policies reset")?,
-        Request::Pause { model } => {
-            writeln!(out, "{model}: paused (decisions recorded, no hooks run)")?
-        }
-        Request::Resume { model } => writeln!(out, "{model}: resumed")?,
         // Not a CLI command: the fault suite sends it over the socket directly.
         Request::Fault { .. } => writeln!(out, "{data}")?,
     }
@@ -401,8 +474,17 @@ fn control_cmd(
 /// Lines of a table whose columns are as wide as their widest cell; `right` marks the
 /// columns aligned right (numbers). The last column is not padded.
 fn table(header: &[&str], right: &[bool], rows: &[Vec<String>]) -> Vec<String> {
+    // Cells come from the daemon (ids, policy names, notes): never raw control characters.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| visutility::escape::escape(c).into_owned())
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -530,7 +612,7 @@ fn print_status(out: &mut impl Write, s: &Value) -> Result<()> {
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, v) in rows {
-        writeln!(out, "{k:<width$}  {v}")?;
+        writeln!(out, "{k:<width$}  {}", visutility::escape::escape(&v))?;
     }
     Ok(())
 }
@@ -630,7 +712,11 @@ fn print_models(out: &mut impl Write, data: &Value) -> Result<()> {
                         } else {
                             format!("{name} ({kind})")
                         };
-                        (label, p["state"].as_str().unwrap_or("").to_owned())
+                        (
+                            visutility::escape::escape(&label).into_owned(),
+                            visutility::escape::escape(p["state"].as_str().unwrap_or(""))
+                                .into_owned(),
+                        )
                     })
                     .collect()
             })
@@ -809,6 +895,7 @@ mod tests {
         let subscriber = tracing_subscriber::fmt()
             .with_max_level(tracing::Level::TRACE)
             .with_writer(move || writer.clone())
+            .fmt_fields(EscapedFields)
             .event_format(JournalFormat)
             .finish();
         tracing::subscriber::with_default(subscriber, || {
@@ -817,11 +904,16 @@ mod tests {
             tracing::info!(job_id = 7, "job queued");
             tracing::debug!("two\nlines");
             tracing::trace!("fine");
+            // Finding 6 of the security review: neither a field nor a hook's output line can
+            // start a line of its own (at another priority) or reach the terminal raw.
+            let id = "x\n<3>forged";
+            tracing::info!(model_id = %id, "hook: a\u{1b}[2J\rb");
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert_eq!(
             text,
-            "<3>hook failed model_id=\"m1\"\n<4>careful\n<6>job queued job_id=7\n<7>two\n<7>lines\n<7>fine\n"
+            "<3>hook failed model_id=\"m1\"\n<4>careful\n<6>job queued job_id=7\n<7>two\n<7>lines\n<7>fine\n\
+             <6>hook: a\\x1b[2J\\rb model_id=x\\n<3>forged\n"
         );
     }
 

@@ -45,8 +45,9 @@
 //! * Event keys: `model_id` (required), `ts`, `drift_score`, `accuracy`, `value` (finite
 //!   numbers), `error` (`0`, `1`, `true`, `false`), `metrics` (object of name → finite number),
 //!   `meta` (any JSON, kept raw and never interpreted). `null` for an optional key means absent.
-//! * `model_id`: 1..=128 bytes of `[A-Za-z0-9._:/-]`, not starting with `.` or `/`, never
-//!   containing `..`: else `bad_model_id`. It must also be written without JSON escapes (the
+//! * `model_id`: 1..=128 bytes of `[A-Za-z0-9._:/-]`, not starting with `.`, `/` or `-`, never
+//!   containing `..`: else `bad_model_id`. (A leading `-` would read as an option to a hook
+//!   that passes the id as an argument.) It must also be written without JSON escapes (the
 //!   event borrows it from the line; no valid id needs one, though some encoders write `\/`):
 //!   also `bad_model_id`. A non-string `model_id`: `bad_field`.
 //! * Metric names: 1..=64 bytes of `[A-Za-z0-9_.:-]`, no JSON escapes, not one of the top-level
@@ -467,9 +468,10 @@ pub fn validate_model_id(id: &str) -> Result<(), LineError> {
             b.len()
         )));
     }
-    // Ids may end up in paths and log lines: no hidden/absolute/parent-relative forms.
-    if b[0] == b'.' || b[0] == b'/' {
-        return Err(bad_model_id("model_id must not start with '.' or '/'"));
+    // Ids may end up in paths, argv and log lines: no hidden/absolute/parent-relative forms,
+    // and nothing a program would take for an option.
+    if b[0] == b'.' || b[0] == b'/' || b[0] == b'-' {
+        return Err(bad_model_id("model_id must not start with '.', '/' or '-'"));
     }
     let mut prev = 0u8;
     for (i, &c) in b.iter().enumerate() {
@@ -1289,7 +1291,7 @@ impl<'a> Scan<'a> {
             }
             n += 1;
         }
-        if body[n] != b'"' || n == 0 || n > MODEL_ID_MAX || body[0] == b'/' {
+        if body[n] != b'"' || n == 0 || n > MODEL_ID_MAX || body[0] == b'/' || body[0] == b'-' {
             return None;
         }
         self.i += n + 2;
@@ -2362,6 +2364,8 @@ mod tests {
             "a/.b",
             "x:",
             "ns/model/v1.2",
+            "a-",
+            "a--b",
         ] {
             assert_eq!(ev(&with_id(ok)).model_id, ok);
             assert_eq!(validate_model_id(ok), Ok(()));
@@ -2385,6 +2389,8 @@ mod tests {
         check(with_id(".a"), ErrorCode::BadModelId, "start with");
         check(with_id(".."), ErrorCode::BadModelId, "start with");
         check(with_id("/a"), ErrorCode::BadModelId, "start with");
+        check(with_id("-rf"), ErrorCode::BadModelId, "start with");
+        check(with_id("--help"), ErrorCode::BadModelId, "start with");
         check(with_id("modèle"), ErrorCode::BadModelId, "'è' at byte 3");
         check(
             with_id("ｆｕｌｌ"),
@@ -3201,7 +3207,7 @@ mod tests {
 
         #[test]
         fn valid_events_round_trip(
-            id in "[A-Za-z0-9_:-][A-Za-z0-9._:/-]{0,127}".prop_filter("no ..", |s| !s.contains("..")),
+            id in "[A-Za-z0-9_:][A-Za-z0-9._:/-]{0,127}".prop_filter("no ..", |s| !s.contains("..")),
             ts in opt(finite()),
             drift in opt(finite()),
             acc in opt(finite()),
@@ -3396,7 +3402,7 @@ mod tests {
         /// path must take them all and agree with the full decoder and with serde_json.
         #[test]
         fn varied_valid_events_take_the_fast_path(
-            id in "[A-Za-z0-9_:-][A-Za-z0-9._:/-]{0,40}".prop_filter("no ..", |s| !s.contains("..")),
+            id in "[A-Za-z0-9_:][A-Za-z0-9._:/-]{0,40}".prop_filter("no ..", |s| !s.contains("..")),
             nums in prop::collection::vec((finite(), any::<u8>(), any::<bool>()), 4),
             error in 0u8..5,
             metrics in prop::collection::btree_map("[a-z_.:-][a-z0-9_.:-]{0,10}", (finite(), any::<u8>()), 0..12),

@@ -202,33 +202,29 @@ fn monotonic_usec() -> io::Result<i128> {
 /// that fd. Returns `Ok(None)` when the process is not socket-activated
 /// (`LISTEN_PID` unset or another process's pid, or `LISTEN_FDS` unset/0).
 ///
-/// Every passed fd gets `FD_CLOEXEC`, and `LISTEN_PID`, `LISTEN_FDS` and
-/// `LISTEN_FDNAMES` are removed from the environment whenever any of them was
-/// set (even on error), so hooks never inherit them. Calling it again
-/// therefore returns `Ok(None)`.
+/// Every passed fd gets `FD_CLOEXEC`. Only the first call takes the fds; any
+/// later one returns `Ok(None)`.
+///
+/// The process environment is left as it is: `std::env::remove_var` is only
+/// sound while no other thread reads the environment, and jemalloc's
+/// background threads exist before `main` runs. `LISTEN_PID`, `LISTEN_FDS` and
+/// `LISTEN_FDNAMES` stay set in the daemon, harmlessly (`LISTEN_PID` names this
+/// process, which takes the fds once), and are removed from every hook's
+/// environment when it is spawned (`command::hook`), so no child ever sees them.
 ///
 /// The listener is returned in blocking mode, as inherited; call
 /// `set_nonblocking(true)` before handing it to tokio.
-///
-/// Call this from `main` before any other thread is started (before the
-/// tokio/actix runtime): it modifies the process environment, which is only
-/// sound while no other thread may be reading it.
 pub fn take_listener(name: &str) -> Result<Option<UnixListener>, SystemdError> {
-    const VARS: [&str; 3] = ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"];
-    if VARS.iter().all(|v| std::env::var_os(v).is_none()) {
+    static TAKEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(None);
     }
-    let result = take_listener_from(
+    take_listener_from(
         |k| std::env::var(k).ok(),
         std::process::id(),
         LISTEN_FDS_START,
         name,
-    );
-    for v in VARS {
-        // SAFETY: documented precondition: called before other threads exist.
-        unsafe { std::env::remove_var(v) };
-    }
-    result
+    )
 }
 
 /// The logic of [`take_listener`] with the environment, our pid and the first
@@ -865,10 +861,12 @@ mod tests {
         let l = take_listener("ingest").unwrap().expect("socket-activated");
         assert_eq!(l.as_raw_fd(), 3);
         assert!(cloexec(3));
+        // The environment is not edited (finding 11 of the security review: other threads
+        // may read it); hooks drop these variables when they are spawned.
         for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-            assert!(std::env::var_os(v).is_none(), "{v} still set");
+            assert!(std::env::var_os(v).is_some(), "{v} was removed");
         }
-        // Second call: no longer socket-activated.
+        // Second call: the fds are taken already.
         assert!(take_listener("ingest").unwrap().is_none());
         let (mut conn, _) = l.accept().unwrap();
         conn.write_all(b"hello from fd 3").unwrap();

@@ -103,6 +103,23 @@ push_one() {
         ct visutility push -
 }
 lists_model() { ct visutility models --json | grep -q boot-test; }
+# Two groups, two roles: an operator (visutility-admin) may use the control
+# socket; a model server (visutility) may push and nothing else.
+config_perms() { [ "$(ct stat -c '%a %U:%G' /etc/visutility/config.toml)" = "640 root:visutility-admin" ]; }
+control_perms() {
+    [ "$(ct stat -c '%A %U:%G' /run/visutility/control.sock)" = "srw-rw---- visutility:visutility-admin" ] &&
+        [ "$(ct stat -c '%a %G' /run/visutility)" = "750 visutility-admin" ]
+}
+as_admin() { ct runuser -u vt-admin -- visutility --config /etc/visutility/config.toml "$@"; }
+admin_operates() { as_admin status && as_admin pause boot-test && as_admin resume boot-test; }
+pusher_pushes() {
+    printf '%s\n' '{"model_id":"boot-test","drift_score":0.1,"accuracy":0.95,"error":0}' |
+        ct runuser -u vt-pusher -- visutility push --socket /run/visutility-ingest.sock -
+}
+pusher_cannot_operate() {
+    ! ct runuser -u vt-pusher -- test -r /etc/visutility/config.toml &&
+        ! ct runuser -u vt-pusher -- python3 -c 'import socket; socket.socket(socket.AF_UNIX).connect("/run/visutility/control.sock")'
+}
 no_watchdog_kill() {
     [ "$(prop visutility.service NRestarts)" = 0 ] &&
         ! ct journalctl -u visutility.service -o cat | grep -qi 'watchdog timeout'
@@ -124,6 +141,14 @@ check "the daemon holds systemd's listening socket (socket activation)" holds_so
 check "visutility push through the activated socket" push_one
 check "visutility status over the control socket" ct visutility status
 check "visutility models --json lists the pushed model" lists_model
+check "groups visutility and visutility-admin exist" ct getent group visutility visutility-admin
+check "config is 0640 root:visutility-admin" config_perms
+check "control socket is srw-rw---- visutility:visutility-admin in a 0750 dir" control_perms
+ct useradd --system --no-create-home --groups visutility-admin vt-admin
+ct useradd --system --no-create-home --groups visutility vt-pusher
+check "a member of visutility-admin operates (status, pause, resume)" admin_operates
+check "a member of visutility pushes through the ingest socket" pusher_pushes
+check "a member of visutility neither reads the config nor reaches the control socket" pusher_cannot_operate
 check "systemctl reload (check-config, then SIGHUP)" ct systemctl reload visutility.service
 check "still active after reload" active visutility.service
 echo "waiting 35 s: WatchdogSec=30 must not fire"

@@ -11,6 +11,9 @@
 //! - at most `max_jobs_per_day` jobs per model run for policy decisions in a UTC day; past
 //!   that, decisions are recorded (by the model) but run nothing, and the `escalate` hook is
 //!   called once that day;
+//! - at most `max_triggers_per_hour` operator `trigger`s per model start a job in any hour
+//!   (a sliding window, kept in memory), so that a script looping on `trigger` cannot storm
+//!   past the cooldown and the budget, which a trigger bypasses;
 //! - the loop guard: a policy that fires again within its rule's `loop_window_s` after a
 //!   successful retrain it caused climbs a ladder instead of looping: a fine-tune becomes a
 //!   full retrain, a full retrain becomes a call of the `escalate` hook, and after that the
@@ -57,6 +60,14 @@ pub enum CommandError {
     NoHook(Action),
     #[error("model {0} is paused")]
     Paused(String),
+    #[error(
+        "model {model} was triggered {limit} times in the last hour (hooks.max_triggers_per_hour); try again in {retry_in_s} s"
+    )]
+    TriggerLimit {
+        model: String,
+        limit: u32,
+        retry_in_s: u64,
+    },
 }
 
 /// What `status` shows of the runner.
@@ -86,6 +97,9 @@ pub struct CommandActor {
     lingering: Vec<Lingering>,
     /// When the queue is already due to be looked at again (so wake-ups do not pile up).
     wake_at: Option<f64>,
+    /// Per model, when operator triggers started jobs in the last hour
+    /// (`hooks.max_triggers_per_hour`).
+    triggers: HashMap<Arc<str>, VecDeque<f64>>,
 }
 
 struct Lingering {
@@ -119,6 +133,7 @@ impl CommandActor {
             hook_durations: stats::DurationHistogram::default(),
             lingering: Vec::new(),
             wake_at: None,
+            triggers: HashMap::new(),
         }
     }
 
@@ -282,8 +297,36 @@ impl CommandActor {
             }
             runner.budget_used += 1;
         }
+        let limit = hooks.max_triggers_per_hour;
+        if d.manual && limit > 0 {
+            let recent = self.triggers.entry(d.model_id.clone()).or_default();
+            while recent.front().is_some_and(|&t| now - t >= 3600.0) {
+                recent.pop_front();
+            }
+            if recent.len() >= limit as usize {
+                let retry_in_s = (3600.0 - (now - recent[0])).ceil().max(1.0) as u64;
+                tracing::warn!(
+                    model_id = model,
+                    limit,
+                    retry_in_s,
+                    "trigger refused: hooks.max_triggers_per_hour reached"
+                );
+                return Err(CommandError::TriggerLimit {
+                    model: model.into(),
+                    limit,
+                    retry_in_s,
+                });
+            }
+        }
         let job = self.new_job(&d, action, &reason, None, now)?;
-        self.submit(job, spec.command.clone(), ctx)
+        let submitted = self.submit(job, spec.command.clone(), ctx)?;
+        if d.manual && limit > 0 {
+            self.triggers
+                .entry(d.model_id.clone())
+                .or_default()
+                .push_back(now);
+        }
+        Ok(submitted)
     }
 
     /// The loop guard's verdict on a policy's decision for `model`.

@@ -9,8 +9,9 @@
 //! ```
 //!
 //! Every connection's peer credentials (SO_PEERCRED) are checked first: root, the daemon's
-//! own uid, the uids or gids listed in `daemon.control_allow` and members of
-//! `daemon.control_group` are served; anyone else is refused and the attempt is logged.
+//! own uid, the uids listed in `daemon.control_allow`, peers whose primary or supplementary
+//! gids include a gid listed there, and members of `daemon.control_group` are served; anyone
+//! else is refused and the attempt is logged.
 
 pub mod metrics;
 pub mod peer;
@@ -162,10 +163,12 @@ pub struct ControlCtx {
     pub stats: Arc<IngestStats>,
     pub rate: Arc<Rate>,
     pub started: Instant,
-    /// `daemon.control_allow` plus the gid of `daemon.control_group`.
-    pub allow: Arc<Vec<u32>>,
+    /// `daemon.control_allow` plus the gid of `daemon.control_group` (as a gid).
+    pub allow: Arc<crate::config::PeerAllow>,
     /// Refused connections, for `metrics`.
     pub refused: Arc<AtomicU64>,
+    /// Refused connections, for the log (one line per uid and interval).
+    pub refusals: Arc<peer::RefusalLog>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -198,11 +201,14 @@ async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError
     let (rd, mut wr) = stream.into_split();
     if !peer.allowed(&ctx.allow) {
         ctx.refused.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(
-            uid = peer.uid,
-            gid = peer.gid,
-            "control request refused: peer not allowed"
-        );
+        if ctx.refusals.first(peer.uid, Instant::now()) {
+            tracing::warn!(
+                uid = peer.uid,
+                gid = peer.gid,
+                "control request refused: peer not allowed (further refusals of this uid are \
+                 summed up once a minute)"
+            );
+        }
         let reply = serde_json::json!({
             "ok": false,
             "error": format!(
@@ -305,6 +311,9 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             serde_json::Value::Array(arr)
         }
         Request::History { model, limit } => {
+            if let Some(m) = &model {
+                crate::protocol::validate_model_id(m).map_err(|e| e.detail)?;
+            }
             let jobs = ctx
                 .store
                 .jobs(model.as_deref(), limit)
@@ -332,6 +341,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             serde_json::json!({"job_id": job_id})
         }
         Request::Reset { model } => {
+            crate::protocol::validate_model_id(&model).map_err(|e| e.detail)?;
             let h = ctx
                 .registry
                 .get_or_create(&model)

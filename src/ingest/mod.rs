@@ -153,7 +153,14 @@ impl SocketFile {
             })?;
         let tmp = private.path().join("s");
         let std_listener = std::os::unix::net::UnixListener::bind(&tmp).map_err(bind_err)?;
-        if let Some(gid) = gid {
+        // When the socket already has the group (the shipped unit runs the daemon with
+        // Group=visutility-admin) there is nothing to change, and no chown: the unit's system
+        // call filter refuses it.
+        let has_group = |gid| {
+            std::fs::symlink_metadata(&tmp)
+                .is_ok_and(|m| std::os::unix::fs::MetadataExt::gid(&m) == gid)
+        };
+        if let Some(gid) = gid.filter(|g| !has_group(*g)) {
             // Group first, then the group bits: the socket is never open to the wrong group.
             std::os::unix::fs::chown(&tmp, None, Some(gid)).map_err(|source| {
                 IngestError::Group {
@@ -223,7 +230,9 @@ pub struct IngestCtx {
     pub settings: watch::Receiver<ConnSettings>,
     pub shutdown: watch::Receiver<bool>,
     /// `daemon.ingest_allow`: `None` lets anyone who can open the socket file write.
-    pub allow: Option<Arc<Vec<u32>>>,
+    pub allow: Option<Arc<crate::config::PeerAllow>>,
+    /// Refused connections, for the log (one line per uid and interval).
+    pub refusals: Arc<crate::control::peer::RefusalLog>,
     /// Unfinished lines of every connection, against `daemon.partial_line_budget_bytes`.
     pub partial: Arc<connection::ByteBudget>,
     /// Replies queued for clients that are not reading them, against
@@ -282,43 +291,6 @@ impl Drop for UidSlot {
     }
 }
 
-/// Refusals of one kind, logged at most once per [`REFUSAL_LOG_EVERY`] per uid: the first
-/// at once, the rest as a count with the next line.
-#[derive(Default)]
-struct RefusalLog {
-    by_uid: rustc_hash::FxHashMap<u32, (std::time::Instant, u64)>,
-}
-
-/// Shortest gap between two log lines about refusals of the same uid.
-const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
-impl RefusalLog {
-    /// Counts a refusal of `uid`; `Some(n)` when a line is due (`n` refusals since the last).
-    fn note(&mut self, uid: u32) -> Option<u64> {
-        let now = std::time::Instant::now();
-        if self.by_uid.len() > 4096 {
-            self.by_uid
-                .retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_LOG_EVERY);
-        }
-        match self.by_uid.get_mut(&uid) {
-            Some((at, n)) if now.duration_since(*at) < REFUSAL_LOG_EVERY => {
-                *n += 1;
-                None
-            }
-            Some((at, n)) => {
-                let due = *n + 1;
-                *at = now;
-                *n = 0;
-                Some(due)
-            }
-            None => {
-                self.by_uid.insert(uid, (now, 0));
-                Some(1)
-            }
-        }
-    }
-}
-
 /// Accepts connections until shutdown; returns when every connection has finished.
 pub async fn serve(
     socket: SocketFile,
@@ -329,8 +301,6 @@ pub async fn serve(
     let max_connections = limits.max_connections;
     let permits = Arc::new(Semaphore::new(max_connections));
     let per_uid = std::rc::Rc::new(UidCounts::default());
-    let mut full_log = RefusalLog::default();
-    let mut uid_log = RefusalLog::default();
     let mut shutdown = ctx.shutdown.clone();
     let mut tasks = tokio::task::JoinSet::new();
     loop {
@@ -355,7 +325,7 @@ pub async fn serve(
         };
         // A peer that may not write learns nothing else, not even that the daemon is busy.
         if let Some(allow) = &ctx.allow
-            && let Some(reply) = refusal(&stream, allow)
+            && let Some(reply) = refusal(&stream, allow, &ctx.refusals)
         {
             ctx.stats.connections_denied.fetch_add(1, Ordering::Relaxed);
             send_and_close(stream, reply);
@@ -370,13 +340,13 @@ pub async fn serve(
                 ctx.stats
                     .connections_refused_uid
                     .fetch_add(1, Ordering::Relaxed);
-                if let Some(n) = uid_log.note(uid) {
+                if ctx.refusals.first(uid, std::time::Instant::now()) {
                     tracing::warn!(
                         uid,
                         held,
                         max_connections_per_uid = limits.per_uid,
-                        refused = n,
-                        "connections refused: this uid holds max_connections_per_uid"
+                        "connection refused: this uid holds max_connections_per_uid (further \
+                         refusals of this uid are summed up once a minute)"
                     );
                 }
                 let reply = crate::protocol::error_reply(
@@ -394,12 +364,12 @@ pub async fn serve(
             ctx.stats
                 .connections_refused
                 .fetch_add(1, Ordering::Relaxed);
-            if let Some(n) = full_log.note(uid) {
+            if ctx.refusals.first(uid, std::time::Instant::now()) {
                 tracing::warn!(
                     uid,
                     max_connections,
-                    refused = n,
-                    "connections refused: max_connections reached"
+                    "connection refused: max_connections reached (further refusals of this \
+                     uid are summed up once a minute)"
                 );
             }
             let reply = crate::protocol::error_reply(
@@ -435,15 +405,22 @@ fn send_and_close(mut stream: tokio::net::UnixStream, reply: Vec<u8>) {
 }
 
 /// The error line for a peer `daemon.ingest_allow` does not admit (logged here), or `None`.
-fn refusal(stream: &tokio::net::UnixStream, allow: &[u32]) -> Option<Vec<u8>> {
+fn refusal(
+    stream: &tokio::net::UnixStream,
+    allow: &crate::config::PeerAllow,
+    refusals: &crate::control::peer::RefusalLog,
+) -> Option<Vec<u8>> {
     let detail = match crate::control::peer::Peer::of(stream) {
         Ok(peer) if peer.allowed(allow) => return None,
         Ok(peer) => {
-            tracing::warn!(
-                uid = peer.uid,
-                gid = peer.gid,
-                "ingest connection refused: peer not in daemon.ingest_allow"
-            );
+            if refusals.first(peer.uid, std::time::Instant::now()) {
+                tracing::warn!(
+                    uid = peer.uid,
+                    gid = peer.gid,
+                    "ingest connection refused: peer not in daemon.ingest_allow (further \
+                     refusals of this uid are summed up once a minute)"
+                );
+            }
             format!(
                 "uid {} (gid {}) may not write to this socket; see daemon.ingest_allow",
                 peer.uid, peer.gid

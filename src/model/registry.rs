@@ -21,6 +21,8 @@ pub enum RegistryError {
     Store(#[from] StoreError),
     #[error("the daemon is not ready")]
     NotReady,
+    #[error("invalid model id: {0}")]
+    BadId(String),
 }
 
 /// Shared by every connection and the control socket; cheap to clone.
@@ -100,6 +102,9 @@ impl Registry {
 
     /// The model's actor, started (with its persisted state) if this is its first sight.
     pub fn get_or_create(&self, model_id: &str) -> Result<ModelHandle, RegistryError> {
+        // Every entry point checks ids already; this is the last line before an actor and a
+        // store record exist for one.
+        crate::protocol::validate_model_id(model_id).map_err(|e| RegistryError::BadId(e.detail))?;
         let mut inner = self.lock();
         if let Some(h) = inner.actors.get(model_id) {
             return Ok(h.clone());

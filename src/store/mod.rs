@@ -522,8 +522,41 @@ impl Store {
         if r.torn_bytes > 0 {
             tracing::warn!(torn_bytes = r.torn_bytes, segments = ?r.torn_segments, "the observation log ended in a torn write (a power cut during a write that was never acknowledged); what followed the last whole frame was dropped");
         }
+        store.skip_invalid_ids()?;
         spawn_flusher(Arc::downgrade(&store.shared), sync);
         Ok(store)
+    }
+
+    /// Stores written before model ids were checked everywhere may hold ids no entry point
+    /// accepts now (empty, `../..`, terminal escapes, a leading `-`). They stay on disk but are
+    /// never loaded, shown or handed to a hook: each is logged here, once, and [`Store::models`],
+    /// [`Store::runners`], [`Store::jobs`] and [`Store::recovered_models`] pass over them.
+    fn skip_invalid_ids(&self) -> Result<(), StoreError> {
+        let h = self.handles()?;
+        for (tree, name) in [(&h.models, "models"), (&h.runner, "runner")] {
+            for key in tree.iter().keys() {
+                let key = self.sled(key)?;
+                if !valid_id(&key) {
+                    tracing::error!(
+                        tree = name,
+                        model_id = %String::from_utf8_lossy(&key),
+                        "skipping a stored record with an invalid model id: it is never loaded or shown"
+                    );
+                }
+            }
+        }
+        let mut w = lock(&self.shared.wal);
+        let bad: Vec<Arc<str>> = w
+            .tails
+            .keys()
+            .filter(|k| !valid_id(k.as_bytes()))
+            .cloned()
+            .collect();
+        for id in bad {
+            tracing::error!(model_id = %id, "dropping logged events of an invalid model id");
+            w.drop_tail(&id);
+        }
+        Ok(())
     }
 
     /// Applies every migration from `from` up to [`SCHEMA_VERSION`], one version at a time,
@@ -767,7 +800,7 @@ impl Store {
         let mut ids: Vec<String> = w
             .tails
             .iter()
-            .filter(|(_, t)| t.recovered && t.count > 0)
+            .filter(|(k, t)| t.recovered && t.count > 0 && valid_id(k.as_bytes()))
             .map(|(k, _)| k.to_string())
             .collect();
         ids.sort_unstable();
@@ -789,11 +822,17 @@ impl Store {
         };
         first
             .into_iter()
-            .chain(iter.into_iter().flatten().map(move |kv| {
-                let (k, v) = self.sled(kv)?;
+            .chain(iter.into_iter().flatten().filter_map(move |kv| {
+                let (k, v) = match self.sled(kv) {
+                    Ok(kv) => kv,
+                    Err(e) => return Some(Err(e)),
+                };
+                // Logged once at open (`skip_invalid_ids`).
+                if !valid_id(&k) {
+                    return None;
+                }
                 let key = String::from_utf8_lossy(&k).into_owned();
-                let rec = decode(&key, &v)?;
-                Ok((key, rec))
+                Some(decode(&key, &v).map(|rec| (key, rec)))
             }))
     }
 
@@ -864,6 +903,9 @@ impl Store {
         for kv in h.jobs.iter().rev() {
             let (k, v) = self.sled(kv)?;
             let job: Job = decode(&format!("jobs/{k:?}"), &v)?;
+            if !valid_id(job.model_id.as_bytes()) {
+                continue;
+            }
             if model_id.is_none_or(|m| m == job.model_id) {
                 out.push(job);
                 if out.len() >= limit {
@@ -1265,6 +1307,11 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     buf.push(RECORD_VERSION);
     bincode::serde::encode_into_std_write(value, &mut buf, bincode::config::standard())?;
     Ok(buf)
+}
+
+/// Whether a stored key is a model id every entry point would accept.
+fn valid_id(key: &[u8]) -> bool {
+    std::str::from_utf8(key).is_ok_and(|s| crate::protocol::validate_model_id(s).is_ok())
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, StoreError> {

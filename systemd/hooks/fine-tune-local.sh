@@ -21,8 +21,8 @@
 # Settings, from the unit's environment (systemctl edit visutility.service):
 #   VISUTILITY_MODEL_ROOT  default /srv/models; models in <root>/<model id>/current
 #   VISUTILITY_TRAIN       default /opt/ml/bin/fine-tune; called as
-#                          TRAIN --model-id ID --input DIR --output DIR --decision FILE
-#   VISUTILITY_RELOAD_CMD  optional program run with the model id after the swap
+#                          TRAIN --model-id=ID --input DIR --output DIR --decision FILE
+#   VISUTILITY_RELOAD_CMD  optional program run after the swap as RELOAD -- ID
 #
 # Sandbox: the model root must be writable (ReadWritePaths=/srv/models) and a
 # GPU needs DeviceAllow= and friends: see examples/override-example.conf.
@@ -38,10 +38,11 @@ ROOT=${VISUTILITY_MODEL_ROOT:-/srv/models}
 TRAIN=${VISUTILITY_TRAIN:-/opt/ml/bin/fine-tune}
 
 [ -x "$TRAIN" ] || die "training program $TRAIN not found or not executable"
-# visutility guarantees model ids never start with '.' or '/' and never hold
-# '..', so they are safe as a relative path; check anyway, it is cheap.
+# visutility guarantees model ids never start with '.', '/' or '-' and never
+# hold '..', so they are safe as a relative path and never read as an option;
+# check anyway, it is cheap. Ids still go after `--` or in `--opt=ID` form.
 case $VISUTILITY_MODEL_ID in
-    /* | .* | *..*) die "refusing model id $VISUTILITY_MODEL_ID" ;;
+    /* | .* | -* | *..*) die "refusing model id $VISUTILITY_MODEL_ID" ;;
 esac
 dir="$ROOT/$VISUTILITY_MODEL_ID"
 [ -d "$dir/current" ] || die "no model at $dir/current"
@@ -54,7 +55,7 @@ trap 'rm -rf "$work"' EXIT
 cat >"$work/decision.json"
 
 log "fine-tuning $VISUTILITY_MODEL_ID (job $VISUTILITY_JOB_ID, policy ${VISUTILITY_POLICY:-?}: ${VISUTILITY_REASON:-})"
-"$TRAIN" --model-id "$VISUTILITY_MODEL_ID" --input "$dir/current" \
+"$TRAIN" --model-id="$VISUTILITY_MODEL_ID" --input "$dir/current" \
     --output "$work/output" --decision "$work/decision.json"
 
 # Keep the previous model one generation back, then swap with renames so a
@@ -65,5 +66,5 @@ mv "$work/output" "$dir/current"
 log "new model in place at $dir/current (previous kept at $dir/previous)"
 
 if [ -n "${VISUTILITY_RELOAD_CMD:-}" ]; then
-    "$VISUTILITY_RELOAD_CMD" "$VISUTILITY_MODEL_ID"
+    "$VISUTILITY_RELOAD_CMD" -- "$VISUTILITY_MODEL_ID"
 fi

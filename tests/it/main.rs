@@ -25,6 +25,7 @@ mod protocol;
 mod replay;
 mod security_dos;
 mod security_files;
+mod security_peers;
 mod signals;
 mod supervision;
 mod systemd;

@@ -60,7 +60,7 @@ fn stderr_of(o: &Output) -> String {
 fn control_socket_serves_only_allowed_peers() {
     let d = Daemon::builder()
         .daemon_keys(&format!(
-            "control_group = {GROUP}\ncontrol_allow = [{ALLOWED}]"
+            "control_group = {GROUP}\ncontrol_allow = [\"uid:{ALLOWED}\", \"gid:{ALLOWED}\"]"
         ))
         .start();
     open_sandbox(&d);
@@ -115,7 +115,7 @@ fn control_socket_serves_only_allowed_peers() {
 #[test]
 fn ingest_allow_refuses_other_writers() {
     let d = Daemon::builder()
-        .daemon_keys(&format!("ingest_allow = [{ALLOWED}]"))
+        .daemon_keys(&format!("ingest_allow = [\"uid:{ALLOWED}\"]"))
         .start();
     open_sandbox(&d);
     chmod(&d.socket, 0o666);

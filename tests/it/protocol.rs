@@ -228,7 +228,7 @@ fn model_id_rules() {
             ok(ev("A_b:c/d-e.f")),
             ok(ev("team/model:v1.2")),
             ok(ev("x.y")),
-            ok(ev("-dash")),
+            bad(ev("-dash"), BAD_ID),
             ok(ev("9")),
             ok(ev(&max)),
             // invalid
