@@ -18,6 +18,16 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
 
+    /// Control socket for the operator commands (default: the config's
+    /// `daemon.control_socket`, read even from a config that does not validate).
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "VISUTILITY_CONTROL_SOCKET"
+    )]
+    pub control_socket: Option<PathBuf>,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -28,8 +38,8 @@ pub enum Command {
     Daemon,
     /// Send NDJSON events from a file or stdin, then a flush barrier.
     Push {
-        /// Ingest socket (default: the config's).
-        #[arg(long, value_name = "PATH")]
+        /// Ingest socket (default: the config's `daemon.socket`).
+        #[arg(long, value_name = "PATH", env = "VISUTILITY_SOCKET")]
         socket: Option<PathBuf>,
         /// Events file, or - for stdin.
         #[arg(default_value = "-")]
@@ -82,6 +92,10 @@ pub enum Command {
         /// Print the daemon's reply as JSON (with the new job's `job_id`).
         #[arg(long)]
         json: bool,
+        /// Act on a model id the daemon has never seen (it is created, and counts against
+        /// max_models); without it an unknown id is refused.
+        #[arg(long)]
+        create: bool,
     },
     /// Start a model's policies afresh.
     Reset {
@@ -90,9 +104,26 @@ pub enum Command {
         /// Print the daemon's reply as JSON.
         #[arg(long)]
         json: bool,
+        /// Act on a model id the daemon has never seen (it is created, and counts against
+        /// max_models); without it an unknown id is refused.
+        #[arg(long)]
+        create: bool,
     },
     /// Record a model's decisions but run no hooks for it.
     Pause {
+        /// The model id.
+        model: String,
+        /// Print the daemon's reply as JSON.
+        #[arg(long)]
+        json: bool,
+        /// Act on a model id the daemon has never seen (it is created, and counts against
+        /// max_models); without it an unknown id is refused.
+        #[arg(long)]
+        create: bool,
+    },
+    /// Remove a model for good: its state, counters and runner record (cooldown, pause,
+    /// budget); its jobs stay in the journal. Refused while it has a job running or queued.
+    Forget {
         /// The model id.
         model: String,
         /// Print the daemon's reply as JSON.
@@ -106,6 +137,10 @@ pub enum Command {
         /// Print the daemon's reply as JSON.
         #[arg(long)]
         json: bool,
+        /// Act on a model id the daemon has never seen (it is created, and counts against
+        /// max_models); without it an unknown id is refused.
+        #[arg(long)]
+        create: bool,
     },
     /// The daemon's metrics in the Prometheus text format.
     Metrics,

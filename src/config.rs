@@ -170,6 +170,44 @@ impl Config {
 
     /// The config the daemon runs with: `explicit` if given, else the first of the look-up
     /// order of the contract that exists, else the built-in defaults.
+    /// The ingest and control socket paths, even from a config file that does not validate:
+    /// the operator commands need only these, and most when the file on disk has a typo (the
+    /// daemon keeps running on its old config). Read from the file's `[daemon]` table where
+    /// they are strings, else the defaults; the third value is a warning when the file did
+    /// not validate.
+    pub fn sockets(explicit: Option<&Path>, env: &Env) -> (PathBuf, PathBuf, Option<String>) {
+        match Config::discover(explicit, env) {
+            Ok(c) => (c.daemon.socket, c.daemon.control_socket, None),
+            Err(e) => {
+                let table = explicit
+                    .map(Path::to_owned)
+                    .or_else(|| env.config_file())
+                    .and_then(|p| std::fs::read_to_string(p).ok())
+                    .and_then(|t| t.parse::<toml::Table>().ok());
+                let daemon = table
+                    .as_ref()
+                    .and_then(|t| t.get("daemon"))
+                    .and_then(toml::Value::as_table);
+                let get = |k: &str| {
+                    daemon
+                        .and_then(|d| d.get(k))
+                        .and_then(toml::Value::as_str)
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                };
+                let runtime = env.runtime_dir();
+                (
+                    get("socket").unwrap_or_else(|| runtime.join("ingest.sock")),
+                    get("control_socket").unwrap_or_else(|| runtime.join("control.sock")),
+                    Some(format!(
+                        "{}; using its socket paths anyway (`visutility check-config` lists every error)",
+                        first_line(&e)
+                    )),
+                )
+            }
+        }
+    }
+
     pub fn discover(explicit: Option<&Path>, env: &Env) -> Result<Config, ConfigError> {
         match explicit.map(Path::to_owned).or_else(|| env.config_file()) {
             Some(path) => Config::load(&path, env),
@@ -732,6 +770,18 @@ fn parse_policy(t: &toml::Table, prefix: &str, errors: &mut Vec<KeyError>) -> Op
         action,
         for_events,
     })
+}
+
+/// An error's first line (a config error lists every key error on lines of its own).
+fn first_line(e: &ConfigError) -> String {
+    let text = e.to_string();
+    let first = text.lines().next().unwrap_or_default().to_owned();
+    match e {
+        ConfigError::Invalid(errors) if errors.len() > 1 => {
+            format!("{first} (and {} more)", errors.len() - 1)
+        }
+        _ => first,
+    }
 }
 
 /// A problem with one key.

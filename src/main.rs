@@ -52,6 +52,10 @@ pub static _rjem_malloc_conf: &u8 =
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let env = Env::from_process();
+    let ops = Ops {
+        config: cli.config.clone(),
+        control_socket: cli.control_socket.clone(),
+    };
     match cli.command {
         Command::Daemon => {
             // Before the runtime starts; the environment is left as it is (see take_listener).
@@ -92,33 +96,58 @@ fn run(cli: Cli) -> Result<ExitCode> {
             })
         }
         Command::Push { socket, file } => {
-            let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
-            let socket = socket.unwrap_or(config.daemon.socket);
+            let socket = match socket {
+                Some(s) => s,
+                None => {
+                    let (socket, _, warning) = Config::sockets(cli.config.as_deref(), &env);
+                    if let Some(w) = warning {
+                        eprintln!("warning: {w}");
+                    }
+                    socket
+                }
+            };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
             rt.block_on(push(&socket, &file))
         }
-        Command::Status { json } => control_cmd(&cli.config, &env, Request::Status, json),
-        Command::Models { json } => control_cmd(&cli.config, &env, Request::Models, json),
+        Command::Status { json } => control_cmd(&ops, &env, Request::Status, json),
+        Command::Models { json } => control_cmd(&ops, &env, Request::Models, json),
         Command::History { model, limit, json } => {
-            control_cmd(&cli.config, &env, Request::History { model, limit }, json)
+            control_cmd(&ops, &env, Request::History { model, limit }, json)
         }
         Command::Trigger {
             model,
             action,
             json,
-        } => control_cmd(&cli.config, &env, Request::Trigger { model, action }, json),
-        Command::Reset { model, json } => {
-            control_cmd(&cli.config, &env, Request::Reset { model }, json)
-        }
-        Command::Pause { model, json } => {
-            control_cmd(&cli.config, &env, Request::Pause { model }, json)
-        }
-        Command::Resume { model, json } => {
-            control_cmd(&cli.config, &env, Request::Resume { model }, json)
-        }
-        Command::Metrics => control_cmd(&cli.config, &env, Request::Metrics, false),
+            create,
+        } => control_cmd(
+            &ops,
+            &env,
+            Request::Trigger {
+                model,
+                action,
+                create,
+            },
+            json,
+        ),
+        Command::Reset {
+            model,
+            json,
+            create,
+        } => control_cmd(&ops, &env, Request::Reset { model, create }, json),
+        Command::Pause {
+            model,
+            json,
+            create,
+        } => control_cmd(&ops, &env, Request::Pause { model, create }, json),
+        Command::Resume {
+            model,
+            json,
+            create,
+        } => control_cmd(&ops, &env, Request::Resume { model, create }, json),
+        Command::Forget { model, json } => control_cmd(&ops, &env, Request::Forget { model }, json),
+        Command::Metrics => control_cmd(&ops, &env, Request::Metrics, false),
         Command::Completions { shell } => {
             // Into a buffer first: clap_complete panics when its writer fails (a closed pipe).
             let mut buf = Vec::new();
@@ -423,17 +452,28 @@ where
     }
 }
 
-fn control_cmd(
-    config: &Option<std::path::PathBuf>,
-    env: &Env,
-    req: Request,
-    json: bool,
-) -> Result<ExitCode> {
-    let config = Config::discover(config.as_deref(), env).map_err(config_error)?;
+/// Where the operator commands find the daemon.
+struct Ops {
+    config: Option<std::path::PathBuf>,
+    control_socket: Option<std::path::PathBuf>,
+}
+
+fn control_cmd(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCode> {
+    // Only the socket path is needed: a config with a typo must not lock the operator out.
+    let socket = match &ops.control_socket {
+        Some(s) => s.clone(),
+        None => {
+            let (_, socket, warning) = Config::sockets(ops.config.as_deref(), env);
+            if let Some(w) = warning {
+                eprintln!("warning: {w}");
+            }
+            socket
+        }
+    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let data = rt.block_on(control::request(&config.daemon.control_socket, &req))?;
+    let data = rt.block_on(control::request(&socket, &req))?;
     let mut out = std::io::stdout().lock();
     if json {
         writeln!(out, "{}", serde_json::to_string_pretty(&data)?)?;
@@ -445,26 +485,31 @@ fn control_cmd(
         Request::Models => print_models(&mut out, &data)?,
         Request::History { .. } => print_history(&mut out, &data)?,
         // The daemon answered, so the id passed its check; escaped all the same.
-        Request::Trigger { model, action } => writeln!(
+        Request::Trigger { model, action, .. } => writeln!(
             out,
             "job {} queued: {} for {}",
             data["job_id"],
             visutility::escape::escape(&action),
             visutility::escape::escape(&model)
         )?,
-        Request::Reset { model } => writeln!(
+        Request::Reset { model, .. } => writeln!(
             out,
             "{}: policies reset",
             visutility::escape::escape(&model)
         )?,
-        Request::Pause { model } => writeln!(
+        Request::Pause { model, .. } => writeln!(
             out,
             "{}: paused (decisions recorded, no hooks run)",
             visutility::escape::escape(&model)
         )?,
-        Request::Resume { model } => {
+        Request::Resume { model, .. } => {
             writeln!(out, "{}: resumed", visutility::escape::escape(&model))?
         }
+        Request::Forget { model } => writeln!(
+            out,
+            "{}: forgotten (state, counters and runner record removed; its jobs stay in the history)",
+            visutility::escape::escape(&model)
+        )?,
         // Not a CLI command: the fault suite sends it over the socket directly.
         Request::Fault { .. } => writeln!(out, "{data}")?,
     }

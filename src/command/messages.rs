@@ -45,6 +45,14 @@ pub struct SetPaused {
     pub paused: bool,
 }
 
+/// `forget`, first step: refused while the model has a job running or queued; otherwise its
+/// runner state (cooldown, pause, budget, trigger count, loop guard) is dropped.
+#[derive(Message)]
+#[rtype(result = "Result<(), CommandError>")]
+pub struct ForgetRunner {
+    pub model_id: String,
+}
+
 /// Counts and per-model runner state, for `status` and `models`.
 #[derive(Message)]
 #[rtype(result = "RunnerStatus")]

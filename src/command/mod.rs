@@ -68,6 +68,12 @@ pub enum CommandError {
         limit: u32,
         retry_in_s: u64,
     },
+    #[error("model {model} has a job {state} (job {job_id}); forget it once the job has ended")]
+    JobActive {
+        model: String,
+        job_id: u64,
+        state: &'static str,
+    },
 }
 
 /// What `status` shows of the runner.
@@ -933,6 +939,31 @@ impl Handler<SetPaused> for CommandActor {
         self.store.save_runner(&msg.model_id, &rec)?;
         self.store.flush_sync()?;
         tracing::info!(model_id = %msg.model_id, paused = msg.paused, "pause state changed");
+        Ok(())
+    }
+}
+
+impl Handler<ForgetRunner> for CommandActor {
+    type Result = Result<(), CommandError>;
+
+    fn handle(&mut self, msg: ForgetRunner, _ctx: &mut Context<Self>) -> Self::Result {
+        let model = msg.model_id.as_str();
+        if let Some(job) = self.running.get(model) {
+            return Err(CommandError::JobActive {
+                model: model.into(),
+                job_id: job.job_id,
+                state: "running",
+            });
+        }
+        if let Some((job, _)) = self.queue.iter().find(|(j, _)| j.model_id == model) {
+            return Err(CommandError::JobActive {
+                model: model.into(),
+                job_id: job.job_id,
+                state: "queued",
+            });
+        }
+        self.runners.remove(model);
+        self.triggers.remove(model);
         Ok(())
     }
 }

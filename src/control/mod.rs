@@ -28,10 +28,10 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use crate::command::{CommandActor, Decision, GetStatus, SetPaused, Trigger};
+use crate::command::{CommandActor, Decision, ForgetRunner, GetStatus, SetPaused, Trigger};
 use crate::ingest::{IngestStats, SocketFile};
 use crate::model::registry::Registry;
-use crate::model::{ModelView, ResetPolicies, Snapshot};
+use crate::model::{Forget, ModelView, ResetPolicies, Snapshot};
 use crate::policy::Action;
 use crate::store::Store;
 
@@ -65,15 +65,31 @@ pub enum Request {
     Trigger {
         model: String,
         action: String,
+        /// Act on a model the daemon has never seen (it is created).
+        #[serde(default)]
+        create: bool,
+    },
+    /// Removes a model's state, counters and runner record (its jobs stay in the journal).
+    Forget {
+        model: String,
     },
     Reset {
         model: String,
+        /// Act on a model the daemon has never seen (it is created).
+        #[serde(default)]
+        create: bool,
     },
     Pause {
         model: String,
+        /// Act on a model the daemon has never seen (it is created).
+        #[serde(default)]
+        create: bool,
     },
     Resume {
         model: String,
+        /// Act on a model the daemon has never seen (it is created).
+        #[serde(default)]
+        create: bool,
     },
     Metrics,
     /// Test seam, refused unless the daemon runs with `VISUTILITY_FAULT_INJECTION=1`:
@@ -242,8 +258,13 @@ async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError
 pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
     let mut views = Vec::new();
     let live = ctx.registry.all();
-    for (_, addr) in &live {
+    for (id, addr) in &live {
         if let Ok(v) = addr.send(Snapshot).await {
+            // An actor that never applied an event and has nothing stored is no model (yet):
+            // a forgotten one, or one a refused request started.
+            if v.events == 0 && !ctx.store.contains_model(id) {
+                continue;
+            }
             views.push(v);
         }
     }
@@ -272,7 +293,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             serde_json::json!({
                 "version": env!("CARGO_PKG_VERSION"),
                 "uptime_s": ctx.started.elapsed().as_secs_f64(),
-                "models": ctx.store.model_count().max(ctx.registry.len()),
+                "models": ctx.registry.known(),
                 "models_loaded": ctx.registry.len(),
                 "events_per_second": ctx.rate.per_second(),
                 "events_accepted": ctx.stats.accepted.load(Ordering::Relaxed),
@@ -320,8 +341,12 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 .map_err(|e| e.to_string())?;
             serde_json::Value::Array(jobs.iter().map(job_json).collect())
         }
-        Request::Trigger { model, action } => {
-            crate::protocol::validate_model_id(&model).map_err(|e| e.detail)?;
+        Request::Trigger {
+            model,
+            action,
+            create,
+        } => {
+            known_or_create(ctx, &model, create)?;
             let action = Action::parse(&action)
                 .ok_or_else(|| format!("unknown action {action:?}; expected full or fine_tune"))?;
             let job_id = ctx
@@ -340,8 +365,8 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 .map_err(|e| e.to_string())?;
             serde_json::json!({"job_id": job_id})
         }
-        Request::Reset { model } => {
-            crate::protocol::validate_model_id(&model).map_err(|e| e.detail)?;
+        Request::Reset { model, create } => {
+            known_or_create(ctx, &model, create)?;
             let h = ctx
                 .registry
                 .get_or_create(&model)
@@ -353,8 +378,39 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 .map_err(|e| e.to_string())?;
             serde_json::json!({"model_id": model, "reset": true})
         }
-        Request::Pause { model } => set_paused(ctx, model, true).await?,
-        Request::Resume { model } => set_paused(ctx, model, false).await?,
+        Request::Pause { model, create } => {
+            known_or_create(ctx, &model, create)?;
+            set_paused(ctx, model, true).await?
+        }
+        Request::Resume { model, create } => {
+            known_or_create(ctx, &model, create)?;
+            set_paused(ctx, model, false).await?
+        }
+        Request::Forget { model } => {
+            known_or_create(ctx, &model, false)?;
+            ctx.commander
+                .send(ForgetRunner {
+                    model_id: model.clone(),
+                })
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            let h = ctx
+                .registry
+                .get_or_create(&model)
+                .map_err(|e| e.to_string())?;
+            h.addr
+                .send(Forget)
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?;
+            ctx.store
+                .flush()
+                .await
+                .map_err(|e| format!("the store could not make the forget durable: {e}"))?;
+            ctx.registry.forgotten();
+            serde_json::json!({"model_id": model, "forgotten": true})
+        }
         Request::Metrics => {
             serde_json::Value::String(metrics::render(&metrics::snapshot(ctx).await))
         }
@@ -369,6 +425,26 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
         }
     };
     Ok(v)
+}
+
+/// Refuses an id the daemon has never seen (a typo must not create a model, pause nothing
+/// or run a real hook), unless `create` asks for it: then the model is created (it counts
+/// against `max_models`).
+fn known_or_create(ctx: &ControlCtx, model: &str, create: bool) -> Result<(), String> {
+    crate::protocol::validate_model_id(model).map_err(|e| e.detail)?;
+    if ctx.registry.knows(model) {
+        return Ok(());
+    }
+    if !create {
+        return Err(format!(
+            "unknown model {}: the daemon has never seen it (check the id with `visutility models`, or pass --create to act on it anyway)",
+            crate::escape::escape(model)
+        ));
+    }
+    ctx.registry
+        .get_or_create(model)
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 async fn set_paused(

@@ -76,6 +76,12 @@ pub struct ResetPolicies {
     pub warmup: bool,
 }
 
+/// `forget`: the model's state, counters and stored records go (its jobs stay in the
+/// journal); the actor carries on as a model never seen.
+#[derive(Message)]
+#[rtype(result = "Result<(), ModelError>")]
+pub struct Forget;
+
 /// A heartbeat for the systemd watchdog: answered only if the actor's thread is alive.
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -766,6 +766,26 @@ impl Handler<Reconfigure> for ModelActor {
     }
 }
 
+impl Handler<Forget> for ModelActor {
+    type Result = Result<(), ModelError>;
+
+    fn handle(&mut self, _msg: Forget, _ctx: &mut Context<Self>) -> Self::Result {
+        self.store.forget_model(&self.id)?;
+        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
+        self.record = ModelRecord {
+            policies: specs.iter().map(PolicyState::new).collect(),
+            ..ModelRecord::default()
+        };
+        self.loaded = true;
+        self.unlogged = false;
+        self.checkpoint_bytes = 0;
+        self.firing.clear();
+        self.decision_counts.clear();
+        tracing::info!(model_id = %self.id, "model forgotten: its state, counters and stored records are gone (its jobs stay in the journal)");
+        Ok(())
+    }
+}
+
 impl Handler<ResetPolicies> for ModelActor {
     type Result = Result<(), ModelError>;
 

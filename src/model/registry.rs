@@ -144,6 +144,24 @@ impl Registry {
         Ok(handle)
     }
 
+    /// Whether the daemon knows `model_id`: it has an actor in this run or anything stored.
+    pub fn knows(&self, model_id: &str) -> bool {
+        self.lock().actors.contains_key(model_id) || self.store.contains_model(model_id)
+    }
+
+    /// A `forget` freed the model's `max_models` slot (its actor stays, as a model never seen;
+    /// if its id sends again through a connection that still holds the actor, the slot is
+    /// taken again at the next restart's count).
+    pub fn forgotten(&self) {
+        let mut inner = self.lock();
+        inner.known = inner.known.saturating_sub(1);
+    }
+
+    /// Models that exist (what `max_models` bounds).
+    pub fn known(&self) -> usize {
+        self.lock().known
+    }
+
     pub fn all(&self) -> Vec<(Arc<str>, Addr<ModelActor>)> {
         self.lock()
             .actors

@@ -836,6 +836,25 @@ impl Store {
             }))
     }
 
+    /// Removes everything the store holds of a model except its jobs: its checkpoint, its
+    /// runner record and its logged events. The log is rewritten without them (every other
+    /// tail goes to a new segment), so the next flush retires every segment that held them:
+    /// after that flush, no crash brings the model back.
+    pub fn forget_model(&self, model_id: &str) -> Result<(), StoreError> {
+        self.check_fault()?;
+        let h = self.handles()?;
+        for tree in [TreeId::Models, TreeId::Runner] {
+            self.sled(h.tree(tree).remove(model_id.as_bytes()))?;
+            self.remember(tree, model_id.as_bytes(), None);
+        }
+        let mut w = lock(&self.shared.wal);
+        w.drop_tail(model_id);
+        w.rewrite_all();
+        drop(w);
+        self.mark_dirty();
+        Ok(())
+    }
+
     /// Whether the store holds anything of `model_id` (a checkpoint or logged events).
     pub fn contains_model(&self, model_id: &str) -> bool {
         lock(&self.shared.wal).tails.contains_key(model_id)

@@ -312,8 +312,8 @@ max_drift = 1000000.0
         fine = toml_cmd(&[not_exec.to_str().unwrap()]),
     );
     let d = b.body(body).start();
-    d.cli_ok(&["trigger", "m1", "full"]);
-    d.cli_ok(&["trigger", "m2", "fine_tune"]);
+    d.cli_ok(&["trigger", "--create", "m1", "full"]);
+    d.cli_ok(&["trigger", "--create", "m2", "fine_tune"]);
     for (model, why) in [("m1", "No such file"), ("m2", "Permission denied")] {
         let job = d.wait_job(Some(model), "a failed job", |j| j["state"] == "failed");
         let note = job["note"].as_str().unwrap_or_default();

@@ -609,7 +609,7 @@ fn paused_model_records_decisions_runs_nothing_and_resumes_across_restarts() {
     let conf = Conf::new().hook("full", &hook.command_toml(&[]));
     let mut d = b.body(conf.toml()).start();
 
-    d.cli_ok(&["pause", "m1"]);
+    d.cli_ok(&["pause", "--create", "m1"]);
     d.push_events(&[drift_event("m1", 0.9, 1)]);
     settle(&d);
     let m = d.model("m1").unwrap();

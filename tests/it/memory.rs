@@ -151,7 +151,7 @@ max_drift = 1000000.0
     );
     let d = b.body(body).start();
     let base = rss_kib(d.pid());
-    d.cli_ok(&["trigger", "loud", "full"]);
+    d.cli_ok(&["trigger", "--create", "loud", "full"]);
     let job = poll_until(std::time::Duration::from_secs(180), || {
         d.history(Some("loud"))
             .into_iter()

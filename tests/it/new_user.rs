@@ -1,7 +1,7 @@
 //! Issue 12: defects a new user and operator met, each pinned by the test that failed before
 //! its fix (the non-reading client is in `hostile.rs`).
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::support::*;
 
@@ -370,4 +370,148 @@ max_drift = 0.3
         (n > 0).then_some(n)
     });
     assert_eq!(warned, 1);
+}
+
+/// 12.3: operator commands refuse an id the daemon has never seen (no phantom model, no real
+/// hook run for a typo) unless given `--create`; `forget` removes a model for good, frees its
+/// `max_models` slot, keeps its jobs, and is refused while it has a job running.
+#[test]
+fn unknown_ids_are_refused_and_forget_removes_a_model_for_good() {
+    let b = Daemon::builder().daemon_keys("max_models = 2");
+    let hook = b.recording_hook("hook", 0);
+    let cmd = hook.command_toml(&[]);
+    let mut d = b.body(QUIET_BODY.replace(r#"["/bin/true"]"#, &cmd)).start();
+    for args in [
+        &["reset", "typo-1"][..],
+        &["pause", "never-seen"],
+        &["resume", "never-seen"],
+        &["trigger", "nonexistent", "full"],
+        &["forget", "nonexistent"],
+    ] {
+        let o = d.cli(args);
+        let text = combined(&o);
+        assert!(!o.status.success(), "{args:?} succeeded: {text}");
+        assert!(text.contains("unknown model"), "{args:?}: {text}");
+        assert_eq!(text.trim().lines().count(), 1, "{args:?}: {text}");
+    }
+    assert_eq!(hook.started(), 0, "a typo ran the real hook");
+    assert_eq!(d.models_json(), json!([]));
+    assert_eq!(d.status_json()["models"], json!(0));
+
+    // Two real models fill max_models = 2; the typos took no slot.
+    d.push_events(&[plain_event("a"), plain_event("b")]);
+    let mut c = d.connect();
+    c.send_line(&plain_event("c"));
+    let (flush, errors) = c.flush_with_errors();
+    assert_flush(&flush, 0, 1);
+    assert_error(&errors[0], &["too_many_models"], 1);
+
+    // A job for a, then forget a: its slot frees, its job stays in the history.
+    d.cli_ok(&["trigger", "a", "full"]);
+    d.wait_job(Some("a"), "a's job", |j| j["state"] == "succeeded");
+    d.cli_ok(&["pause", "a"]);
+    d.cli_ok(&["forget", "a"]);
+    let ids: Vec<Value> = d
+        .models_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model_id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!("b")]);
+    assert_eq!(d.history(Some("a")).len(), 1, "the journal lost a's job");
+    assert_eq!(
+        d.status_json()["paused"],
+        json!([]),
+        "a's runner record stayed"
+    );
+    c.send_line(&plain_event("c"));
+    let (flush, _) = c.flush_with_errors();
+    assert_eq!(flush["accepted"], json!(1), "{flush}");
+
+    // Gone for good: a crash right after does not bring it back.
+    drop(c);
+    d.kill_and_restart();
+    let ids: Vec<Value> = d
+        .models_json()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["model_id"].clone())
+        .collect();
+    assert_eq!(ids, vec![json!("b"), json!("c")]);
+    assert_eq!(d.status_json()["models"], json!(2));
+
+    // Refused while a job runs.
+    hook.close_gate();
+    d.cli_ok(&["trigger", "b", "full"]);
+    d.wait_for("b's hook to start", || (hook.started() >= 2).then_some(()));
+    let o = d.cli(&["forget", "b"]);
+    let text = combined(&o);
+    assert!(
+        !o.status.success() && text.contains("job running"),
+        "{text}"
+    );
+    hook.open_gate();
+
+    // --create pre-arms a model that has not sent yet.
+    let o = d.cli(&["pause", "--create", "fresh"]);
+    assert!(
+        !o.status.success(),
+        "max_models full, yet --create made a third model"
+    );
+    d.cli_ok(&["forget", "c"]);
+    d.cli_ok(&["pause", "--create", "fresh"]);
+    assert_eq!(d.status_json()["paused"], json!(["fresh"]));
+}
+
+/// 12.5: a typo in the config file on disk must not lock the operator out: the commands read
+/// the socket paths anyway (with a warning), and take `--control-socket` / `--socket` and
+/// environment overrides.
+#[test]
+fn a_broken_config_on_disk_does_not_lock_the_operator_out() {
+    let d = Daemon::start_default();
+    d.push_events(&[plain_event("m1")]);
+    let good = std::fs::read_to_string(&d.config_path).unwrap();
+    std::fs::write(
+        &d.config_path,
+        good.replace("[daemon]", "[daemon]\ntreshold = 1"),
+    )
+    .unwrap();
+    let o = d.cli(&["status"]);
+    assert!(
+        o.status.success(),
+        "status with a broken config: {}",
+        combined(&o)
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("warning:") && err.contains("treshold") && err.contains("check-config"),
+        "{err}"
+    );
+    let o = d.cli(&["pause", "m1"]);
+    assert!(o.status.success(), "{}", combined(&o));
+
+    // Pointing at the sockets directly: no config needed at all.
+    let ctl = d.control_socket.to_str().unwrap().to_owned();
+    let o = d.sb.run(&[
+        "--config",
+        "/nonexistent.toml",
+        "--control-socket",
+        &ctl,
+        "resume",
+        "m1",
+    ]);
+    assert!(o.status.success(), "{}", combined(&o));
+    let mut cmd =
+        d.sb.command(&["--config", "/nonexistent.toml", "models", "--json"]);
+    cmd.env("VISUTILITY_CONTROL_SOCKET", &ctl);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", combined(&o));
+    let events = d.sb.write("e.ndjson", &(plain_event("m1") + "\n"));
+    let mut cmd = d.sb.command(&["--config", "/nonexistent.toml", "push"]);
+    cmd.arg(&events).env("VISUTILITY_SOCKET", &d.socket);
+    let o = cmd.output().unwrap();
+    assert!(o.status.success(), "{}", combined(&o));
+    assert_eq!(d.events_of("m1"), 2);
 }

@@ -209,7 +209,7 @@ fn finding_2_a_writable_config_is_refused_at_reload_and_the_running_config_kept(
         "the opt-out was not held back to the next restart"
     );
     // The running config is the old one: the quiet body's /bin/true hook.
-    d.cli_ok(&["trigger", "m1", "full"]);
+    d.cli_ok(&["trigger", "--create", "m1", "full"]);
     let job = d.wait_job(Some("m1"), "the job", |j| j["state"] == "succeeded");
     assert_eq!(job["command"], serde_json::json!(["/bin/true"]), "{job}");
 
@@ -237,7 +237,7 @@ fn finding_2_allow_insecure_modes_is_warned_at_every_start() {
         .daemon_keys("allow_insecure_modes = true")
         .body(hook_body(&hook.command_toml(&[]), ""))
         .start();
-    d.cli_ok(&["trigger", "m1", "full"]);
+    d.cli_ok(&["trigger", "--create", "m1", "full"]);
     d.wait_runs(&hook, 1);
     d.sigterm();
     d.wait_exit();
@@ -253,7 +253,7 @@ fn finding_2_a_hook_made_writable_after_start_is_not_run() {
     let hook = b.recording_hook("later", 0);
     let d = b.body(hook_body(&hook.command_toml(&[]), "")).start();
     chmod(&hook.script, 0o777);
-    d.cli_ok(&["trigger", "m1", "full"]);
+    d.cli_ok(&["trigger", "--create", "m1", "full"]);
     let job = d.wait_job(Some("m1"), "a failed job", |j| j["state"] == "failed");
     let note = job["note"].as_str().unwrap_or_default();
     assert!(
@@ -404,7 +404,7 @@ fn finding_7_hooks_get_a_minimal_environment_and_no_inherited_descriptors() {
         .start();
     // SAFETY: closing our own descriptor; the daemon has its copy.
     unsafe { libc::close(fd) };
-    d.cli_ok(&["trigger", "m1", "full"]);
+    d.cli_ok(&["trigger", "--create", "m1", "full"]);
     let env = d.wait_for("the hook's environment", || {
         fs::read_to_string(out.join("env")).ok()
     });
