@@ -67,6 +67,8 @@ pub enum Command {
     },
     /// Every model with its policies' state.
     Models {
+        /// Only this model.
+        model: Option<String>,
         /// Print a JSON array: per model `model_id`, `events`, `last_seen`, `paused`, `policies`.
         #[arg(long)]
         json: bool,

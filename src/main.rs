@@ -112,7 +112,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(push(&socket, &file))
         }
         Command::Status { json } => control_cmd(&ops, &env, Request::Status, json),
-        Command::Models { json } => control_cmd(&ops, &env, Request::Models, json),
+        Command::Models { model, json } => control_cmd(&ops, &env, Request::Models { model }, json),
         Command::History { model, limit, json } => {
             control_cmd(&ops, &env, Request::History { model, limit }, json)
         }
@@ -482,7 +482,7 @@ fn control_cmd(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCod
     match req {
         Request::Metrics => write!(out, "{}", data.as_str().unwrap_or_default())?,
         Request::Status => print_status(&mut out, &data)?,
-        Request::Models => print_models(&mut out, &data)?,
+        Request::Models { .. } => print_models(&mut out, &data)?,
         Request::History { .. } => print_history(&mut out, &data)?,
         // The daemon answered, so the id passed its check; escaped all the same.
         Request::Trigger { model, action, .. } => writeln!(
@@ -796,10 +796,18 @@ fn print_history(out: &mut impl Write, data: &Value) -> Result<()> {
                 (Some(s), Some(e)) => human_duration(e - s),
                 _ => "-".into(),
             };
+            // The reason can be long (a detector's statistic, the loop guard's why): cut.
+            let reason: String = j["reason"]
+                .as_str()
+                .unwrap_or("")
+                .chars()
+                .take(60)
+                .collect();
             vec![
                 j["job_id"].to_string(),
                 j["model_id"].as_str().unwrap_or("").to_owned(),
                 j["action"].as_str().unwrap_or("").to_owned(),
+                j["policy"].as_str().unwrap_or("").to_owned(),
                 j["state"].as_str().unwrap_or("").to_owned(),
                 j["attempts"].to_string(),
                 j["exit_code"]
@@ -808,15 +816,19 @@ fn print_history(out: &mut impl Write, data: &Value) -> Result<()> {
                     .unwrap_or_else(|| "-".into()),
                 ago(j["created"].as_f64()),
                 took,
+                reason,
                 j["note"].as_str().unwrap_or("").to_owned(),
             ]
         })
         .collect();
     for line in table(
         &[
-            "JOB", "MODEL", "ACTION", "STATE", "ATTEMPTS", "EXIT", "CREATED", "TOOK", "NOTE",
+            "JOB", "MODEL", "ACTION", "POLICY", "STATE", "ATTEMPTS", "EXIT", "CREATED", "TOOK",
+            "REASON", "NOTE",
         ],
-        &[true, false, false, false, true, true, false, true],
+        &[
+            true, false, false, false, false, true, true, false, true, false,
+        ],
         &rows,
     ) {
         writeln!(out, "{}", line.trim_end())?;

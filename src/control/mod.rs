@@ -55,7 +55,11 @@ pub enum ControlError {
 #[serde(tag = "cmd", rename_all = "snake_case")]
 pub enum Request {
     Status,
-    Models,
+    Models {
+        /// Only this model (an unknown id is refused).
+        #[serde(default)]
+        model: Option<String>,
+    },
     History {
         #[serde(default)]
         model: Option<String>,
@@ -313,7 +317,10 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 "state_dir": ctx.store.path().display().to_string(),
             })
         }
-        Request::Models => {
+        Request::Models { model } => {
+            if let Some(m) = &model {
+                known_or_create(ctx, m, false)?;
+            }
             let runner = ctx
                 .commander
                 .send(GetStatus)
@@ -322,6 +329,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             let views = model_views(ctx).await;
             let arr: Vec<serde_json::Value> = views
                 .into_iter()
+                .filter(|v| model.as_ref().is_none_or(|m| *m == v.model_id))
                 .map(|v| {
                     let paused = runner.paused.contains(&v.model_id);
                     let mut j = serde_json::to_value(&v).unwrap_or_default();

@@ -919,6 +919,9 @@ impl Store {
     pub fn jobs(&self, model_id: Option<&str>, limit: usize) -> Result<Vec<Job>, StoreError> {
         let h = self.handles()?;
         let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
         for kv in h.jobs.iter().rev() {
             let (k, v) = self.sled(kv)?;
             let job: Job = decode(&format!("jobs/{k:?}"), &v)?;

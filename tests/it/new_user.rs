@@ -515,3 +515,45 @@ fn a_broken_config_on_disk_does_not_lock_the_operator_out() {
     assert!(o.status.success(), "{}", combined(&o));
     assert_eq!(d.events_of("m1"), 2);
 }
+
+/// 12.10: `history --limit 0` lists nothing, `models MODEL` shows one model, and the history
+/// table says which policy asked for each job and why.
+#[test]
+fn history_and_models_small_fixes() {
+    let b = Daemon::builder();
+    let hook = b.recording_hook("hook", 0);
+    let cmd = hook.command_toml(&[]);
+    let d = b.body(QUIET_BODY.replace(r#"["/bin/true"]"#, &cmd)).start();
+    d.push_events(&[plain_event("m1"), plain_event("m2")]);
+    d.cli_ok(&["trigger", "m1", "full"]);
+    d.wait_job(Some("m1"), "the job", |j| j["state"] == "succeeded");
+    assert_eq!(d.cli_json(&["history", "--limit", "0"]), json!([]));
+    assert_eq!(
+        d.cli_json(&["history", "--limit", "1"])
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let one = d.cli_json(&["models", "m2"]);
+    let ids: Vec<&Value> = one
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| &m["model_id"])
+        .collect();
+    assert_eq!(ids, vec![&json!("m2")]);
+    let o = d.cli(&["models", "nope"]);
+    assert!(!o.status.success() && combined(&o).contains("unknown model"));
+    let table = d.cli_ok(&["history"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.contains("POLICY") && header.contains("REASON"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap();
+    assert!(
+        row.contains("manual") && row.contains("triggered by an operator"),
+        "{table}"
+    );
+}
