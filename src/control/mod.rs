@@ -259,6 +259,23 @@ async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError
 }
 
 /// Views of every model: live actors answer for themselves, the rest come from the store.
+/// A stored model's state as loading it would make it: its checkpoint with the logged events
+/// replayed through the policies.
+fn replayed(
+    ctx: &ControlCtx,
+    id: &str,
+    rule: Option<&crate::config::ModelRule>,
+) -> Option<crate::store::ModelRecord> {
+    let loaded = ctx.store.load_model_state(id).ok()?;
+    let mut rec = loaded.record.unwrap_or_default();
+    if let Some(rule) = rule {
+        rec.policies =
+            crate::policy::bind_states(&rule.policies, std::mem::take(&mut rec.policies));
+    }
+    crate::model::advance(&mut rec, rule, &loaded.events, |_| {});
+    Some(rec)
+}
+
 pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
     let mut views = Vec::new();
     let live = ctx.registry.all();
@@ -272,13 +289,28 @@ pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
             views.push(v);
         }
     }
+    // Models not loaded in this run: their checkpoint, plus the events logged after it (at
+    // start, until the recovered models have loaded and folded, the log holds the newest).
+    let mut seen = std::collections::HashSet::new();
     for (id, rec) in ctx.store.models().filter_map(Result::ok) {
         if !live.iter().any(|(l, _)| **l == *id) {
-            views.push(ModelView::from_record(
-                &id,
-                &rec,
-                ctx.registry.rule_for(&id).as_deref(),
-            ));
+            let rule = ctx.registry.rule_for(&id);
+            let rec = if ctx.store.has_tail(&id) {
+                replayed(ctx, &id, rule.as_deref()).unwrap_or(rec)
+            } else {
+                rec
+            };
+            views.push(ModelView::from_record(&id, &rec, rule.as_deref()));
+        }
+        seen.insert(id);
+    }
+    for id in ctx.store.recovered_models() {
+        if seen.contains(&id) || live.iter().any(|(l, _)| **l == *id) {
+            continue;
+        }
+        let rule = ctx.registry.rule_for(&id);
+        if let Some(rec) = replayed(ctx, &id, rule.as_deref()) {
+            views.push(ModelView::from_record(&id, &rec, rule.as_deref()));
         }
     }
     views.sort_by(|a, b| a.model_id.cmp(&b.model_id));
