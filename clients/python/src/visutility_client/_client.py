@@ -29,6 +29,7 @@ _MODEL_ID = re.compile(r"[A-Za-z0-9_:][A-Za-z0-9._:/-]{0,127}\Z")
 _METRIC_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}\Z")
 _FLUSH_OP = b'{"op":"flush"}\n'
 _LOG_EVERY_S = 10.0
+_now = time.time
 
 
 def valid_model_id(model_id: object) -> bool:
@@ -179,20 +180,55 @@ class Client:
         daemon is down keeps its own time. NaN and infinite values are left out of the event
         and counted in ``nonfinite``; in ``meta`` they become ``null``.
         """
-        nonfinite = [0]
+        # The common case (float fields) is encoded inline: this is the caller's hot path.
         try:
-            line = self._encode(
-                model_id, drift_score, accuracy, error, value, metrics, meta, ts, nonfinite
-            )
+            if model_id not in self._ids:
+                if not valid_model_id(model_id):
+                    raise _Invalid("bad_model_id", f"invalid model id {model_id!r}")
+                if len(self._ids) < 4096:
+                    self._ids.add(model_id)
+            out = '{"model_id":"' + model_id + '"'
+            if ts is None:
+                if self._stamp_ts:
+                    out += ',"ts":' + repr(_now())
+            elif type(ts) is float and ts - ts == 0.0:
+                out += ',"ts":' + repr(ts)
+            else:
+                out = self._field(out, "ts", ts)
+            if drift_score is not None:
+                if type(drift_score) is float and drift_score - drift_score == 0.0:
+                    out += ',"drift_score":' + repr(drift_score)
+                else:
+                    out = self._field(out, "drift_score", drift_score)
+            if accuracy is not None:
+                if type(accuracy) is float and accuracy - accuracy == 0.0:
+                    out += ',"accuracy":' + repr(accuracy)
+                else:
+                    out = self._field(out, "accuracy", accuracy)
+            if value is not None:
+                if type(value) is float and value - value == 0.0:
+                    out += ',"value":' + repr(value)
+                else:
+                    out = self._field(out, "value", value)
+            if error is not None:
+                if error is True:
+                    out += ',"error":true'
+                elif error is False:
+                    out += ',"error":false'
+                else:
+                    out = self._field(out, "error", error)
+            if metrics:
+                out += self._metrics(metrics)
+            if meta is not None:
+                out += ',"meta":' + self._meta(meta)
+            out += "}\n"
         except _Invalid as e:
-            self._refuse(e.code, str(e), nonfinite[0])
+            self._refuse(e.code, str(e))
             return False
         except Exception as e:  # never raise into the caller's hot path
-            self._refuse("bad_field", f"cannot encode the event: {e!r}", nonfinite[0])
+            self._refuse("bad_field", f"cannot encode the event: {e!r}")
             return False
         with self._lock:
-            if nonfinite[0]:
-                self._nonfinite += nonfinite[0]
             if self._closing:
                 self._dropped += 1
                 return False
@@ -200,80 +236,50 @@ class Client:
             if len(q) >= self._qmax:
                 q.popleft()
                 self._dropped += 1
-            q.append(line)
+            q.append(out)
             self._enq_seq += 1
             if self._waiting:
                 self._waiting = False
                 self._work.notify()
         return True
 
-    def _encode(
-        self,
-        model_id: str,
-        drift_score: Optional[Number],
-        accuracy: Optional[Number],
-        error: Union[bool, int, None],
-        value: Optional[Number],
-        metrics: Optional[Mapping[str, Number]],
-        meta: Any,
-        ts: Optional[float],
-        nonfinite: List[int],
-    ) -> str:
-        if model_id not in self._ids:
-            if not valid_model_id(model_id):
-                raise _Invalid("bad_model_id", f"invalid model id {model_id!r}")
-            if len(self._ids) < 4096:
-                self._ids.add(model_id)
-        out = '{"model_id":"' + model_id + '"'
-        if ts is None and self._stamp_ts:
-            ts = time.time()
-        for name, x in (
-            ("ts", ts),
-            ("drift_score", drift_score),
-            ("accuracy", accuracy),
-            ("value", value),
-        ):
-            if x is not None:
-                n = _num(x)
-                if n is None:
-                    nonfinite[0] += 1
-                else:
-                    out += ',"' + name + '":' + n
-        if error is not None:
-            if error is True or error is False:
-                out += ',"error":true' if error else ',"error":false'
-            else:
-                n = _num(error)
-                if n is None:
-                    nonfinite[0] += 1
-                else:
-                    out += ',"error":' + n
-        if metrics:
-            parts = []
-            for k, x in metrics.items():
-                n = _num(x)
-                if n is None:
-                    nonfinite[0] += 1
-                    continue
-                if type(k) is str and _METRIC_NAME.match(k):
-                    parts.append('"' + k + '":' + n)
-                else:
-                    parts.append(json.dumps(k) + ":" + n)
-            out += ',"metrics":{' + ",".join(parts) + "}"
-        if meta is not None:
-            try:
-                m = json.dumps(meta, separators=(",", ":"), allow_nan=False, default=str)
-            except ValueError:
-                m = json.dumps(
-                    _finite_only(meta, nonfinite), separators=(",", ":"), default=str
-                )
-            out += ',"meta":' + m
-        return out + "}\n"
+    def _count_nonfinite(self, n: int = 1) -> None:
+        with self._lock:
+            self._nonfinite += n
 
-    def _refuse(self, code: str, detail: str, nonfinite: int) -> None:
+    def _field(self, out: str, name: str, x: object) -> str:
+        """``out`` with ``,"name":x``, or without it when x is not finite (counted)."""
+        n = _num(x)
+        if n is None:
+            self._count_nonfinite()
+            return out
+        return out + ',"' + name + '":' + n
+
+    def _metrics(self, metrics: Mapping[str, Number]) -> str:
+        parts = []
+        for k, x in metrics.items():
+            n = _num(x)
+            if n is None:
+                self._count_nonfinite()
+                continue
+            if type(k) is str and _METRIC_NAME.match(k):
+                parts.append('"' + k + '":' + n)
+            else:
+                parts.append(json.dumps(k) + ":" + n)
+        return ',"metrics":{' + ",".join(parts) + "}"
+
+    def _meta(self, meta: Any) -> str:
+        try:
+            return json.dumps(meta, separators=(",", ":"), allow_nan=False, default=str)
+        except ValueError:
+            counter = [0]
+            clean = _finite_only(meta, counter)
+            self._count_nonfinite(counter[0])
+            return json.dumps(clean, separators=(",", ":"), default=str)
+
+    def _refuse(self, code: str, detail: str) -> None:
         with self._lock:
             self._rejected_local += 1
-            self._nonfinite += nonfinite
             self._errors[code] = self._errors.get(code, 0) + 1
         self._log_limited("local:" + code, "event not sent: %s: %s", code, detail)
 
