@@ -73,12 +73,21 @@ pub struct PeerAllow {
     pub gids: Vec<u32>,
 }
 
-/// `[metrics]`: where the exposition is also written for node_exporter's textfile collector.
+/// `[metrics]`: where the exposition is also written for node_exporter's textfile collector,
+/// where it is served over HTTP, and how many models get series of their own.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MetricsConfig {
     pub textfile: Option<PathBuf>,
     pub interval_s: u64,
+    /// `listen = "HOST:PORT"`: serve the exposition at `http://HOST:PORT/metrics`.
+    pub listen: Option<std::net::SocketAddr>,
+    /// Models with series of their own (the most recently seen first); the rest are summed
+    /// under `model_id="_other"`. A fleet multiplies every series by its number of hosts.
+    pub max_model_series: usize,
 }
+
+/// The default of `[metrics] max_model_series`.
+pub const DEFAULT_MAX_MODEL_SERIES: usize = 1000;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HooksConfig {
@@ -330,6 +339,21 @@ impl Config {
             let m = MetricsConfig {
                 textfile: w.path("textfile"),
                 interval_s: w.int("interval_s", 1, 86_400).unwrap_or(15),
+                listen: w.string("listen").and_then(|s| match s.parse() {
+                    Ok(addr) => Some(addr),
+                    Err(_) => {
+                        w.error(
+                            "listen",
+                            format!(
+                                "expected \"HOST:PORT\" with an IP address (\"127.0.0.1:9464\", \"[::1]:9464\"), got {s:?}"
+                            ),
+                        );
+                        None
+                    }
+                }),
+                max_model_series: w
+                    .int("max_model_series", 0, 10_000_000)
+                    .map_or(DEFAULT_MAX_MODEL_SERIES, |n| n as usize),
             };
             w.finish();
             m
@@ -446,6 +470,9 @@ impl Config {
                 p.display(),
                 self.metrics.interval_s
             ));
+        }
+        if let Some(addr) = &self.metrics.listen {
+            s.push_str(&format!("metrics served at: http://{addr}/metrics\n"));
         }
         for (name, hook) in [
             ("full", &self.hooks.full),
@@ -1872,8 +1899,29 @@ action = "full"
             c.metrics,
             MetricsConfig {
                 textfile: None,
-                interval_s: 15
+                interval_s: 15,
+                listen: None,
+                max_model_series: 1000,
             }
+        );
+        let c = Config::from_toml(
+            "[metrics]\nlisten = \"127.0.0.1:9464\"\nmax_model_series = 0\n",
+            &env(),
+        )
+        .unwrap();
+        assert_eq!(c.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert_eq!(c.metrics.max_model_series, 0);
+        let Err(ConfigError::Invalid(errs)) = Config::from_toml(
+            "[metrics]\nlisten = \"localhost\"\nmax_model_series = -1\n",
+            &env(),
+        ) else {
+            panic!("expected errors");
+        };
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["metrics.listen", "metrics.max_model_series"],
+            "{errs:?}"
         );
         let c = Config::from_toml(
             "[metrics]\ntextfile = \"/var/lib/node_exporter/visutility.prom\"\ninterval_s = 60\n",

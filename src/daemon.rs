@@ -33,6 +33,8 @@ pub enum DaemonError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Socket(#[from] IngestError),
+    #[error(transparent)]
+    MetricsListen(#[from] control::http::HttpError),
     #[error("cannot listen for signals")]
     Signals(#[source] std::io::Error),
     #[error("cannot start the runtime")]
@@ -132,6 +134,11 @@ async fn serve(
     let commander = CommandActor::start_in_arbiter(&command_arbiter.handle(), move |_| command);
     registry.set_commander(commander.clone());
 
+    // First, so that a taken port refuses the start before any socket file is created.
+    let metrics_listener = match config.metrics.listen {
+        Some(addr) => Some(control::http::bind(addr)?),
+        None => None,
+    };
     let ingest_socket = match inherited {
         Some(l) => {
             tracing::info!("using the ingest socket passed by systemd");
@@ -192,9 +199,13 @@ async fn serve(
         refused: Arc::default(),
         refusals: control_refusals.clone(),
         shutdown: shutdown_rx.clone(),
+        max_model_series: config.metrics.max_model_series,
     };
     let control_task = actix::spawn(control::serve(control_socket, control_ctx.clone()));
 
+    if let Some(listener) = metrics_listener {
+        actix::spawn(control::http::serve(listener, control_ctx.clone()));
+    }
     if let Some(path) = config.metrics.textfile.clone() {
         actix::spawn(write_textfile_every(
             path,

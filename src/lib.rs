@@ -16,6 +16,8 @@
 //! - [`command`]: the hook runner: one actor that turns decisions into jobs and runs the
 //!   operator's retrain scripts with timeouts, cooldowns and retries.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
+//!   Also the metrics ([`control::metrics`]) and their optional HTTP listener
+//!   ([`control::http`], `[metrics] listen`).
 //! - [`strict_modes`]: the ownership and mode checks on the config, the hooks and the state
 //!   directory (sshd's StrictModes).
 //! - [`store`]: the only module that knows sled and bincode; versioned records and migrations.

@@ -83,6 +83,9 @@ pub struct RunnerStatus {
     pub queued: usize,
     pub paused: Vec<String>,
     pub jobs_by_outcome: HashMap<&'static str, u64>,
+    /// The same jobs by `(action, outcome)`, sorted (for `metrics`; `status` shows the sums).
+    #[serde(skip)]
+    pub jobs_by_action: Vec<((&'static str, &'static str), u64)>,
     pub hook_durations: stats::DurationHistogram,
 }
 
@@ -95,7 +98,8 @@ pub struct CommandActor {
     /// Jobs waiting for a slot, or for their retry backoff (`not_before`).
     queue: VecDeque<(Job, f64)>,
     runners: HashMap<String, RunnerRecord>,
-    outcomes: HashMap<&'static str, u64>,
+    /// Jobs that reached an end state since start, by `(action, outcome)`.
+    outcomes: HashMap<(&'static str, &'static str), u64>,
     /// How long finished hook runs took, for `metrics`.
     hook_durations: stats::DurationHistogram,
     /// Hook process groups from before a restart that outlived the daemon: the model's next
@@ -197,7 +201,7 @@ impl CommandActor {
                 old.note = "superseded by a full retrain".into();
                 old.transition(JobState::Superseded, now);
                 self.journal_logged(&old);
-                self.count(JobState::Superseded);
+                self.count(&old);
                 tracing::info!(
                     model_id = model,
                     job_id = old.job_id,
@@ -423,7 +427,7 @@ impl CommandActor {
             job.transition(JobState::Skipped, now);
             self.save_runner(&d.model_id);
             self.journal(&job)?;
-            self.count(JobState::Skipped);
+            self.count(&job);
             tracing::warn!(model_id = %d.model_id, job_id = job.job_id, why = %why, "escalation recorded; no escalate hook configured");
             return Ok(Some(job.job_id));
         };
@@ -451,7 +455,7 @@ impl CommandActor {
             }
             self.save_runner(&model);
             self.journal(&job)?;
-            self.count(JobState::Skipped);
+            self.count(&job);
             tracing::info!(model_id = %model, job_id, action = %job.action, command = %job.note, "dry run");
             return Ok(Some(job_id));
         }
@@ -536,7 +540,7 @@ impl CommandActor {
             );
             job.transition(JobState::Failed, now);
             self.journal_logged(&job);
-            self.count(JobState::Failed);
+            self.count(&job);
             return;
         };
         job.attempts += 1;
@@ -552,7 +556,7 @@ impl CommandActor {
             tracing::error!(job_id = job.job_id, model_id = %job.model_id, error = %error, "cannot record the job as running; not starting its hook");
             job.note = "cannot record the job as running in the state store".into();
             job.transition(JobState::Failed, now);
-            self.count(JobState::Failed);
+            self.count(&job);
             // Best effort: the store is failing.
             let _ = self.store.save_job(&job);
             return;
@@ -651,7 +655,7 @@ impl CommandActor {
         let retrain = job.action != Action::Escalate;
         if o.success() {
             job.transition(JobState::Succeeded, now);
-            self.count(JobState::Succeeded);
+            self.count(&job);
             tracing::info!(model_id = %model, job_id = job.job_id, action = %job.action, duration_ms = o.duration.as_millis() as u64, "hook succeeded");
             if retrain {
                 // The reset is queued to the model before the success is visible, so events
@@ -681,7 +685,7 @@ impl CommandActor {
         } else {
             tracing::error!(model_id = %model, job_id = job.job_id, attempts = job.attempts, note = %job.note, "hook failed");
             job.transition(JobState::Failed, now);
-            self.count(JobState::Failed);
+            self.count(&job);
             if retrain {
                 self.after_end(&model, now);
             }
@@ -699,8 +703,12 @@ impl CommandActor {
         self.runner(model).cooldown_until = now + cooldown;
     }
 
-    fn count(&mut self, state: JobState) {
-        *self.outcomes.entry(state.as_str()).or_default() += 1;
+    /// Counts a job that reached its end state, by action and outcome.
+    fn count(&mut self, job: &Job) {
+        *self
+            .outcomes
+            .entry((job.action.as_str(), job.state.as_str()))
+            .or_default() += 1;
     }
 
     /// How many interrupted jobs this one redoes, following `retry_of` back (bounded).
@@ -767,7 +775,7 @@ impl CommandActor {
             None => format!("{why}; not retried (hooks.on_interrupted)"),
         };
         job.transition(JobState::Interrupted, now);
-        self.count(JobState::Interrupted);
+        self.count(&job);
         if let Some(r) = &redo
             && let Err(error) = self.store.save_job(r)
         {
@@ -804,13 +812,13 @@ impl CommandActor {
                     old.note = format!("superseded by job {} (a full retrain)", job.job_id);
                     old.transition(JobState::Superseded, now);
                     self.journal_logged(&old);
-                    self.count(JobState::Superseded);
+                    self.count(&old);
                     self.queue.push_back((job, 0.0));
                 } else {
                     job.note = format!("absorbed by job {} after a restart", first.job_id);
                     job.transition(JobState::Superseded, now);
                     self.journal_logged(&job);
-                    self.count(JobState::Superseded);
+                    self.count(&job);
                 }
             }
         }
@@ -985,7 +993,18 @@ impl Handler<GetStatus> for CommandActor {
             running: self.running.len(),
             queued: self.queue.len(),
             paused,
-            jobs_by_outcome: self.outcomes.clone(),
+            jobs_by_outcome: self
+                .outcomes
+                .iter()
+                .fold(HashMap::new(), |mut m, ((_, o), n)| {
+                    *m.entry(*o).or_default() += n;
+                    m
+                }),
+            jobs_by_action: {
+                let mut v: Vec<_> = self.outcomes.iter().map(|(k, n)| (*k, *n)).collect();
+                v.sort();
+                v
+            },
             hook_durations: self.hook_durations.clone(),
         })
     }

@@ -5,7 +5,12 @@
 //! pure function. Every family has `# HELP` and `# TYPE`; counters end in `_total`; times are
 //! seconds and sizes bytes. The same text goes to `visutility metrics` and, when
 //! `[metrics] textfile` is set, to a file for node_exporter's textfile collector, written by
-//! [`write_textfile`] so that a scrape never sees half a file.
+//! [`write_textfile`] so that a scrape never sees half a file, and, when `[metrics] listen` is
+//! set, over HTTP by [`super::http`].
+//!
+//! Label sets stay bounded, because a fleet multiplies every series by its number of hosts:
+//! only the `max_model_series` most recently seen models get series of their own; the others
+//! are summed under `model_id="_other"` and counted by `visutility_models_unlisted`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -45,9 +50,15 @@ pub struct Snapshot {
     pub control_refused: u64,
     pub store_bytes: u64,
     pub store: crate::store::StoreStats,
+    /// The store's latched error, if any (`status` shows it; the metrics show 0 or 1).
+    pub store_healthy: bool,
     pub models: Vec<ModelMetrics>,
+    /// How many models get series of their own (`[metrics] max_model_series`).
+    pub max_model_series: usize,
     /// Jobs that reached an end state since start, by outcome.
     pub jobs: Vec<(String, u64)>,
+    /// The same jobs by `(action, outcome)`.
+    pub jobs_by_action: Vec<(String, String, u64)>,
     pub jobs_running: u64,
     pub jobs_queued: u64,
     pub hook_durations: DurationHistogram,
@@ -145,8 +156,15 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
         control_refused: ctx.refused.load(Ordering::Relaxed),
         store_bytes: ctx.store.size_on_disk(),
         store: ctx.store.stats(),
+        store_healthy: ctx.store.health().is_none(),
         models,
+        max_model_series: ctx.max_model_series,
         jobs,
+        jobs_by_action: runner
+            .jobs_by_action
+            .iter()
+            .map(|((a, o), n)| ((*a).to_owned(), (*o).to_owned(), *n))
+            .collect(),
         jobs_running: runner.running as u64,
         jobs_queued: runner.queued as u64,
         hook_durations: runner.hook_durations,
@@ -158,8 +176,56 @@ fn decimal(x: f32) -> f64 {
     x.to_string().parse().unwrap_or(f64::from(x))
 }
 
+/// The model id the models past `max_model_series` are summed under: `_` is outside the model
+/// id alphabet (`[A-Za-z0-9._:/-]`), so no real model can have it.
+pub const OTHER: &str = "_other";
+
+/// Splits `models` into those shown one by one (the `max` most recently seen, ties by id, in
+/// id order) and the sum of the rest under [`OTHER`] (`None` when there is no rest). The sum
+/// carries counters only: a latest value or a pause has no meaning summed over models.
+pub fn bound_models(
+    models: &[ModelMetrics],
+    max: usize,
+) -> (Vec<&ModelMetrics>, Option<ModelMetrics>) {
+    if models.len() <= max {
+        return (models.iter().collect(), None);
+    }
+    let mut order: Vec<&ModelMetrics> = models.iter().collect();
+    order.sort_by(|a, b| {
+        b.last_seen
+            .total_cmp(&a.last_seen)
+            .then_with(|| a.model_id.cmp(&b.model_id))
+    });
+    let rest = order.split_off(max);
+    order.sort_by(|a, b| a.model_id.cmp(&b.model_id));
+    let mut other = ModelMetrics {
+        model_id: OTHER.into(),
+        ..ModelMetrics::default()
+    };
+    let mut decisions = std::collections::BTreeMap::<(String, String), u64>::new();
+    let mut rejected = std::collections::BTreeMap::<String, u64>::new();
+    for m in rest {
+        other.events += m.events;
+        for (policy, action, n) in &m.decisions {
+            *decisions
+                .entry((policy.clone(), action.clone()))
+                .or_default() += n;
+        }
+        for (policy, n) in &m.values_rejected {
+            *rejected.entry(policy.clone()).or_default() += n;
+        }
+    }
+    other.decisions = decisions.into_iter().map(|((p, a), n)| (p, a, n)).collect();
+    other.values_rejected = rejected.into_iter().collect();
+    (order, Some(other))
+}
+
 /// The exposition text of `s`.
 pub fn render(s: &Snapshot) -> String {
+    let (listed, other) = bound_models(&s.models, s.max_model_series);
+    let unlisted = s.models.len() - listed.len();
+    // Counters cover every model (the listed ones and `_other`); gauges the listed ones only.
+    let counted: Vec<&ModelMetrics> = listed.iter().copied().chain(other.as_ref()).collect();
     let mut out = Exposition::default();
     out.family(
         "visutility_build_info",
@@ -254,6 +320,16 @@ pub fn render(s: &Snapshot) -> String {
         "Size of the state store on disk.",
     );
     out.sample("visutility_store_size_bytes", &[], s.store_bytes as f64);
+    out.family(
+        "visutility_store_healthy",
+        "gauge",
+        "1 while the state store works; 0 once it latched an error (`visutility status` says which).",
+    );
+    out.sample(
+        "visutility_store_healthy",
+        &[],
+        if s.store_healthy { 1.0 } else { 0.0 },
+    );
     let st = &s.store;
     out.family(
         "visutility_store_bytes_written_total",
@@ -334,11 +410,17 @@ pub fn render(s: &Snapshot) -> String {
     out.family("visutility_models", "gauge", "Models known to the daemon.");
     out.sample("visutility_models", &[], s.models.len() as f64);
     out.family(
+        "visutility_models_unlisted",
+        "gauge",
+        "Models without series of their own (past [metrics] max_model_series, the least recently seen); their counters are summed in the series labelled _other.",
+    );
+    out.sample("visutility_models_unlisted", &[], unlisted as f64);
+    out.family(
         "visutility_model_events_total",
         "counter",
         "Events applied and persisted per model since it was first seen.",
     );
-    for m in &s.models {
+    for m in &counted {
         out.sample(
             "visutility_model_events_total",
             &[("model_id", &m.model_id)],
@@ -350,7 +432,7 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "Timestamp of each model's latest event (Unix seconds).",
     );
-    for m in &s.models {
+    for m in &listed {
         out.sample(
             "visutility_model_last_seen_timestamp_seconds",
             &[("model_id", &m.model_id)],
@@ -362,7 +444,7 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "Latest drift_score reported per model.",
     );
-    for m in &s.models {
+    for m in &listed {
         if let Some(d) = m.drift_score {
             out.sample(
                 "visutility_model_drift_score",
@@ -376,7 +458,7 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "Latest accuracy reported per model.",
     );
-    for m in &s.models {
+    for m in &listed {
         if let Some(a) = m.accuracy {
             out.sample("visutility_model_accuracy", &[("model_id", &m.model_id)], a);
         }
@@ -386,7 +468,7 @@ pub fn render(s: &Snapshot) -> String {
         "gauge",
         "1 while a model is paused (decisions recorded, no hooks run).",
     );
-    for m in &s.models {
+    for m in &listed {
         out.sample(
             "visutility_model_paused",
             &[("model_id", &m.model_id)],
@@ -398,7 +480,7 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Values a policy refused since the model was loaded, because they would have made its detector's state non-finite.",
     );
-    for m in &s.models {
+    for m in &counted {
         for (policy, n) in &m.values_rejected {
             out.sample(
                 "visutility_policy_values_rejected_total",
@@ -412,7 +494,7 @@ pub fn render(s: &Snapshot) -> String {
         "counter",
         "Policy decisions since start, by model, policy and action.",
     );
-    for m in &s.models {
+    for m in &counted {
         for (policy, action, n) in &m.decisions {
             out.sample(
                 "visutility_decisions_total",
@@ -433,6 +515,18 @@ pub fn render(s: &Snapshot) -> String {
     );
     for (outcome, n) in &s.jobs {
         out.sample("visutility_jobs_total", &[("outcome", outcome)], *n as f64);
+    }
+    out.family(
+        "visutility_jobs_by_action_total",
+        "counter",
+        "Jobs that reached an end state since start, by action (full, fine_tune, escalate) and outcome.",
+    );
+    for (action, outcome, n) in &s.jobs_by_action {
+        out.sample(
+            "visutility_jobs_by_action_total",
+            &[("action", action), ("outcome", outcome)],
+            *n as f64,
+        );
     }
     out.family("visutility_jobs_running", "gauge", "Hooks running now.");
     out.sample("visutility_jobs_running", &[], s.jobs_running as f64);
@@ -582,6 +676,8 @@ mod tests {
             control_refused: 1,
             store_bytes: 4096,
             store: Default::default(),
+            store_healthy: true,
+            max_model_series: 1000,
             models: vec![ModelMetrics {
                 model_id: "fraud-v3".into(),
                 events: 40,
@@ -593,6 +689,7 @@ mod tests {
                 values_rejected: vec![("errors".into(), 3)],
             }],
             jobs: vec![("succeeded".into(), 1), ("failed".into(), 0)],
+            jobs_by_action: vec![("full".into(), "succeeded".into(), 1)],
             jobs_running: 0,
             jobs_queued: 1,
             hook_durations,
@@ -653,6 +750,76 @@ mod tests {
         assert!(text.contains("visutility_hook_duration_seconds_bucket{le=\"+Inf\"} 4\n"));
         assert!(text.contains("visutility_hook_duration_seconds_count 4\n"));
         assert!(text.contains("visutility_hook_duration_seconds_sum 10047.5\n"));
+    }
+
+    fn model(id: &str, last_seen: f64, events: u64) -> ModelMetrics {
+        ModelMetrics {
+            model_id: id.into(),
+            events,
+            last_seen,
+            drift_score: Some(0.5),
+            decisions: vec![("p".into(), "full".into(), 1)],
+            ..ModelMetrics::default()
+        }
+    }
+
+    #[test]
+    fn models_past_max_model_series_are_summed_under_other() {
+        let mut s = sample_snapshot();
+        s.models = vec![
+            model("a", 10.0, 1),
+            model("b", 30.0, 2),
+            model("c", 20.0, 4),
+            model("d", 30.0, 8),
+        ];
+        s.max_model_series = 2;
+        // The two most recently seen (b and d at 30, ties by id), listed in id order.
+        let (listed, other) = bound_models(&s.models, 2);
+        let ids: Vec<_> = listed.iter().map(|m| m.model_id.as_str()).collect();
+        assert_eq!(ids, ["b", "d"]);
+        let other = other.unwrap();
+        assert_eq!(
+            (other.events, other.decisions.clone()),
+            (5, vec![("p".into(), "full".into(), 2)])
+        );
+
+        let text = render(&s);
+        assert!(text.contains("visutility_models 4\n"), "{text}");
+        assert!(text.contains("visutility_models_unlisted 2\n"), "{text}");
+        assert!(text.contains("visutility_model_events_total{model_id=\"b\"} 2\n"));
+        assert!(text.contains("visutility_model_events_total{model_id=\"_other\"} 5\n"));
+        assert!(text.contains(
+            "visutility_decisions_total{model_id=\"_other\",policy=\"p\",action=\"full\"} 2\n"
+        ));
+        assert!(!text.contains("model_id=\"a\""), "{text}");
+        assert!(!text.contains("model_id=\"c\""), "{text}");
+        // Gauges have no meaning summed: `_other` has none.
+        assert!(!text.contains("visutility_model_drift_score{model_id=\"_other\"}"));
+        assert!(
+            !text.contains("visutility_model_last_seen_timestamp_seconds{model_id=\"_other\"}")
+        );
+
+        // Under the bound nothing is summed; 0 lists no model at all.
+        s.max_model_series = 4;
+        let text = render(&s);
+        assert!(text.contains("visutility_models_unlisted 0\n"));
+        assert!(!text.contains("model_id=\"_other\""), "{text}");
+        s.max_model_series = 0;
+        let text = render(&s);
+        assert!(text.contains("visutility_models_unlisted 4\n"));
+        assert!(text.contains("visutility_model_events_total{model_id=\"_other\"} 15\n"));
+    }
+
+    #[test]
+    fn store_health_and_jobs_by_action() {
+        let mut s = sample_snapshot();
+        let text = render(&s);
+        assert!(text.contains("visutility_store_healthy 1\n"));
+        assert!(text.contains(
+            "visutility_jobs_by_action_total{action=\"full\",outcome=\"succeeded\"} 1\n"
+        ));
+        s.store_healthy = false;
+        assert!(render(&s).contains("visutility_store_healthy 0\n"));
     }
 
     #[test]

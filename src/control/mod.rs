@@ -13,6 +13,7 @@
 //! gids include a gid listed there, and members of `daemon.control_group` are served; anyone
 //! else is refused and the attempt is logged.
 
+pub mod http;
 pub mod metrics;
 pub mod peer;
 
@@ -190,6 +191,8 @@ pub struct ControlCtx {
     /// Refused connections, for the log (one line per uid and interval).
     pub refusals: Arc<peer::RefusalLog>,
     pub shutdown: watch::Receiver<bool>,
+    /// `[metrics] max_model_series`: models past it are summed in the metrics.
+    pub max_model_series: usize,
 }
 
 pub async fn serve(socket: SocketFile, ctx: ControlCtx) {

@@ -11,6 +11,7 @@ mod damage;
 mod detectors;
 mod detectors_binary;
 mod faults;
+mod fleet;
 mod hooks;
 mod hostile;
 mod jobs;
