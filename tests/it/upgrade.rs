@@ -363,7 +363,7 @@ fn a_schema_1_store_is_migrated_in_place_and_keeps_every_model_job_and_cooldown(
             .unwrap()
             .iter()
             .find(|p| p["name"] == name)
-            .unwrap_or_else(|| d.fail(format!("alpha has no policy {name}: {alpha}")))["state"]
+            .unwrap_or_else(|| d.fail(format!("alpha has no policy {name}: {alpha}")))["summary"]
             .clone()
     };
     assert_eq!(
