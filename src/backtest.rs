@@ -478,3 +478,93 @@ pub fn sweep_variants(text: &str, sweep: &str) -> Result<Vec<(String, String)>, 
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+
+    const CONFIG: &str = r#"
+[hooks]
+full = { command = ["/bin/true"], timeout_s = 60 }
+cooldown_s = 0
+
+[[models]]
+match = "*"
+reset_on_retrain = true
+warmup_events = 2
+
+[[models.policies]]
+kind = "drift_window"
+window = 1
+threshold = 0.5
+"#;
+
+    fn events(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "{{\"model_id\":\"m\",\"drift_score\":0.9,\"ts\":{}}}\n",
+                    i * 10
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sweep_variants_set_the_parameter_on_every_policy_of_the_kind() {
+        let v = sweep_variants(CONFIG, "drift_window.threshold=0.2,1,x").unwrap();
+        let labels: Vec<&str> = v.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "drift_window.threshold=0.2",
+                "drift_window.threshold=1",
+                "drift_window.threshold=x"
+            ]
+        );
+        assert!(v[0].1.contains("threshold = 0.2"), "{}", v[0].1);
+        assert!(v[2].1.contains("threshold = \"x\""), "{}", v[2].1);
+        for bad in [
+            "drift_window",
+            "threshold=1",
+            ".x=1",
+            "drift_window.threshold=",
+        ] {
+            assert!(
+                matches!(sweep_variants(CONFIG, bad), Err(SweepError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            sweep_variants(CONFIG, "adwin.delta=0.1"),
+            Err(SweepError::NoSuchKind(_))
+        ));
+    }
+
+    /// After a job (assumed to succeed at its end) `reset_on_retrain` starts the policies
+    /// afresh with the rule's warm-up: the two events after it decide nothing.
+    #[test]
+    fn simulate_resets_on_retrain_and_warms_up() {
+        let config = Config::from_toml(CONFIG, &Env::default()).unwrap();
+        let mut out = Vec::new();
+        let opts = Options {
+            simulate: Some(Simulate { retrain_s: 5.0 }),
+            ..Options::default()
+        };
+        let s = run(&config, events(6).as_bytes(), &mut out, &opts).unwrap();
+        let jobs: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let idx: Vec<u64> = jobs.iter().map(|j| j["index"].as_u64().unwrap()).collect();
+        // Job at 0 ends at ts 5; events 1 and 2 are the warm-up; 3 fires (its job ends at
+        // ts 35), 4 and 5 are the warm-up again.
+        assert_eq!(idx, [0, 3], "{jobs:?}");
+        assert_eq!(s.rows[0].jobs, Some(2));
+        // Warm-up events decide nothing, so they are not signals of the simulation.
+        assert_eq!(s.rows[0].signals, 2, "{:?}", s.rows[0]);
+        assert!(s.rows[0].held.is_empty(), "{:?}", s.rows[0]);
+    }
+}
