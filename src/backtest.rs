@@ -1,13 +1,28 @@
 //! Offline replay: recorded events through the configured policies, one NDJSON line per signal.
 //! No socket, no hooks, no state written. It uses the same `PolicyState::observe` as the daemon.
+//!
+//! Beyond the plain replay (contract section 5, unchanged without options):
+//! - [`Options::detail`] adds to each signal line its `ts`, the policy's `statistic` and
+//!   `threshold` at that moment, its `state` as named numbers, and the `reason` text the hook
+//!   would get;
+//! - [`Options::simulate`] replays as the daemon would have acted: the model's warm-up and one
+//!   decision per action per batch (each event is a batch) through [`crate::model::advance`],
+//!   then the hook runner's rules ([`crate::command::rules`]: pause, cooldown, loop guard,
+//!   budget) at the events' `ts`, a job absorbing decisions while it runs (`retrain_s`), and,
+//!   after a job assumed to succeed, its cooldown, the loop guard's memory and
+//!   `reset_on_retrain`; it prints the jobs that would have started;
+//! - every run returns one [`Row`] per model and policy for `--summary` and `--sweep`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
-use crate::config::Config;
+use crate::command::rules::{self, Verdict};
+use crate::config::{Config, ModelRule};
+use crate::model::advance;
 use crate::policy::detect::Signal;
-use crate::policy::{Obs, PolicyState, StateKind, bind_states};
+use crate::policy::{Action, Obs, PolicyState, StateKind, bind_states};
 use crate::protocol::{self, Line};
+use crate::store::{ModelRecord, RunnerRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
@@ -17,6 +32,33 @@ pub enum BacktestError {
     Write(#[source] std::io::Error),
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SweepError {
+    #[error("--sweep takes KIND.PARAM=V1,V2,..., got {0:?}")]
+    Syntax(String),
+    #[error("the config is not valid TOML")]
+    Toml(#[source] toml::de::Error),
+    #[error("no policy of kind {0} in the config's [[models]] rules")]
+    NoSuchKind(String),
+}
+
+/// How to replay.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// Signal lines carry `ts`, `statistic`, `threshold`, `state` and `reason`.
+    pub detail: bool,
+    /// Replay as the daemon would have acted, printing jobs instead of signals.
+    pub simulate: Option<Simulate>,
+    /// Print nothing per signal or job (the caller prints the summary).
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Simulate {
+    /// How long a retrain (or escalate) hook is assumed to run, in seconds of event time.
+    pub retrain_s: f64,
+}
+
 /// What a replay saw.
 #[derive(Debug, Default, PartialEq)]
 pub struct Summary {
@@ -24,18 +66,101 @@ pub struct Summary {
     pub signals: u64,
     /// Invalid lines: (1-based line number, error), reported, not replayed.
     pub rejected: Vec<(u64, String)>,
+    /// One row per model and policy, in order of first appearance.
+    pub rows: Vec<Row>,
 }
 
-/// Replays `input` and writes signals to `out`. `index` is the event's 0-based line in the
-/// input, so that `sed -n "$((index+1))p"` shows it even when other lines were invalid.
+/// One model and policy over a replay.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Row {
+    pub model_id: String,
+    pub policy: String,
+    pub kind: &'static str,
+    /// Events of the model (whether or not they carried the policy's metric).
+    pub events: u64,
+    /// Drift signals (with `simulate`: the decisions the model sent, after warm-up).
+    pub signals: u64,
+    pub warnings: u64,
+    /// With `simulate`: jobs that would have started for this policy's decisions.
+    pub jobs: Option<u64>,
+    /// With `simulate`: decisions that started nothing, by why (`running`, `cooldown`,
+    /// `budget`, `loop_guard`, `paused`, `no_hook`, `batch`).
+    pub held: Vec<(&'static str, u64)>,
+    /// The first drift signal: (index, ts).
+    pub first_signal: Option<(u64, f64)>,
+}
+
+impl Row {
+    /// Drift signals per 10,000 events of the model.
+    pub fn per_10k(&self) -> f64 {
+        if self.events == 0 {
+            0.0
+        } else {
+            self.signals as f64 * 10_000.0 / self.events as f64
+        }
+    }
+
+    fn hold(&mut self, why: &'static str) {
+        match self.held.iter_mut().find(|(k, _)| *k == why) {
+            Some((_, n)) => *n += 1,
+            None => self.held.push((why, 1)),
+        }
+    }
+
+    /// The row as JSON (for `--summary --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({
+            "model_id": self.model_id,
+            "policy": self.policy,
+            "kind": self.kind,
+            "events": self.events,
+            "signals": self.signals,
+            "warnings": self.warnings,
+            "first_signal": self.first_signal.map(|(i, ts)| serde_json::json!({"index": i, "ts": ts})),
+            "signals_per_10k": (self.per_10k() * 100.0).round() / 100.0,
+        });
+        if let Some(j) = self.jobs {
+            v["jobs"] = j.into();
+            v["held"] = self
+                .held
+                .iter()
+                .map(|(k, n)| ((*k).to_owned(), serde_json::Value::from(*n)))
+                .collect::<serde_json::Map<_, _>>()
+                .into();
+        }
+        v
+    }
+}
+
+/// A model's replay state.
+struct ModelRun {
+    /// Index of its first row in `Summary::rows` (one per policy, in the rule's order).
+    first_row: usize,
+    states: Vec<PolicyState>,
+    /// With `simulate`: the model's state as the daemon keeps it, and the runner's.
+    sim: Option<SimState>,
+}
+
+struct SimState {
+    record: ModelRecord,
+    runner: RunnerRecord,
+    /// The job running: when it ends, and for which action and policy.
+    busy: Option<(f64, Action, String)>,
+}
+
+/// Replays `input` and writes signals (or, with `simulate`, jobs) to `out`. `index` is the
+/// event's 0-based line in the input, so that `sed -n "$((index+1))p"` shows it even when
+/// other lines were invalid.
 pub fn run(
     config: &Config,
     input: impl BufRead,
     mut out: impl Write,
+    opts: &Options,
 ) -> Result<Summary, BacktestError> {
-    let mut models: HashMap<String, Vec<PolicyState>> = HashMap::new();
+    let mut models: HashMap<String, ModelRun> = HashMap::new();
     let mut summary = Summary::default();
     let mut line_no = 0u64;
+    let mut jobs = 0u64;
     let mut buf = Vec::new();
     let mut input = input;
     let mut w = std::io::BufWriter::new(&mut out);
@@ -62,42 +187,384 @@ pub fn run(
         let Some(rule) = config.rule_for(ev.model_id) else {
             continue;
         };
-        let states = models
-            .entry(ev.model_id.to_owned())
-            .or_insert_with(|| bind_states(&rule.policies, Vec::new()));
+        let run = models.entry(ev.model_id.to_owned()).or_insert_with(|| {
+            let first_row = summary.rows.len();
+            summary.rows.extend(rule.policies.iter().map(|spec| Row {
+                model_id: ev.model_id.to_owned(),
+                policy: spec.name.clone(),
+                kind: spec.kind.kind_name(),
+                jobs: opts.simulate.map(|_| 0),
+                ..Row::default()
+            }));
+            ModelRun {
+                first_row,
+                states: bind_states(&rule.policies, Vec::new()),
+                sim: opts.simulate.map(|_| SimState {
+                    record: ModelRecord {
+                        policies: bind_states(&rule.policies, Vec::new()),
+                        ..ModelRecord::default()
+                    },
+                    runner: RunnerRecord::default(),
+                    busy: None,
+                }),
+            }
+        });
+        let rows = &mut summary.rows[run.first_row..run.first_row + rule.policies.len()];
+        for row in rows.iter_mut() {
+            row.events += 1;
+        }
         // Without a `ts`, an event's time is its line index: replays are reproducible.
         let obs = Obs::from_event(&ev, index as f64);
-        for (spec, state) in rule.policies.iter().zip(states.iter_mut()) {
-            let fire = state.observe(spec, &obs, obs.ts);
-            let mut line = |signal: &str, action: Option<&str>| {
-                let mut v = serde_json::json!({
-                    "index": index,
-                    "model_id": ev.model_id,
-                    "policy": spec.name,
-                    "signal": signal,
-                });
-                if let Some(a) = action {
-                    v["action"] = a.into();
-                }
-                summary.signals += 1;
-                writeln!(w, "{v}")
+        if let (Some(sim), Some(sim_opts)) = (run.sim.as_mut(), opts.simulate) {
+            let ctx = SimCtx {
+                config,
+                rule,
+                retrain_s: sim_opts.retrain_s,
+                model_id: ev.model_id,
+                index,
+                quiet: opts.quiet,
             };
-            if let Some(f) = &fire
-                && f.signal == Signal::Drift
-            {
-                line("drift", f.action.map(|a| a.as_str())).map_err(BacktestError::Write)?;
-            }
+            let signals = simulate(&ctx, sim, &obs, rows, &mut jobs, &mut w)?;
+            summary.signals += signals;
+            continue;
+        }
+        for ((spec, state), row) in rule
+            .policies
+            .iter()
+            .zip(run.states.iter_mut())
+            .zip(rows.iter_mut())
+        {
+            let before = (opts.detail && matches!(state.kind, StateKind::Detector(_)))
+                .then(|| state.state(spec));
+            let fire = state.observe(spec, &obs, obs.ts);
             // The warning zone as River's warning_detected reads after the update, which can
             // be true on a drift too.
             let warning = match &state.kind {
                 StateKind::Detector(d) => d.warning_detected(),
                 _ => false,
             };
-            if warning || fire.as_ref().is_some_and(|f| f.signal == Signal::Warning) {
-                line("warning", None).map_err(BacktestError::Write)?;
+            let drift = fire.as_ref().filter(|f| f.signal == Signal::Drift);
+            let warned = warning || fire.as_ref().is_some_and(|f| f.signal == Signal::Warning);
+            if drift.is_some() {
+                row.signals += 1;
+                row.first_signal.get_or_insert((index, obs.ts));
+            }
+            if warned {
+                row.warnings += 1;
+            }
+            if opts.quiet {
+                summary.signals += u64::from(drift.is_some()) + u64::from(warned);
+                continue;
+            }
+            let mut line = |signal: Signal| {
+                let mut v = serde_json::json!({
+                    "index": index,
+                    "model_id": ev.model_id,
+                    "policy": spec.name,
+                    "signal": if signal == Signal::Drift { "drift" } else { "warning" },
+                });
+                if signal == Signal::Drift
+                    && let Some(a) = drift.and_then(|f| f.action)
+                {
+                    v["action"] = a.as_str().into();
+                }
+                if opts.detail {
+                    let now = state.state(spec);
+                    let reason = match fire.as_ref().filter(|f| f.signal == signal) {
+                        Some(f) => f.reason,
+                        None => crate::policy::Reason::Detector {
+                            kind: spec.kind.kind_name(),
+                            signal,
+                            metric: &spec.metric,
+                        },
+                    };
+                    let (statistic, threshold) = match reason.statistic() {
+                        Some((s, t)) => (Some(s), Some(t)),
+                        None => (now.get("statistic"), now.get("threshold")),
+                    };
+                    v["ts"] = obs.ts.into();
+                    v["statistic"] = statistic.into();
+                    v["threshold"] = threshold.into();
+                    v["reason"] = reason.to_string().into();
+                    v["state"] = serde_json::to_value(&now).unwrap_or_default();
+                    if let Some(before) = &before
+                        && signal == Signal::Drift
+                    {
+                        // ADWIN's cut: its width and estimate before and after the update.
+                        v["before"] = serde_json::to_value(before).unwrap_or_default();
+                    }
+                }
+                summary.signals += 1;
+                writeln!(w, "{v}")
+            };
+            if drift.is_some() {
+                line(Signal::Drift).map_err(BacktestError::Write)?;
+            }
+            if warned {
+                line(Signal::Warning).map_err(BacktestError::Write)?;
             }
         }
     }
     w.flush().map_err(BacktestError::Write)?;
     Ok(summary)
+}
+
+struct SimCtx<'a> {
+    config: &'a Config,
+    rule: &'a ModelRule,
+    retrain_s: f64,
+    model_id: &'a str,
+    index: u64,
+    quiet: bool,
+}
+
+/// One event as the daemon would have handled it: the model applies it as a batch of one
+/// (warm-up, one decision per action), then each decision meets the hook runner's rules at
+/// the event's `ts`. Returns the drift decisions sent.
+fn simulate(
+    ctx: &SimCtx<'_>,
+    sim: &mut SimState,
+    obs: &Obs,
+    rows: &mut [Row],
+    jobs: &mut u64,
+    w: &mut impl Write,
+) -> Result<u64, BacktestError> {
+    let hooks = &ctx.config.hooks;
+    // A job that ended before this event: assumed to have succeeded at its end.
+    if let Some((end, action, policy)) = sim.busy.take_if(|(end, ..)| *end <= obs.ts) {
+        rules::job_ended(hooks, &mut sim.runner, action, &policy, true, end);
+        if action != Action::Escalate && ctx.rule.reset_on_retrain {
+            sim.record.policies = ctx.rule.policies.iter().map(PolicyState::new).collect();
+            sim.record.warmup_left = ctx.rule.warmup_events;
+        }
+    }
+    let mut decisions: Vec<(usize, Action, String)> = Vec::new();
+    let mut sent = [false; 3];
+    let mut signals = 0u64;
+    advance(
+        &mut sim.record,
+        Some(ctx.rule),
+        std::slice::from_ref(obs),
+        |fired| {
+            let Some(i) = ctx
+                .rule
+                .policies
+                .iter()
+                .position(|s| std::ptr::eq(s, fired.spec))
+            else {
+                return;
+            };
+            let Some(action) = fired.action else {
+                rows[i].warnings += 1;
+                return;
+            };
+            rows[i].signals += 1;
+            signals += 1;
+            rows[i].first_signal.get_or_insert((ctx.index, obs.ts));
+            // As the model actor: one decision per action per batch goes to the runner.
+            let slot = action as usize;
+            if sent[slot] {
+                rows[i].hold("batch");
+            } else {
+                sent[slot] = true;
+                decisions.push((i, action, fired.reason.to_string()));
+            }
+        },
+    );
+    for (i, action, reason) in decisions {
+        let spec = &ctx.rule.policies[i];
+        if sim.busy.is_some() {
+            rows[i].hold("running");
+            continue;
+        }
+        let ask = rules::Ask {
+            policy: &spec.name,
+            action,
+            reason: &reason,
+            manual: false,
+        };
+        let verdict = rules::decide(hooks, ctx.rule.loop_window_s, &mut sim.runner, ask, obs.ts);
+        let (job_action, job_reason, cause) = match verdict {
+            Verdict::Hold(h) => {
+                rows[i].hold(h.as_str());
+                continue;
+            }
+            Verdict::Escalate { cause, why } => {
+                if hooks.escalate.is_none() {
+                    // The daemon journals it as skipped: no hook runs.
+                    rows[i].hold("no_hook");
+                    continue;
+                }
+                (Action::Escalate, why, Some(cause))
+            }
+            Verdict::Run {
+                action: to,
+                reason: why,
+            } => {
+                let cause = (to != action).then_some("loop_guard");
+                (to, why, cause)
+            }
+        };
+        *jobs += 1;
+        if let Some(j) = rows[i].jobs.as_mut() {
+            *j += 1;
+        }
+        sim.busy = Some((obs.ts + ctx.retrain_s, job_action, spec.name.clone()));
+        if ctx.quiet {
+            continue;
+        }
+        let mut v = serde_json::json!({
+            "index": ctx.index,
+            "model_id": ctx.model_id,
+            "policy": spec.name,
+            "action": job_action.as_str(),
+            "ts": obs.ts,
+            "job": *jobs,
+            "reason": job_reason,
+        });
+        if let Some(cause) = cause {
+            v["escalation"] =
+                serde_json::json!({"cause": cause, "decided_action": action.as_str()});
+        }
+        writeln!(w, "{v}").map_err(BacktestError::Write)?;
+    }
+    Ok(signals)
+}
+
+/// The config texts of a `--sweep KIND.PARAM=V1,V2,...`: every policy of kind `KIND` in every
+/// `[[models]]` rule gets `PARAM = V`, one variant per value, each labelled `KIND.PARAM=V`.
+/// A value is a TOML integer, float or boolean where it parses as one, else a string.
+pub fn sweep_variants(text: &str, sweep: &str) -> Result<Vec<(String, String)>, SweepError> {
+    let syntax = || SweepError::Syntax(sweep.to_owned());
+    let (key, values) = sweep.split_once('=').ok_or_else(syntax)?;
+    let (kind, param) = key.split_once('.').ok_or_else(syntax)?;
+    if kind.is_empty() || param.is_empty() || values.is_empty() {
+        return Err(syntax());
+    }
+    let table: toml::Table = text.parse().map_err(SweepError::Toml)?;
+    let mut out = Vec::new();
+    for raw in values.split(',') {
+        let raw = raw.trim();
+        let value = if let Ok(i) = raw.parse::<i64>() {
+            toml::Value::Integer(i)
+        } else if let Ok(f) = raw.parse::<f64>() {
+            toml::Value::Float(f)
+        } else if let Ok(b) = raw.parse::<bool>() {
+            toml::Value::Boolean(b)
+        } else {
+            toml::Value::String(raw.to_owned())
+        };
+        let mut t = table.clone();
+        let mut found = false;
+        if let Some(toml::Value::Array(models)) = t.get_mut("models") {
+            for m in models.iter_mut() {
+                let Some(toml::Value::Array(policies)) =
+                    m.as_table_mut().and_then(|m| m.get_mut("policies"))
+                else {
+                    continue;
+                };
+                for p in policies.iter_mut().filter_map(toml::Value::as_table_mut) {
+                    if p.get("kind").and_then(toml::Value::as_str) == Some(kind) {
+                        p.insert(param.to_owned(), value.clone());
+                        found = true;
+                    }
+                }
+            }
+        }
+        if !found {
+            return Err(SweepError::NoSuchKind(kind.to_owned()));
+        }
+        out.push((format!("{kind}.{param}={raw}"), t.to_string()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Env;
+
+    const CONFIG: &str = r#"
+[hooks]
+full = { command = ["/bin/true"], timeout_s = 60 }
+cooldown_s = 0
+
+[[models]]
+match = "*"
+reset_on_retrain = true
+warmup_events = 2
+
+[[models.policies]]
+kind = "drift_window"
+window = 1
+threshold = 0.5
+"#;
+
+    fn events(n: usize) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "{{\"model_id\":\"m\",\"drift_score\":0.9,\"ts\":{}}}\n",
+                    i * 10
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sweep_variants_set_the_parameter_on_every_policy_of_the_kind() {
+        let v = sweep_variants(CONFIG, "drift_window.threshold=0.2,1,x").unwrap();
+        let labels: Vec<&str> = v.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "drift_window.threshold=0.2",
+                "drift_window.threshold=1",
+                "drift_window.threshold=x"
+            ]
+        );
+        assert!(v[0].1.contains("threshold = 0.2"), "{}", v[0].1);
+        assert!(v[2].1.contains("threshold = \"x\""), "{}", v[2].1);
+        for bad in [
+            "drift_window",
+            "threshold=1",
+            ".x=1",
+            "drift_window.threshold=",
+        ] {
+            assert!(
+                matches!(sweep_variants(CONFIG, bad), Err(SweepError::Syntax(_))),
+                "{bad}"
+            );
+        }
+        assert!(matches!(
+            sweep_variants(CONFIG, "adwin.delta=0.1"),
+            Err(SweepError::NoSuchKind(_))
+        ));
+    }
+
+    /// After a job (assumed to succeed at its end) `reset_on_retrain` starts the policies
+    /// afresh with the rule's warm-up: the two events after it decide nothing.
+    #[test]
+    fn simulate_resets_on_retrain_and_warms_up() {
+        let config = Config::from_toml(CONFIG, &Env::default()).unwrap();
+        let mut out = Vec::new();
+        let opts = Options {
+            simulate: Some(Simulate { retrain_s: 5.0 }),
+            ..Options::default()
+        };
+        let s = run(&config, events(6).as_bytes(), &mut out, &opts).unwrap();
+        let jobs: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let idx: Vec<u64> = jobs.iter().map(|j| j["index"].as_u64().unwrap()).collect();
+        // Job at 0 ends at ts 5; events 1 and 2 are the warm-up; 3 fires (its job ends at
+        // ts 35), 4 and 5 are the warm-up again.
+        assert_eq!(idx, [0, 3], "{jobs:?}");
+        assert_eq!(s.rows[0].jobs, Some(2));
+        // Warm-up events decide nothing, so they are not signals of the simulation.
+        assert_eq!(s.rows[0].signals, 2, "{:?}", s.rows[0]);
+        assert!(s.rows[0].held.is_empty(), "{:?}", s.rows[0]);
+    }
 }

@@ -52,9 +52,10 @@ pub static _rjem_malloc_conf: &u8 =
 
 fn run(cli: Cli) -> Result<ExitCode> {
     let env = Env::from_process();
-    let ops = Ops {
+    let mut ops = Ops {
         config: cli.config.clone(),
         control_socket: cli.control_socket.clone(),
+        spark_width: usize::MAX,
     };
     match cli.command {
         Command::Daemon => {
@@ -74,22 +75,99 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file, json } => check_config(file, cli.config, json, &env),
-        Command::Backtest { events } => {
+        Command::Backtest {
+            events,
+            summary,
+            json,
+            simulate,
+            retrain_s,
+            detail,
+            skip_invalid,
+            sweep,
+        } => {
+            if !(retrain_s.is_finite() && retrain_s >= 0.0) {
+                bail!("--retrain-s must be a finite number >= 0, got {retrain_s}");
+            }
             let config = Config::discover(cli.config.as_deref(), &env).map_err(config_error)?;
-            let input: Box<dyn std::io::Read> = if events.as_os_str() == "-" {
-                Box::new(std::io::stdin().lock())
+            let mut variants = vec![(String::new(), config)];
+            if !sweep.is_empty() {
+                let Some(path) = cli.config.as_deref() else {
+                    bail!("--sweep needs --config FILE");
+                };
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                variants.clear();
+                for s in &sweep {
+                    for (label, text) in backtest::sweep_variants(&text, s)? {
+                        let config = Config::from_toml(&text, &env)
+                            .map_err(config_error)
+                            .with_context(|| format!("--sweep variant {label}"))?;
+                        variants.push((label, config));
+                    }
+                }
+            }
+            // Several variants read the events several times: from stdin, keep them.
+            let stdin_events = if events.as_os_str() == "-" && variants.len() > 1 {
+                let mut buf = Vec::new();
+                std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut buf)
+                    .context("cannot read the events")?;
+                Some(buf)
             } else {
-                Box::new(
-                    std::fs::File::open(&events)
-                        .with_context(|| format!("cannot open {}", events.display()))?,
-                )
+                None
             };
-            let stdout = std::io::stdout().lock();
-            let summary = backtest::run(&config, std::io::BufReader::new(input), stdout)?;
-            for (line, e) in &summary.rejected {
+            let opts = backtest::Options {
+                detail,
+                simulate: simulate.then_some(backtest::Simulate { retrain_s }),
+                quiet: summary || !sweep.is_empty(),
+            };
+            let mut out = std::io::stdout().lock();
+            let mut rows = Vec::new();
+            let mut rejected = Vec::new();
+            let started = std::time::Instant::now();
+            let mut replayed = 0u64;
+            for (label, config) in &variants {
+                let input: Box<dyn std::io::Read> = match &stdin_events {
+                    Some(buf) => Box::new(std::io::Cursor::new(buf.clone())),
+                    None if events.as_os_str() == "-" => Box::new(std::io::stdin().lock()),
+                    None => Box::new(
+                        std::fs::File::open(&events)
+                            .with_context(|| format!("cannot open {}", events.display()))?,
+                    ),
+                };
+                let s = backtest::run(config, std::io::BufReader::new(input), &mut out, &opts)?;
+                replayed += s.events;
+                rejected = s.rejected;
+                rows.extend(s.rows.into_iter().map(|r| (label.clone(), r)));
+            }
+            tracing::debug!(
+                events = replayed,
+                elapsed_s = started.elapsed().as_secs_f64(),
+                "backtest done"
+            );
+            if opts.quiet {
+                print_backtest_rows(&mut out, &rows, !sweep.is_empty(), simulate, json)?;
+            }
+            if skip_invalid {
+                if !rejected.is_empty() {
+                    eprintln!(
+                        "{}: {} invalid line{} skipped",
+                        events.display(),
+                        rejected.len(),
+                        if rejected.len() == 1 { "" } else { "s" }
+                    );
+                }
+                for (line, e) in rejected.iter().take(10) {
+                    eprintln!("{}:{line}: {e}", events.display());
+                }
+                if rejected.len() > 10 {
+                    eprintln!("{}: ... and {} more", events.display(), rejected.len() - 10);
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (line, e) in &rejected {
                 eprintln!("{}:{line}: {e}", events.display());
             }
-            Ok(if summary.rejected.is_empty() {
+            Ok(if rejected.is_empty() {
                 ExitCode::SUCCESS
             } else {
                 ExitCode::FAILURE
@@ -112,7 +190,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             rt.block_on(push(&socket, &file))
         }
         Command::Status { json } => control_cmd(&ops, &env, Request::Status, json),
-        Command::Models { model, json } => control_cmd(&ops, &env, Request::Models { model }, json),
+        Command::Models { model, json, width } => {
+            ops.spark_width = width.unwrap_or(usize::MAX);
+            control_cmd(&ops, &env, Request::Models { model }, json)
+        }
         Command::History { model, limit, json } => {
             control_cmd(&ops, &env, Request::History { model, limit }, json)
         }
@@ -456,6 +537,8 @@ where
 struct Ops {
     config: Option<std::path::PathBuf>,
     control_socket: Option<std::path::PathBuf>,
+    /// How many points a `models` sparkline shows (`--width`).
+    spark_width: usize,
 }
 
 fn control_cmd(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCode> {
@@ -482,7 +565,7 @@ fn control_cmd(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCod
     match req {
         Request::Metrics => write!(out, "{}", data.as_str().unwrap_or_default())?,
         Request::Status => print_status(&mut out, &data)?,
-        Request::Models { .. } => print_models(&mut out, &data)?,
+        Request::Models { .. } => print_models(&mut out, &data, ops.spark_width)?,
         Request::History { .. } => print_history(&mut out, &data)?,
         // The daemon answered, so the id passed its check; escaped all the same.
         Request::Trigger { model, action, .. } => writeln!(
@@ -662,34 +745,114 @@ fn print_status(out: &mut impl Write, s: &Value) -> Result<()> {
     Ok(())
 }
 
-/// A sparkline of recent values, because people would rather look than read.
-fn sparkline(values: &[Value]) -> String {
+/// `backtest --summary` / `--sweep`: one row per (variant,) model and policy, as a table or
+/// a JSON array.
+fn print_backtest_rows(
+    out: &mut impl Write,
+    rows: &[(String, backtest::Row)],
+    sweep: bool,
+    simulate: bool,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let arr: Vec<Value> = rows
+            .iter()
+            .map(|(label, r)| {
+                let mut v = r.to_json();
+                if sweep {
+                    v["variant"] = label.clone().into();
+                }
+                v
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&arr)?)?;
+        return Ok(());
+    }
+    if rows.is_empty() {
+        writeln!(out, "no events matched a [[models]] rule")?;
+        return Ok(());
+    }
+    let mut head = vec!["MODEL", "POLICY", "KIND", "EVENTS", "SIGNALS", "WARNINGS"];
+    if simulate {
+        head.push("JOBS");
+    }
+    head.extend(["FIRST SIGNAL", "PER 10K"]);
+    if sweep {
+        head.insert(0, "VARIANT");
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(label, r)| {
+            let mut row = vec![
+                r.model_id.clone(),
+                r.policy.clone(),
+                r.kind.to_owned(),
+                r.events.to_string(),
+                r.signals.to_string(),
+                r.warnings.to_string(),
+            ];
+            if simulate {
+                row.push(r.jobs.unwrap_or(0).to_string());
+            }
+            row.push(match r.first_signal {
+                Some((i, ts)) => format!("#{i} (ts {ts})"),
+                None => "-".into(),
+            });
+            row.push(format!("{:.2}", r.per_10k()));
+            if sweep {
+                row.insert(0, label.clone());
+            }
+            row
+        })
+        .collect();
+    let offset = usize::from(sweep);
+    let mut numeric = vec![false; head.len()];
+    for i in 3..6 + usize::from(simulate) {
+        numeric[i + offset] = true;
+    }
+    for line in table(&head, &numeric, &table_rows) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// A sparkline of recent values, because people would rather look than read. On a metric's
+/// fixed `scale` (drift_score and accuracy live in [0, 1]) a steady model looks steady; without
+/// one the bars span the values' own range.
+fn sparkline(values: &[Value], scale: Option<(f64, f64)>) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
     let xs: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
     if xs.is_empty() {
         return "-".into();
     }
-    let (lo, hi) = xs
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)));
+    let (lo, hi) = scale.unwrap_or_else(|| {
+        xs.iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)))
+    });
     xs.iter()
         .map(|&x| {
-            let t = if hi > lo { (x - lo) / (hi - lo) } else { 0.5 };
+            let t = if hi > lo {
+                ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+            } else {
+                0.5
+            };
             BARS[((t * 7.0).round() as usize).min(7)]
         })
         .collect()
 }
 
-/// The latest value after a sparkline, so the scale is readable.
-fn spark_cell(values: Option<&Vec<Value>>) -> String {
+/// The last `width` values as a sparkline on the [0, 1] scale of drift_score and accuracy,
+/// then the latest value, so the level is readable.
+fn spark_cell(values: Option<&Vec<Value>>, width: usize) -> String {
     let values = values.map(Vec::as_slice).unwrap_or_default();
+    let values = &values[values.len().saturating_sub(width)..];
     match values.last().and_then(Value::as_f64) {
-        Some(last) => format!("{} {last:.2}", sparkline(values)),
-        None => "-".into(),
+        Some(last) if width > 0 => format!("{} {last:.2}", sparkline(values, Some((0.0, 1.0)))),
+        _ => "-".into(),
     }
 }
 
-fn print_models(out: &mut impl Write, data: &Value) -> Result<()> {
+fn print_models(out: &mut impl Write, data: &Value, spark_width: usize) -> Result<()> {
     let models = data.as_array().cloned().unwrap_or_default();
     if models.is_empty() {
         writeln!(out, "no models yet")?;
@@ -720,8 +883,8 @@ fn print_models(out: &mut impl Write, data: &Value) -> Result<()> {
                     "no"
                 }
                 .into(),
-                spark_cell(m["recent_drift"].as_array()),
-                spark_cell(m["recent_accuracy"].as_array()),
+                spark_cell(m["recent_drift"].as_array(), spark_width),
+                spark_cell(m["recent_accuracy"].as_array(), spark_width),
                 last,
             ]
         })
@@ -759,7 +922,7 @@ fn print_models(out: &mut impl Write, data: &Value) -> Result<()> {
                         };
                         (
                             visutility::escape::escape(&label).into_owned(),
-                            visutility::escape::escape(p["state"].as_str().unwrap_or(""))
+                            visutility::escape::escape(p["summary"].as_str().unwrap_or(""))
                                 .into_owned(),
                         )
                     })
@@ -933,6 +1096,19 @@ async fn push(socket: &Path, file: &Path) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 13.4: on the fixed [0, 1] scale a steady model looks steady (the old min-max
+    /// scale drew 0.50 and 0.51 as the lowest and highest bars); `--width` keeps the latest.
+    #[test]
+    fn sparklines_use_the_fixed_scale_and_the_width() {
+        let steady: Vec<Value> = [0.5, 0.51, 0.5, 0.51].iter().map(|&x| x.into()).collect();
+        assert_eq!(sparkline(&steady, Some((0.0, 1.0))), "▅▅▅▅");
+        assert_eq!(sparkline(&steady, None), "▁█▁█");
+        assert_eq!(spark_cell(Some(&steady), 2), "▅▅ 0.51");
+        assert_eq!(spark_cell(Some(&steady), 0), "-");
+        let out_of_range: Vec<Value> = [-1.0, 2.0].iter().map(|&x| x.into()).collect();
+        assert_eq!(sparkline(&out_of_range, Some((0.0, 1.0))), "▁█");
+    }
 
     #[test]
     fn journal_lines_carry_the_priority_on_every_line() {

@@ -27,6 +27,7 @@
 
 pub mod hook;
 pub mod messages;
+pub mod rules;
 pub mod stats;
 
 use std::collections::{HashMap, VecDeque};
@@ -120,16 +121,6 @@ struct Lingering {
     killed: bool,
 }
 
-/// What the loop guard makes of a policy's decision.
-enum LoopGuard {
-    /// No recent success of this policy: the decision stands.
-    Pass,
-    /// The policy fired again soon after its retrain succeeded: climb to `to`.
-    Raise { to: Action, why: String },
-    /// The ladder's top was reached already in this window: record, run nothing.
-    Hold(String),
-}
-
 impl CommandActor {
     pub fn new(hooks: Arc<HooksConfig>, store: Store, registry: Registry) -> CommandActor {
         CommandActor {
@@ -219,94 +210,76 @@ impl CommandActor {
             return Ok(None);
         }
         let hooks = self.hooks.clone();
-        let runner = self.runner(model);
-        if runner.paused {
-            // A policy's decisions come with every batch while it fires (the model's log says
-            // when it starts and stops); an operator's trigger is worth a line.
-            if d.manual {
-                tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
-            } else {
-                tracing::debug!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
-            }
-            return if d.manual {
-                Err(CommandError::Paused(model.into()))
-            } else {
-                Ok(None)
-            };
-        }
-        if !d.manual && now < runner.cooldown_until {
-            tracing::debug!(
-                model_id = model,
-                until = runner.cooldown_until,
-                "decision held by cooldown"
-            );
-            return Ok(None);
-        }
-        // An operator's trigger is taken at its word; a policy's decision meets the loop guard.
-        let mut action = d.action;
-        let mut reason = d.reason.clone();
-        if !d.manual {
-            match self.loop_guard(model, &d.policy, now) {
-                LoopGuard::Pass => {}
-                LoopGuard::Hold(why) => {
-                    tracing::info!(model_id = model, policy = %d.policy, why = %why, "loop guard: decision recorded, no hook run");
-                    return Ok(None);
-                }
-                LoopGuard::Raise {
-                    to: Action::Escalate,
-                    why,
-                } => {
-                    if let Some(last) = self.runner(model).last_success.as_mut() {
-                        last.2 = Action::Escalate;
-                    }
-                    tracing::warn!(model_id = model, policy = %d.policy, why = %why, "loop guard: calling the escalate hook instead of retraining again");
-                    return self.escalate(&d, "loop_guard", why, now, ctx);
-                }
-                LoopGuard::Raise { to, why } => {
-                    tracing::warn!(model_id = model, policy = %d.policy, from = %d.action, to = %to, why = %why, "loop guard: escalating the retrain");
-                    action = to;
-                    reason = format!("{why}; {}", d.reason);
-                }
-            }
-        }
-        let Some(spec) = hooks.hook(action) else {
-            tracing::debug!(model_id = model, action = %action, policy = %d.policy, "decision recorded; no hook configured for it");
-            return if d.manual {
-                Err(CommandError::NoHook(action))
-            } else {
-                Ok(None)
-            };
+        let loop_window_s = self
+            .registry
+            .rule_for(model)
+            .map(|r| r.loop_window_s)
+            .unwrap_or(0);
+        let ask = rules::Ask {
+            policy: &d.policy,
+            action: d.action,
+            reason: &d.reason,
+            manual: d.manual,
         };
-        if !d.manual && hooks.max_jobs_per_day > 0 {
-            let day = (now / 86_400.0) as u64;
-            let runner = self.runner(model);
-            if runner.budget_day != day {
-                runner.budget_day = day;
-                runner.budget_used = 0;
+        let verdict = rules::decide(&hooks, loop_window_s, self.runner(model), ask, now);
+        let (action, reason, spec) = match verdict {
+            rules::Verdict::Hold(rules::Hold::Paused) => {
+                // A policy's decisions come with every batch while it fires (the model's log
+                // says when it starts and stops); an operator's trigger is worth a line.
+                if d.manual {
+                    tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
+                    return Err(CommandError::Paused(model.into()));
+                }
+                tracing::debug!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
+                return Ok(None);
             }
-            if runner.budget_used >= hooks.max_jobs_per_day {
-                if runner.escalated_day == day {
+            rules::Verdict::Hold(rules::Hold::Cooldown { until }) => {
+                tracing::debug!(model_id = model, until, "decision held by cooldown");
+                return Ok(None);
+            }
+            rules::Verdict::Hold(rules::Hold::LoopGuard(why)) => {
+                tracing::info!(model_id = model, policy = %d.policy, why = %why, "loop guard: decision recorded, no hook run");
+                return Ok(None);
+            }
+            rules::Verdict::Hold(rules::Hold::NoHook(action)) => {
+                tracing::debug!(model_id = model, action = %action, policy = %d.policy, "decision recorded; no hook configured for it");
+                return if d.manual {
+                    Err(CommandError::NoHook(action))
+                } else {
+                    Ok(None)
+                };
+            }
+            rules::Verdict::Hold(rules::Hold::Budget { budget }) => {
+                tracing::warn!(
+                    model_id = model,
+                    budget,
+                    "daily job budget used up (escalated already today): decision recorded, no hook run"
+                );
+                return Ok(None);
+            }
+            rules::Verdict::Escalate { cause, why } => {
+                if cause == "budget" {
                     tracing::warn!(
                         model_id = model,
                         budget = hooks.max_jobs_per_day,
-                        "daily job budget used up (escalated already today): decision recorded, no hook run"
+                        "daily job budget used up: calling the escalate hook"
                     );
-                    return Ok(None);
+                } else {
+                    tracing::warn!(model_id = model, policy = %d.policy, why = %why, "loop guard: calling the escalate hook instead of retraining again");
                 }
-                runner.escalated_day = day;
-                let why = format!(
-                    "daily job budget of {} used up; {} asked for {action}: {reason}",
-                    hooks.max_jobs_per_day, d.policy
-                );
-                tracing::warn!(
-                    model_id = model,
-                    budget = hooks.max_jobs_per_day,
-                    "daily job budget used up: calling the escalate hook"
-                );
-                return self.escalate(&d, "budget", why, now, ctx);
+                return self.escalate(&d, cause, why, now, ctx);
             }
-            runner.budget_used += 1;
-        }
+            rules::Verdict::Run { action, reason } => {
+                if action != d.action {
+                    tracing::warn!(model_id = model, policy = %d.policy, from = %d.action, to = %action, why = %reason, "loop guard: escalating the retrain");
+                }
+                let Some(spec) = hooks.hook(action) else {
+                    // rules::decide checked it; a hook cannot vanish in between.
+                    return Ok(None);
+                };
+                (action, reason, spec)
+            }
+        };
         let limit = hooks.max_triggers_per_hour;
         if d.manual && limit > 0 {
             let recent = self.triggers.entry(d.model_id.clone()).or_default();
@@ -337,39 +310,6 @@ impl CommandActor {
                 .push_back(now);
         }
         Ok(submitted)
-    }
-
-    /// The loop guard's verdict on a policy's decision for `model`.
-    fn loop_guard(&mut self, model: &str, policy: &str, now: f64) -> LoopGuard {
-        let window = self
-            .registry
-            .rule_for(model)
-            .map(|r| r.loop_window_s)
-            .unwrap_or(0);
-        if window == 0 {
-            return LoopGuard::Pass;
-        }
-        let Some((at, last_policy, last_action)) = self.runner(model).last_success.clone() else {
-            return LoopGuard::Pass;
-        };
-        let since = now - at;
-        if last_policy != policy || since > window as f64 {
-            return LoopGuard::Pass;
-        }
-        let why = format!(
-            "loop guard: {policy} fired again {since:.0} s after a successful {last_action} (loop_window_s {window})"
-        );
-        match last_action {
-            Action::FineTune => LoopGuard::Raise {
-                to: Action::Full,
-                why,
-            },
-            Action::Full => LoopGuard::Raise {
-                to: Action::Escalate,
-                why,
-            },
-            Action::Escalate => LoopGuard::Hold(format!("{why}, and the escalate hook was called")),
-        }
     }
 
     /// A new job for decision `d`, asking for `action` (which differs from the decision's
@@ -668,10 +608,16 @@ impl CommandActor {
                 {
                     addr.do_send(crate::model::ResetPolicies { warmup: true });
                 }
-                self.after_end(&model, now);
-                let (action, policy) = (job.action, job.policy.clone());
-                self.runner(&model).last_success = Some((now, policy, action));
             }
+            let hooks = self.hooks.clone();
+            rules::job_ended(
+                &hooks,
+                self.runner(&model),
+                job.action,
+                &job.policy,
+                true,
+                now,
+            );
             // The runner state is durable together with the job's end.
             self.save_runner(&model);
             self.journal_logged(&job);
@@ -686,9 +632,15 @@ impl CommandActor {
             tracing::error!(model_id = %model, job_id = job.job_id, attempts = job.attempts, note = %job.note, "hook failed");
             job.transition(JobState::Failed, now);
             self.count(&job);
-            if retrain {
-                self.after_end(&model, now);
-            }
+            let hooks = self.hooks.clone();
+            rules::job_ended(
+                &hooks,
+                self.runner(&model),
+                job.action,
+                &job.policy,
+                false,
+                now,
+            );
             self.save_runner(&model);
             self.journal_logged(&job);
         }
@@ -696,11 +648,6 @@ impl CommandActor {
             tracing::warn!(error = %error, "cannot prune the job journal");
         }
         self.pump(ctx);
-    }
-
-    fn after_end(&mut self, model: &str, now: f64) {
-        let cooldown = self.hooks.cooldown_s as f64;
-        self.runner(model).cooldown_until = now + cooldown;
     }
 
     /// Counts a job that reached its end state, by action and outcome.

@@ -93,7 +93,10 @@ pub struct DecisionView {
 pub struct PolicyView {
     pub name: String,
     pub kind: String,
-    pub state: String,
+    /// The state as named numbers (window fill, mean, threshold; a detector's statistic...).
+    pub state: crate::policy::NamedNumbers,
+    /// The state in words, for the table.
+    pub summary: String,
     /// Values this policy refused since the model was loaded: they would have made its
     /// detector's state non-finite.
     pub values_rejected: u64,
@@ -110,7 +113,8 @@ impl ModelView {
                 .map(|(spec, st)| PolicyView {
                     name: spec.name.clone(),
                     kind: spec.kind.kind_name().into(),
-                    state: st.summary(spec),
+                    state: st.state(spec),
+                    summary: st.summary(spec),
                     values_rejected: st.values_rejected.0,
                 })
                 .collect(),
@@ -442,7 +446,8 @@ impl ModelActor {
                 .map(|(spec, st)| PolicyView {
                     name: spec.name.clone(),
                     kind: spec.kind.kind_name().into(),
-                    state: st.summary(spec),
+                    state: st.state(spec),
+                    summary: st.summary(spec),
                     values_rejected: st.values_rejected.0,
                 })
                 .collect();

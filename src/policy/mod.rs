@@ -555,6 +555,104 @@ impl PolicyState {
     }
 }
 
+/// A policy's state as named numbers, in a fixed order: `models --json` shows it as an object
+/// (`summary` is its text form), `backtest --detail` takes `statistic` and `threshold` from it.
+/// Only finite numbers are kept (a detector's "none yet" minimum is infinite).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NamedNumbers(pub Vec<(&'static str, f64)>);
+
+impl NamedNumbers {
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|(k, _)| *k == name).map(|(_, v)| *v)
+    }
+}
+
+impl Serialize for NamedNumbers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
+}
+
+impl Reason<'_> {
+    /// The number the policy compared and what it compared it with, where the reason says.
+    pub fn statistic(&self) -> Option<(f64, f64)> {
+        match *self {
+            Reason::MaxDrift { drift, max } => Some((drift, max)),
+            Reason::MinAccuracy { accuracy, min } => Some((accuracy, min)),
+            Reason::WindowMean {
+                mean, threshold, ..
+            } => Some((mean, threshold)),
+            Reason::Bound { value, bound, .. } => Some((value, bound)),
+            Reason::Detector { .. } => None,
+        }
+    }
+}
+
+impl PolicyState {
+    /// The state as named numbers (what `summary` says in words): a window's fill, mean and
+    /// threshold; a detector's own numbers (ADWIN's width and estimate, Page-Hinkley's
+    /// statistic and threshold, ...) and, for those with a warning zone, `warning` (0 or 1);
+    /// every policy's `streak` (for `for_events`).
+    pub fn state(&self, spec: &PolicySpec) -> NamedNumbers {
+        let mut out: Vec<(&'static str, f64)> = Vec::new();
+        match (&self.kind, &spec.kind) {
+            (
+                StateKind::StaticThreshold,
+                PolicyKind::StaticThreshold {
+                    max_drift,
+                    min_accuracy,
+                    max,
+                    min,
+                },
+            ) => {
+                for (k, v) in [
+                    ("max", max),
+                    ("min", min),
+                    ("max_drift", max_drift),
+                    ("min_accuracy", min_accuracy),
+                ] {
+                    if let Some(v) = v {
+                        out.push((k, *v));
+                    }
+                }
+            }
+            (
+                StateKind::DriftWindow { values, sum, .. },
+                PolicyKind::DriftWindow {
+                    window, threshold, ..
+                },
+            ) => {
+                let mean = if values.is_empty() {
+                    0.0
+                } else {
+                    sum / values.len() as f64
+                };
+                out.extend([
+                    ("fill", values.len() as f64),
+                    ("window", *window as f64),
+                    ("mean", mean),
+                    ("threshold", *threshold),
+                ]);
+            }
+            (StateKind::Detector(d), PolicyKind::Detector(p)) => {
+                out = d.state();
+                if p.has_warning() {
+                    out.push(("warning", f64::from(u8::from(d.warning_detected()))));
+                }
+            }
+            _ => {}
+        }
+        out.push(("streak", f64::from(self.streak)));
+        out.retain(|(_, v)| v.is_finite());
+        NamedNumbers(out)
+    }
+}
+
 /// Brings persisted states in line with the current specs: a state that still fits is kept
 /// (in the order of the specs), anything else starts fresh.
 pub fn bind_states(specs: &[PolicySpec], mut old: Vec<PolicyState>) -> Vec<PolicyState> {
@@ -613,4 +711,70 @@ pub fn rebind_states(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod state_tests {
+    use super::*;
+
+    fn spec(kind: PolicyKind) -> PolicySpec {
+        PolicySpec {
+            name: "p".into(),
+            kind,
+            metric: "drift_score".into(),
+            action: Action::Full,
+            for_events: 1,
+        }
+    }
+
+    fn obs(x: f64) -> Obs {
+        Obs {
+            drift_score: Some(x),
+            ..Obs::default()
+        }
+    }
+
+    /// Issue 13.4: a policy's state as named numbers, finite only.
+    #[test]
+    fn state_is_named_numbers() {
+        let s = spec(PolicyKind::DriftWindow {
+            window: 4,
+            threshold: 0.3,
+            direction: Direction::Above,
+        });
+        let mut st = PolicyState::new(&s);
+        st.observe(&s, &obs(0.2), 0.0);
+        st.observe(&s, &obs(0.4), 0.0);
+        let n = st.state(&s);
+        assert_eq!(n.get("fill"), Some(2.0));
+        assert_eq!(n.get("window"), Some(4.0));
+        assert!((n.get("mean").unwrap() - 0.3).abs() < 1e-12);
+        assert_eq!(n.get("threshold"), Some(0.3));
+        assert_eq!(n.get("streak"), Some(0.0));
+        assert_eq!(
+            serde_json::to_string(&n).unwrap(),
+            r#"{"fill":2.0,"window":4.0,"mean":0.30000000000000004,"threshold":0.3,"streak":0.0}"#
+        );
+
+        // A fresh DDM holds infinite minimums: left out. It has a warning zone.
+        let ddm = detect::DetectorParams::parse("ddm", serde_json::json!({}))
+            .unwrap()
+            .unwrap();
+        let s = spec(PolicyKind::Detector(ddm));
+        let n = PolicyState::new(&s).state(&s);
+        assert_eq!(n.get("p_min"), None);
+        assert_eq!(n.get("warning"), Some(0.0));
+        assert!(n.0.iter().all(|(_, v)| v.is_finite()));
+
+        let ph = detect::DetectorParams::parse("page_hinkley", serde_json::json!({}))
+            .unwrap()
+            .unwrap();
+        let s = spec(PolicyKind::Detector(ph));
+        let mut st = PolicyState::new(&s);
+        st.observe(&s, &obs(1.0), 0.0);
+        let n = st.state(&s);
+        assert_eq!(n.get("threshold"), Some(50.0));
+        assert!(n.get("statistic").is_some());
+        assert_eq!(n.get("warning"), None);
+    }
 }

@@ -589,11 +589,15 @@ fn warmup_after_reset_on_retrain_observes_without_firing() {
         .unwrap()
         .clone();
     assert!(
-        window["state"]
+        window["summary"]
             .as_str()
             .is_some_and(|s| s.starts_with("window 3/3")),
         "the window observed the warm-up events: {window}"
     );
+    // Issue 13.4: the same state as named numbers.
+    assert_eq!(window["state"]["fill"], json!(3.0), "{window}");
+    assert_eq!(window["state"]["window"], json!(3.0), "{window}");
+    assert_eq!(window["state"]["threshold"], json!(0.3), "{window}");
     assert_eq!(jobs_of(&d, "m1").len(), 1);
 
     // The next one fires.

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod backtest;
 mod check_config;
 mod cli;
 mod config;

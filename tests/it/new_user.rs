@@ -125,7 +125,7 @@ threshold = 2.0
     let states = |d: &Daemon| -> Vec<String> {
         policies_of(d, "m")
             .iter()
-            .map(|p| p["state"].as_str().unwrap().to_owned())
+            .map(|p| p["summary"].as_str().unwrap().to_owned())
             .collect()
     };
     assert!(
@@ -216,7 +216,7 @@ action = "fine_tune"
     assert!(fired(&d, "slow") > 0.0, "latency above max did not fire");
     let policies = policies_of(&d, "m");
     assert!(
-        policies[0]["state"]
+        policies[0]["summary"]
             .as_str()
             .unwrap()
             .contains("below threshold 0.85"),

@@ -251,7 +251,9 @@ fn every_command_answers_in_json() {
     let policies = j1["policies"].as_array().unwrap();
     assert_eq!(policies.len(), 1, "{j1}");
     assert_eq!(policies[0]["kind"], "static_threshold");
-    assert!(policies[0]["state"].is_string(), "{j1}");
+    // Issue 13.4: the state as named numbers, its words in `summary`.
+    assert!(policies[0]["state"].is_object(), "{j1}");
+    assert!(policies[0]["summary"].is_string(), "{j1}");
 
     // The human forms of the same commands.
     let status = d.cli_ok(&["status"]);

@@ -114,7 +114,7 @@ fn drift_window_scenario(pause: Pause) {
         let m = d.model("m").unwrap();
         assert_eq!(m["events"], json!(6), "{m}");
         assert!(
-            m["policies"][0]["state"]
+            m["policies"][0]["summary"]
                 .as_str()
                 .is_some_and(|s| s.starts_with("window 6/10")),
             "{m}"

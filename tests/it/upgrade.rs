@@ -288,6 +288,19 @@ fn a_schema_1_store_is_migrated_in_place_and_keeps_every_model_job_and_cooldown(
         let obj = before.as_object_mut().unwrap();
         obj.remove("decision_counts");
         obj.remove("restarts");
+        // Issue 13.4: what the schema-1 build showed as a policy's `state` is now its
+        // `summary` (`state` became named numbers).
+        for p in obj
+            .get_mut("policies")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let p = p.as_object_mut().unwrap();
+            if let Some(text) = p.remove("state") {
+                p.insert("summary".into(), text);
+            }
+        }
         assert_json_covers(&before, now, 0.0, id);
         let sum = &expected["models"][id];
         for k in ["events", "paused", "decisions"] {
@@ -363,7 +376,7 @@ fn a_schema_1_store_is_migrated_in_place_and_keeps_every_model_job_and_cooldown(
             .unwrap()
             .iter()
             .find(|p| p["name"] == name)
-            .unwrap_or_else(|| d.fail(format!("alpha has no policy {name}: {alpha}")))["state"]
+            .unwrap_or_else(|| d.fail(format!("alpha has no policy {name}: {alpha}")))["summary"]
             .clone()
     };
     assert_eq!(

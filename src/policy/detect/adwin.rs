@@ -164,6 +164,12 @@ impl Adwin {
     }
 
     /// One short line for operators.
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        vec![("width", self.width() as f64), ("estimate", self.mean())]
+    }
+
     pub fn summary(&self) -> String {
         format!("width {}, mean {:.3}", self.width(), self.mean())
     }

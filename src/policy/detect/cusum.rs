@@ -201,6 +201,20 @@ impl Cusum {
     }
 
     /// One short line for operators.
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("warm", f64::from(self.warm_n)),
+            ("mu0", self.mu0),
+            ("sigma", self.sigma),
+            ("s_hi", self.s_hi),
+            ("s_lo", self.s_lo),
+            ("statistic", self.s_hi.max(self.s_lo)),
+            ("threshold", self.params.h * self.sigma),
+        ]
+    }
+
     pub fn summary(&self) -> String {
         if !self.ready {
             return format!(

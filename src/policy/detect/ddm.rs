@@ -172,6 +172,27 @@ impl Ddm {
         &self.params
     }
 
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        let s = if self.n > 0.0 {
+            (self.p * (1.0 - self.p) / self.n).sqrt()
+        } else {
+            0.0
+        };
+        vec![
+            ("n", self.n),
+            ("p", self.p),
+            ("p_min", self.p_min),
+            ("s_min", self.s_min),
+            ("statistic", self.p + s),
+            (
+                "threshold",
+                self.p_min + self.params.drift_threshold * self.s_min,
+            ),
+        ]
+    }
+
     /// One short line for operators, e.g. "n 812, p 0.104, p_min 0.09 s_min 0.010".
     pub fn summary(&self) -> String {
         if self.n > f64::from(self.params.warm_start) {

@@ -195,6 +195,26 @@ impl Eddm {
     }
 
     /// One short line for operators, e.g. "errors 45/812, mean gap 9.8 sd 7.1, max 24.0".
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        let p2s = self.dist_mean + 2.0 * self.dist_var.sqrt();
+        let level = if self.p2s_max > 0.0 {
+            p2s / self.p2s_max
+        } else {
+            1.0
+        };
+        vec![
+            ("n", self.n as f64),
+            ("errors", self.n_errors as f64),
+            ("mean_gap", self.dist_mean),
+            ("sd_gap", self.dist_var.sqrt()),
+            ("p2s_max", self.p2s_max),
+            ("statistic", level),
+            ("threshold", self.params.beta),
+        ]
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "errors {}/{}, mean gap {:.2} sd {:.2}, max {:.2}",

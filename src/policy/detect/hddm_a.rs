@@ -241,6 +241,17 @@ impl HddmA {
     }
 
     /// One short line for operators, e.g. "n 812, mean 0.1040, cut mean 0.0910 (n 400)".
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("n", self.z_n),
+            ("mean", self.z_mean),
+            ("cut_mean", self.lo.mean),
+            ("cut_n", self.lo.n),
+        ]
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "n {}, mean {:.4}, cut mean {:.4} (n {})",

@@ -291,6 +291,16 @@ impl HddmW {
     }
 
     /// One short line for operators, e.g. "ewma 0.1040, since cut 0.1800 vs 0.0950".
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        vec![
+            ("ewma", self.total.ewma),
+            ("mean_since_cut", self.s2_incr.ewma),
+            ("cut_mean", self.s1_incr.ewma),
+        ]
+    }
+
     pub fn summary(&self) -> String {
         format!(
             "ewma {:.4}, since cut {:.4} vs {:.4}",

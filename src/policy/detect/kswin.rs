@@ -164,6 +164,18 @@ impl Kswin {
     }
 
     /// One short line for operators.
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        let n = self.params.stat_size.max(1);
+        vec![
+            ("fill", f64::from(self.len)),
+            ("window", f64::from(self.params.window_size)),
+            ("statistic", self.last_d),
+            ("threshold", f64::from(self.h_min) / f64::from(n)),
+        ]
+    }
+
     pub fn summary(&self) -> String {
         let n = self.params.stat_size.max(1);
         format!(

@@ -166,6 +166,13 @@ macro_rules! detectors {
                     $(Self::$variant(d) => d.summary(),)*
                 }
             }
+
+            /// The state as named numbers (see each detector's `state`).
+            pub fn state(&self) -> Vec<(&'static str, f64)> {
+                match self {
+                    $(Self::$variant(d) => d.state(),)*
+                }
+            }
         }
     };
 }

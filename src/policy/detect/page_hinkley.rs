@@ -151,6 +151,18 @@ impl PageHinkley {
         }
     }
 
+    /// The state as named numbers (`models --json`, `backtest --detail`): `statistic` is what
+    /// is compared with `threshold` where the detector has one such pair.
+    pub fn state(&self) -> Vec<(&'static str, f64)> {
+        let stat = if self.n > 0.0 { self.statistic() } else { 0.0 };
+        vec![
+            ("n", self.n),
+            ("mean", self.mean),
+            ("statistic", stat),
+            ("threshold", self.params.threshold),
+        ]
+    }
+
     /// One short line for operators.
     pub fn summary(&self) -> String {
         let stat = if self.n > 0.0 { self.statistic() } else { 0.0 };
