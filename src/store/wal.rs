@@ -296,6 +296,20 @@ pub fn decode_events(bytes: &[u8]) -> Option<Vec<Obs>> {
 // ---------------------------------------------------------------------------------------
 // In-memory state
 
+/// The model's ref in the current segment (`refs`), defining it in `buf` on first use.
+fn reference(refs: &mut HashMap<Arc<str>, u64>, buf: &mut Vec<u8>, id: &Arc<str>) -> u64 {
+    if let Some(&r) = refs.get(id) {
+        return r;
+    }
+    let r = refs.len() as u64;
+    refs.insert(id.clone(), r);
+    buf.push(ITEM_NAME);
+    put_varint(buf, r);
+    put_varint(buf, id.len() as u64);
+    buf.extend_from_slice(id.as_bytes());
+    r
+}
+
 /// A model's events since its checkpoint, encoded as in the log (so an append is encoded once
 /// and copied into the frame buffer).
 #[derive(Debug, Default)]
@@ -308,6 +322,10 @@ pub struct Tail {
     pub segment: u64,
     /// Came from the log at start (not yet replayed by a model in this run).
     pub recovered: bool,
+    /// The model's ref in segment `ref_segment` (0: none yet), so that an append looks the
+    /// model up once.
+    ref_segment: u64,
+    r: u64,
 }
 
 impl Tail {
@@ -533,11 +551,16 @@ impl Wal {
     /// and to the next frame. Returns the tail's size in bytes.
     pub fn append(&mut self, id: &Arc<str>, first_seq: u64, events: &[Obs]) -> u64 {
         let segment = self.segment;
-        let tail = self.tails.entry(id.clone()).or_insert_with(|| Tail {
-            start_seq: first_seq,
-            segment,
-            ..Tail::default()
-        });
+        // One lookup when the model has a tail (the usual case); the id is cloned only for a
+        // new one.
+        let tail = match self.tails.get_mut(&**id) {
+            Some(t) => t,
+            None => self.tails.entry(id.clone()).or_insert_with(|| Tail {
+                start_seq: first_seq,
+                segment,
+                ..Tail::default()
+            }),
+        };
         if tail.count == 0 || tail.next_seq() != first_seq {
             // Empty, or not following on (a checkpoint the tail did not see): start afresh.
             // The checkpoint covers what came before.
@@ -557,28 +580,21 @@ impl Wal {
         let added = tail.bytes.len() - from;
         self.tail_bytes += added as u64;
         let size = tail.bytes.len() as u64;
-        let r = self.reference(id);
+        if tail.ref_segment != segment {
+            tail.r = reference(&mut self.refs, &mut self.buf, id);
+            tail.ref_segment = segment;
+        }
         self.buf.push(ITEM_GROUP);
-        put_varint(&mut self.buf, r);
+        put_varint(&mut self.buf, tail.r);
         put_varint(&mut self.buf, first_seq);
         put_varint(&mut self.buf, events.len() as u64);
-        let tail = &self.tails[id];
         self.buf.extend_from_slice(&tail.bytes[from..]);
         size
     }
 
     /// The model's ref in the current segment, defining it there on first use.
     fn reference(&mut self, id: &Arc<str>) -> u64 {
-        if let Some(&r) = self.refs.get(id) {
-            return r;
-        }
-        let r = self.refs.len() as u64;
-        self.refs.insert(id.clone(), r);
-        self.buf.push(ITEM_NAME);
-        put_varint(&mut self.buf, r);
-        put_varint(&mut self.buf, id.len() as u64);
-        self.buf.extend_from_slice(id.as_bytes());
-        r
+        reference(&mut self.refs, &mut self.buf, id)
     }
 
     /// A checkpoint now covers the model's events: its tail is no longer needed.
