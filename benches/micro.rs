@@ -16,7 +16,7 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use visutility::config::{Config, Env};
 use visutility::policy::{Obs, PolicySpec, PolicyState};
 use visutility::protocol::decode_line;
-use visutility::store::{ModelRecord, Store};
+use visutility::store::{ModelRecord, Store, wal};
 
 #[path = "common/rng.rs"]
 mod rng;
@@ -208,9 +208,113 @@ fn store(c: &mut Criterion) {
     g.finish();
 }
 
+/// Events as the throughput load sends them (`ts` with 6 decimals, drift and accuracy with 4)
+/// and as the connection stamps them (`received`: the time of the read, a full-precision f64
+/// shared by the events of one read).
+fn load_events(n: usize) -> Vec<Obs> {
+    let mut rng = Rng(7);
+    let ts0 = 1_764_172_800.0;
+    let received0 = 1_764_999_999.123_456_7;
+    (0..n)
+        .map(|i| {
+            let ts: f64 = format!("{:.6}", ts0 + i as f64 * 1e-6).parse().unwrap();
+            let drift: f64 = format!("{:.4}", rng.uniform() * 0.25).parse().unwrap();
+            let acc: f64 = format!("{:.4}", 0.92 + rng.uniform() * 0.08)
+                .parse()
+                .unwrap();
+            Obs {
+                ts,
+                received: received0 + (i / 64) as f64 * 0.000_731_3,
+                drift_score: Some(drift),
+                accuracy: Some(acc),
+                error: Some(rng.uniform() < 0.05),
+                ..Obs::default()
+            }
+        })
+        .collect()
+}
+
+/// The observation log's encoding, per event and per number.
+fn log_encoding(c: &mut Criterion) {
+    let evs = load_events(1 << 12);
+    let mut g = c.benchmark_group("wal");
+    g.throughput(Throughput::Elements(1));
+    let mut out = Vec::with_capacity(1 << 20);
+    let mut i = 0;
+    g.bench_function("put_event_load", |b| {
+        b.iter(|| {
+            if out.len() > (1 << 20) - 256 {
+                out.clear();
+            }
+            wal::put_event(&mut out, black_box(&evs[i & (evs.len() - 1)]));
+            i += 1;
+        })
+    });
+    let nums: [(&str, f64); 4] = [
+        ("short_decimal", 0.1234),
+        ("ts_6_decimals", 1_764_172_800.123_456),
+        ("system_time", 1_764_999_999.123_456_7),
+        ("raw_17_digits", 0.123_456_789_012_345_66),
+    ];
+    for (name, v) in nums {
+        g.bench_function(format!("put_num_{name}"), |b| {
+            b.iter(|| {
+                if out.len() > (1 << 20) - 16 {
+                    out.clear();
+                }
+                wal::put_num(&mut out, black_box(v));
+            })
+        });
+    }
+    let mut buf = Vec::new();
+    for e in &evs {
+        wal::put_event(&mut buf, e);
+    }
+    g.throughput(Throughput::Elements(evs.len() as u64));
+    g.bench_function("decode_events_load", |b| {
+        b.iter(|| black_box(wal::decode_events(black_box(&buf)).map(|v| v.len())))
+    });
+    g.finish();
+}
+
+/// `Store::append` as the model actors call it under the throughput load: one event per
+/// call, 1,000 models in turn, folding into a checkpoint when the store says so.
+fn store_append(c: &mut Criterion) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path(), 200).expect("store");
+    let record = warm_record(&specs());
+    let ids: Vec<std::sync::Arc<str>> = (0..1000).map(|i| format!("model-{i:05}").into()).collect();
+    let mut seqs = vec![0u64; ids.len()];
+    let mut rng = Rng(3);
+    let evs = load_events(1 << 12);
+    let checkpoint_bytes = store.checkpoint(&ids[0], &record).expect("save");
+    let mut g = c.benchmark_group("store");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0;
+    g.bench_function("append_1_event_1000_models", |b| {
+        b.iter(|| {
+            let m = rng.below(ids.len());
+            seqs[m] += 1;
+            let fold = store
+                .append(
+                    &ids[m],
+                    seqs[m],
+                    std::slice::from_ref(&evs[i & (evs.len() - 1)]),
+                    checkpoint_bytes,
+                )
+                .expect("append");
+            i += 1;
+            if fold {
+                store.checkpoint(&ids[m], &record).expect("save");
+            }
+        })
+    });
+    g.finish();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default().noise_threshold(0.05);
-    targets = decoder, policies, store
+    targets = decoder, policies, store, log_encoding, store_append
 }
 criterion_main!(benches);

@@ -202,6 +202,12 @@ impl Drop for Shared {
 struct SyncShared {
     state: Mutex<SyncState>,
     wake: Condvar,
+    /// Set with `state.dirty_since` (under its lock) and cleared with it by the flusher before
+    /// it takes the log's frame: a writer that finds it set after its write knows that a
+    /// round still to take the frame is due, and skips the lock. (If the flusher had taken the
+    /// frame before the write, which holds the log's lock after it, the writer would see the
+    /// flag cleared.) Clear is always safe: the writer then takes the lock.
+    dirty: AtomicBool,
 }
 
 #[derive(Default)]
@@ -660,11 +666,16 @@ impl Store {
     /// Something was written: the flusher makes it durable within the flush interval. Only
     /// the first write after a flush wakes it.
     fn mark_dirty(&self) {
-        let mut st = lock(&self.shared.sync.state);
+        let sync = &self.shared.sync;
+        if sync.dirty.load(Ordering::Acquire) {
+            return;
+        }
+        let mut st = lock(&sync.state);
+        sync.dirty.store(true, Ordering::Release);
         if st.dirty_since.is_none() {
             st.dirty_since = Some(Instant::now());
             drop(st);
-            self.shared.sync.wake.notify_one();
+            sync.wake.notify_one();
         }
     }
 
@@ -1214,6 +1225,7 @@ fn spawn_flusher(shared: Weak<Shared>, sync: Arc<SyncShared>) {
                             }
                         }
                         st.dirty_since = None;
+                        sync.dirty.store(false, Ordering::Release);
                         std::mem::take(&mut st.waiters)
                     };
                     let Some(shared) = shared.upgrade() else {

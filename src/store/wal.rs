@@ -121,22 +121,56 @@ const RAW: u64 = 15;
 /// correctly rounded division of two exact numbers, so it is bit-exact by construction: the
 /// check below is the decoder itself.
 pub fn put_num(out: &mut Vec<u8>, v: f64) {
-    if v.is_finite() {
-        for (k, &p) in POW10.iter().enumerate() {
-            let m = (v * p).round();
-            if m.abs() >= 9.0e15 {
-                break;
-            }
-            let m = m as i64;
-            if (m as f64 / p).to_bits() == v.to_bits() {
-                let zz = ((m << 1) ^ (m >> 63)) as u64;
-                put_varint(out, (zz << 4) | k as u64);
-                return;
-            }
+    match decimal(v) {
+        Some(h) => put_varint(out, h),
+        None => {
+            put_varint(out, RAW);
+            out.extend_from_slice(&v.to_le_bytes());
         }
     }
-    put_varint(out, RAW);
-    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// The head `(zigzag(m) << 4) | k` of the smallest `k` for which `m = round(v * 10^k)` (below
+/// 9e15 in magnitude) decodes back to `v`, if any.
+///
+/// Only a candidate that can pass is checked with the decoder's division (the one exact
+/// check): if `RN(m / p) == v` then `|m - v·p| <= p·ulp(v)/2 <= |v·p|·2^-53`, and the
+/// product `y = RN(v·p)` is within `|v·p|·2^-53` of `v·p`, so `|y - m| <= |y|·2^-51` (with
+/// room to spare). A value that is not a short decimal (a `SystemTime` in seconds, a float
+/// with 17 significant digits) fails that test at every `k`, so it costs a multiplication and
+/// two additions per `k` instead of a division and a call to libm's `round`. The output is
+/// that of the plain loop over every `k` (tests compare the two).
+#[inline]
+fn decimal(v: f64) -> Option<u64> {
+    // Adding then subtracting 1.5 * 2^52 rounds a number below 2^51 to an integer (to even).
+    const ROUNDER: f64 = 6755399441055744.0;
+    const TWO_51: f64 = 2251799813685248.0;
+    const TWO_M50: f64 = 1.0 / (1u64 << 50) as f64;
+    if !v.is_finite() {
+        return None;
+    }
+    for (k, &p) in POW10.iter().enumerate() {
+        let y = v * p;
+        let a = y.abs();
+        // `round(y)` reaches 9e15 exactly when `y` does: above 2^52 every f64 is an integer.
+        if a >= 9.0e15 {
+            return None;
+        }
+        // The test above, on the nearest integer to even (both subtractions are exact); from
+        // 2^51 up every candidate passes it (the bound is 2 or more).
+        if a < TWO_51 && (y - ((y + ROUNDER) - ROUNDER)).abs() > a * TWO_M50 {
+            continue;
+        }
+        // `round` (half away from zero) without the libm call: `y - trunc(y)` is exact.
+        let t = y as i64;
+        let f = y - t as f64;
+        let m = t + i64::from(f >= 0.5) - i64::from(f <= -0.5);
+        if (m as f64 / p).to_bits() == v.to_bits() {
+            let zz = ((m << 1) ^ (m >> 63)) as u64;
+            return Some((zz << 4) | k as u64);
+        }
+    }
+    None
 }
 
 pub fn get_num(buf: &[u8], pos: &mut usize) -> Option<f64> {
@@ -262,6 +296,20 @@ pub fn decode_events(bytes: &[u8]) -> Option<Vec<Obs>> {
 // ---------------------------------------------------------------------------------------
 // In-memory state
 
+/// The model's ref in the current segment (`refs`), defining it in `buf` on first use.
+fn reference(refs: &mut HashMap<Arc<str>, u64>, buf: &mut Vec<u8>, id: &Arc<str>) -> u64 {
+    if let Some(&r) = refs.get(id) {
+        return r;
+    }
+    let r = refs.len() as u64;
+    refs.insert(id.clone(), r);
+    buf.push(ITEM_NAME);
+    put_varint(buf, r);
+    put_varint(buf, id.len() as u64);
+    buf.extend_from_slice(id.as_bytes());
+    r
+}
+
 /// A model's events since its checkpoint, encoded as in the log (so an append is encoded once
 /// and copied into the frame buffer).
 #[derive(Debug, Default)]
@@ -274,6 +322,10 @@ pub struct Tail {
     pub segment: u64,
     /// Came from the log at start (not yet replayed by a model in this run).
     pub recovered: bool,
+    /// The model's ref in segment `ref_segment` (0: none yet), so that an append looks the
+    /// model up once.
+    ref_segment: u64,
+    r: u64,
 }
 
 impl Tail {
@@ -499,11 +551,16 @@ impl Wal {
     /// and to the next frame. Returns the tail's size in bytes.
     pub fn append(&mut self, id: &Arc<str>, first_seq: u64, events: &[Obs]) -> u64 {
         let segment = self.segment;
-        let tail = self.tails.entry(id.clone()).or_insert_with(|| Tail {
-            start_seq: first_seq,
-            segment,
-            ..Tail::default()
-        });
+        // One lookup when the model has a tail (the usual case); the id is cloned only for a
+        // new one.
+        let tail = match self.tails.get_mut(&**id) {
+            Some(t) => t,
+            None => self.tails.entry(id.clone()).or_insert_with(|| Tail {
+                start_seq: first_seq,
+                segment,
+                ..Tail::default()
+            }),
+        };
         if tail.count == 0 || tail.next_seq() != first_seq {
             // Empty, or not following on (a checkpoint the tail did not see): start afresh.
             // The checkpoint covers what came before.
@@ -523,28 +580,21 @@ impl Wal {
         let added = tail.bytes.len() - from;
         self.tail_bytes += added as u64;
         let size = tail.bytes.len() as u64;
-        let r = self.reference(id);
+        if tail.ref_segment != segment {
+            tail.r = reference(&mut self.refs, &mut self.buf, id);
+            tail.ref_segment = segment;
+        }
         self.buf.push(ITEM_GROUP);
-        put_varint(&mut self.buf, r);
+        put_varint(&mut self.buf, tail.r);
         put_varint(&mut self.buf, first_seq);
         put_varint(&mut self.buf, events.len() as u64);
-        let tail = &self.tails[id];
         self.buf.extend_from_slice(&tail.bytes[from..]);
         size
     }
 
     /// The model's ref in the current segment, defining it there on first use.
     fn reference(&mut self, id: &Arc<str>) -> u64 {
-        if let Some(&r) = self.refs.get(id) {
-            return r;
-        }
-        let r = self.refs.len() as u64;
-        self.refs.insert(id.clone(), r);
-        self.buf.push(ITEM_NAME);
-        put_varint(&mut self.buf, r);
-        put_varint(&mut self.buf, id.len() as u64);
-        self.buf.extend_from_slice(id.as_bytes());
-        r
+        reference(&mut self.refs, &mut self.buf, id)
     }
 
     /// A checkpoint now covers the model's events: its tail is no longer needed.
@@ -739,7 +789,99 @@ mod tests {
         assert_eq!(b.len(), 3);
     }
 
+    /// The encoder as first written (a division at every `k`): the fast one must write the
+    /// same bytes.
+    fn put_num_reference(out: &mut Vec<u8>, v: f64) {
+        if v.is_finite() {
+            for (k, &p) in POW10.iter().enumerate() {
+                let m = (v * p).round();
+                if m.abs() >= 9.0e15 {
+                    break;
+                }
+                let m = m as i64;
+                if (m as f64 / p).to_bits() == v.to_bits() {
+                    let zz = ((m << 1) ^ (m >> 63)) as u64;
+                    put_varint(out, (zz << 4) | k as u64);
+                    return;
+                }
+            }
+        }
+        put_varint(out, RAW);
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+
+    fn same_bytes_as_reference(v: f64) -> bool {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        put_num(&mut a, v);
+        put_num_reference(&mut b, v);
+        a == b
+    }
+
+    #[test]
+    fn numbers_are_written_as_the_reference_encoder_writes_them() {
+        let mut vs = vec![
+            0.0,
+            -0.0,
+            0.5,
+            -0.5,
+            1.5,
+            -2.5,
+            4503599627370495.5,
+            8999999999999999.0,
+            9.0e15,
+            -9.0e15,
+            f64::MIN_POSITIVE,
+            5e-324,
+            -5e-324,
+            1e-300,
+            0.1 + 0.2,
+            1764172800.123456,
+            1764172800.1234567,
+        ];
+        // Neighbours of short decimals, where rounding is closest to the edge.
+        for m in [
+            1i64,
+            7,
+            123,
+            1234,
+            99999,
+            1764172800123456,
+            8999999999999999,
+        ] {
+            for p in POW10 {
+                let v = m as f64 / p;
+                for d in -3i64..=3 {
+                    vs.push(f64::from_bits((v.to_bits() as i64 + d) as u64));
+                    vs.push(-f64::from_bits((v.to_bits() as i64 + d) as u64));
+                }
+            }
+        }
+        for v in vs {
+            assert!(same_bytes_as_reference(v), "{v:e} ({:#x})", v.to_bits());
+        }
+    }
+
     proptest::proptest! {
+        #[test]
+        fn any_f64_is_written_as_the_reference_writes_it(bits: u64) {
+            proptest::prop_assert!(same_bytes_as_reference(f64::from_bits(bits)));
+        }
+
+        #[test]
+        fn decimals_are_written_as_the_reference_writes_them(
+            m in -9_000_000_000_000_000i64..9_000_000_000_000_000,
+            k in 0usize..15,
+            d in -2i64..=2,
+        ) {
+            let v = m as f64 / POW10[k];
+            let near = f64::from_bits((v.to_bits() as i64 + d) as u64);
+            proptest::prop_assert!(same_bytes_as_reference(v));
+            proptest::prop_assert!(same_bytes_as_reference(near));
+            // Short ones too, at the magnitudes of timestamps and metrics.
+            let short = (m % 100_000) as f64 / POW10[k % 7] + (m % 3) as f64 * 1.7e9;
+            proptest::prop_assert!(same_bytes_as_reference(short));
+        }
+
         #[test]
         fn any_f64_round_trips(bits: u64) {
             let v = f64::from_bits(bits);
