@@ -370,10 +370,17 @@ pub fn group_is_ours(pgid: i32, leader: Option<&GroupLeader>) -> bool {
     }
 }
 
-/// The process groups of live (not zombie) processes whose environment has `name=value`: how
-/// a restart finds a hook whose group was not recorded before the daemon died.
-pub fn groups_with_env(name: &str, value: &str) -> Vec<i32> {
-    let needle = format!("{name}={value}");
+/// The process groups of live (not zombie) processes of our own uid whose environment has
+/// every `name=value` given: how a restart finds a hook whose group was not recorded before
+/// the daemon died (by its job id and its daemon's store, so never another daemon's hook).
+pub fn groups_with_env(required: &[(&str, &str)]) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let needles: Vec<Vec<u8>> = required
+        .iter()
+        .map(|(n, v)| format!("{n}={v}").into_bytes())
+        .collect();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
@@ -384,9 +391,13 @@ pub fn groups_with_env(name: &str, value: &str) -> Vec<i32> {
                 .to_str()
                 .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
         })
+        .filter(|e| std::fs::metadata(e.path()).is_ok_and(|m| m.uid() == me))
         .filter(|e| {
-            std::fs::read(e.path().join("environ"))
-                .is_ok_and(|env| env.split(|&b| b == 0).any(|v| v == needle.as_bytes()))
+            std::fs::read(e.path().join("environ")).is_ok_and(|env| {
+                needles
+                    .iter()
+                    .all(|n| env.split(|&b| b == 0).any(|v| v == n.as_slice()))
+            })
         })
         .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
         .filter_map(|stat| stat_fields(&stat))

@@ -509,6 +509,9 @@ impl CommandActor {
             ("VISUTILITY_REASON", job.reason.clone()),
             ("VISUTILITY_JOB_ID", job.job_id.to_string()),
             ("VISUTILITY_ATTEMPT", job.attempts.to_string()),
+            // Which daemon's job this is: a restart looks for its lost hooks by job id and
+            // this, never another daemon's (job ids start at 1 in every store).
+            ("VISUTILITY_STORE", self.store.path().display().to_string()),
         ] {
             env.insert(name.into(), value.into());
         }
@@ -793,7 +796,10 @@ impl CommandActor {
                         Some(_) => Vec::new(),
                         // Crashed between the spawn and recording its group: find the hook by
                         // the job id in its environment.
-                        None => hook::groups_with_env("VISUTILITY_JOB_ID", &job.job_id.to_string()),
+                        None => hook::groups_with_env(&[
+                            ("VISUTILITY_JOB_ID", &job.job_id.to_string()),
+                            ("VISUTILITY_STORE", &self.store.path().display().to_string()),
+                        ]),
                     };
                     for pgid in groups {
                         tracing::warn!(model_id = %job.model_id, job_id = job.job_id, pgid, "a hook from before the restart is still running; stopping its process group");
