@@ -280,10 +280,21 @@ async fn serve(
         socket = %config.daemon.socket.display(),
         control_socket = %config.daemon.control_socket.display(),
         state_dir = %store.path().display(),
-        models = store.model_count(),
         "ready"
     );
     systemd::notify_ready();
+    {
+        let registry = registry.clone();
+        let spawned = std::thread::Builder::new()
+            .name("count-models".into())
+            .spawn(move || {
+                registry.count_stored();
+                tracing::info!(models = registry.known(), "stored models counted");
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(error = %error, "cannot count the stored models; max_models counts this run's");
+        }
+    }
 
     // Models with events logged by an earlier run load now, on the models' thread, and fold
     // them into checkpoints, so the log's old segments go and every view shows them replayed.

@@ -44,13 +44,26 @@ pub struct ModelHandle {
 
 struct Inner {
     actors: HashMap<Arc<str>, ModelHandle>,
-    /// Models that exist: in the store at start, plus those first seen since (what
-    /// `max_models` bounds).
-    known: usize,
+    /// Models in the store at start, once counted (see [`Registry::count_stored`]).
+    stored: Option<usize>,
+    /// Models first seen since start, less those forgotten.
+    created: isize,
     config: Arc<Config>,
     /// Rules shared by the actors, one `Arc` per config rule.
     rules: Vec<Arc<ModelRule>>,
     commander: Option<Addr<CommandActor>>,
+}
+
+impl Inner {
+    /// Models that exist: those stored at start and those first seen since. A model first
+    /// seen while the store was being counted may be in both (the count is then a little
+    /// high, for that start only).
+    fn known(&self) -> usize {
+        match self.stored {
+            Some(n) => (n as isize + self.created).max(0) as usize,
+            None => self.actors.len(),
+        }
+    }
 }
 
 impl Registry {
@@ -66,7 +79,8 @@ impl Registry {
         Registry {
             inner: Arc::new(Mutex::new(Inner {
                 actors: HashMap::new(),
-                known: store.model_count(),
+                stored: None,
+                created: 0,
                 config,
                 rules,
                 commander: None,
@@ -113,7 +127,7 @@ impl Registry {
         // earlier run takes its slot whether or not it has sent anything since the restart.
         let max = inner.config.daemon.max_models;
         let stored = self.store.contains_model(model_id);
-        if !stored && inner.known >= max {
+        if !stored && inner.known() >= max {
             return Err(RegistryError::TooManyModels(max));
         }
         let commander = inner.commander.clone().ok_or(RegistryError::NotReady)?;
@@ -139,7 +153,7 @@ impl Registry {
         };
         inner.actors.insert(id, handle.clone());
         if !stored {
-            inner.known += 1;
+            inner.created += 1;
         }
         Ok(handle)
     }
@@ -154,12 +168,20 @@ impl Registry {
     /// taken again at the next restart's count).
     pub fn forgotten(&self) {
         let mut inner = self.lock();
-        inner.known = inner.known.saturating_sub(1);
+        inner.created -= 1;
+    }
+
+    /// Counts the models in the store (a scan of every record: after READY, on a thread of
+    /// its own, so neither the start nor its memory waits for it). Until it is done,
+    /// `max_models` counts the models of this run.
+    pub fn count_stored(&self) {
+        let n = self.store.model_count();
+        self.lock().stored = Some(n);
     }
 
     /// Models that exist (what `max_models` bounds).
     pub fn known(&self) -> usize {
-        self.lock().known
+        self.lock().known()
     }
 
     pub fn all(&self) -> Vec<(Arc<str>, Addr<ModelActor>)> {

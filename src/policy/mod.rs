@@ -79,9 +79,22 @@ impl Obs {
     /// The observation of a decoded event; `receipt` is the time used when it has no `ts`.
     /// Custom metrics and `meta` allocate only when the event has them.
     pub fn from_event(ev: &crate::protocol::Event<'_>, receipt: f64) -> Obs {
+        // With its own `ts`, the time of receipt is kept to whole milliseconds after it, so
+        // the observation log stores it in a byte or three (see `store::wal`).
+        let received = match ev.ts {
+            Some(ts) => {
+                let d = ((receipt - ts) * 1000.0).round();
+                if d.abs() < 9.0e15 {
+                    crate::store::wal::received_after(ts, d as i64)
+                } else {
+                    receipt
+                }
+            }
+            None => receipt,
+        };
         Obs {
             ts: ev.ts.unwrap_or(receipt),
-            received: receipt,
+            received,
             drift_score: ev.drift_score,
             accuracy: ev.accuracy,
             error: ev.error,

@@ -18,7 +18,8 @@
 //! payload = item*
 //! item    = 0x01 NAME   ref: varint, len: varint, model id bytes     (ref valid in this segment)
 //!         | 0x02 GROUP  ref: varint, first_seq: varint, count: varint, event*
-//! event   = mask: u8, ts: num, [received: num], [drift_score: num], [accuracy: num], [value: num],
+//! event   = mask: u8, ts: num, [received: zigzag varint ms after ts | num], [drift_score: num],
+//!           [accuracy: num], [value: num],
 //!           [metrics: count varint, (name len varint, name bytes, value num)*]
 //! num     = varint((zigzag(m) << 4) | k)  for the value m / 10^k, k in 0..=14
 //!         | varint(15) followed by the 8 bytes of the f64 (little-endian)
@@ -62,9 +63,19 @@ const HAS_ERROR: u8 = 4;
 const ERROR_TRUE: u8 = 8;
 const HAS_VALUE: u8 = 16;
 const HAS_METRICS: u8 = 32;
-/// The time of receipt follows `ts` (only when the event had its own `ts`: otherwise they
-/// are the same number, and older logs never have it).
+/// The time of receipt follows `ts` as whole milliseconds after it (a zigzag varint `d`,
+/// the time being `ts + d / 1000`, see [`received_after`]): only when the event had its own
+/// `ts` (otherwise they are the same number, and older logs never have it).
 const HAS_RECEIVED: u8 = 64;
+/// The time of receipt follows `ts` as a number (when it is not `ts` plus whole
+/// milliseconds; the daemon always makes it so, see `Obs::from_event`).
+const RECEIVED_RAW: u8 = 128;
+
+/// The time of receipt `d` milliseconds after `ts`, as the daemon computes it and the log
+/// gives it back (the same operations, so the same bits).
+pub fn received_after(ts: f64, d: i64) -> f64 {
+    ts + d as f64 / 1000.0
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WalError {
@@ -208,14 +219,23 @@ pub fn put_event(out: &mut Vec<u8>, obs: &Obs) {
     if !obs.metrics.is_empty() {
         mask |= HAS_METRICS;
     }
-    let received = obs.received > 0.0 && obs.received.to_bits() != obs.ts.to_bits();
-    if received {
-        mask |= HAS_RECEIVED;
+    let mut delta = None;
+    if obs.received > 0.0 && obs.received.to_bits() != obs.ts.to_bits() {
+        let d = ((obs.received - obs.ts) * 1000.0).round();
+        if d.abs() < 9.0e15 && received_after(obs.ts, d as i64).to_bits() == obs.received.to_bits()
+        {
+            mask |= HAS_RECEIVED;
+            delta = Some(d as i64);
+        } else {
+            mask |= RECEIVED_RAW;
+        }
     }
     out.push(mask);
     put_num(out, obs.ts);
-    if received {
-        put_num(out, obs.received);
+    match delta {
+        Some(d) => put_varint(out, ((d << 1) ^ (d >> 63)) as u64),
+        None if mask & RECEIVED_RAW != 0 => put_num(out, obs.received),
+        None => {}
     }
     for v in [obs.drift_score, obs.accuracy, obs.value]
         .into_iter()
@@ -243,13 +263,17 @@ pub fn get_event(buf: &[u8], pos: &mut usize) -> Option<Obs> {
             | ERROR_TRUE
             | HAS_VALUE
             | HAS_METRICS
-            | HAS_RECEIVED)
+            | HAS_RECEIVED
+            | RECEIVED_RAW)
         != 0
     {
         return None;
     }
     let ts = get_num(buf, pos)?;
     let received = if mask & HAS_RECEIVED != 0 {
+        let zz = get_varint(buf, pos)?;
+        received_after(ts, ((zz >> 1) as i64) ^ -((zz & 1) as i64))
+    } else if mask & RECEIVED_RAW != 0 {
         get_num(buf, pos)?
     } else {
         ts
@@ -737,10 +761,12 @@ mod tests {
     fn obs(i: u64) -> Obs {
         Obs {
             ts: 1764172800.25 + i as f64,
-            // Received without a ts of its own (the same number), or a little after it.
+            // Received without a ts of its own (the same number), whole milliseconds after
+            // it (as the daemon makes it), or at any other time.
             received: match i % 3 {
-                1 => 1764172801.123_456_7 + i as f64,
-                _ => 1764172800.25 + i as f64,
+                0 => 1764172800.25 + i as f64,
+                1 => received_after(1764172800.25 + i as f64, 1_234 + i as i64),
+                _ => 1764172801.123_456_7 + i as f64,
             },
             drift_score: Some(0.1234),
             accuracy: (i % 2 == 0).then_some(0.9512),
@@ -911,8 +937,24 @@ mod tests {
         assert_eq!(decode_events(&b).unwrap(), evs);
         // A typical event (ts with 2 decimals, drift, accuracy, error) is small.
         let mut one = Vec::new();
-        put_event(&mut one, &obs(2));
+        put_event(&mut one, &obs(3));
         assert!(one.len() <= 16, "{} bytes", one.len());
+        // Its time of receipt, whole milliseconds after its own ts, adds a few bytes.
+        let (mut with_receipt, mut without) = (Vec::new(), Vec::new());
+        put_event(&mut with_receipt, &obs(4));
+        put_event(
+            &mut without,
+            &Obs {
+                received: obs(4).ts,
+                ..obs(4)
+            },
+        );
+        assert!(
+            with_receipt.len() <= without.len() + 3,
+            "{} bytes against {}",
+            with_receipt.len(),
+            without.len()
+        );
     }
 
     #[test]

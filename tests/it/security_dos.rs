@@ -371,6 +371,10 @@ fn finding_11_max_models_counts_stored_models_across_restarts() {
     assert_eq!(c.flush()["accepted"], json!(3));
     drop(c);
     d.kill_and_restart();
+    // The stored models are counted just after READY, on a thread of their own.
+    d.wait_for("the stored models to be counted", || {
+        (d.status_json()["models"] == json!(3)).then_some(())
+    });
     let mut c = d.connect();
     c.send_json(&json!({"model_id": "d", "drift_score": 0.1}));
     c.send_json(&json!({"model_id": "a", "drift_score": 0.1}));
