@@ -256,19 +256,7 @@ pub fn put_event(out: &mut Vec<u8>, obs: &Obs) {
 pub fn get_event(buf: &[u8], pos: &mut usize) -> Option<Obs> {
     let mask = *buf.get(*pos)?;
     *pos += 1;
-    if mask
-        & !(HAS_DRIFT
-            | HAS_ACCURACY
-            | HAS_ERROR
-            | ERROR_TRUE
-            | HAS_VALUE
-            | HAS_METRICS
-            | HAS_RECEIVED
-            | RECEIVED_RAW)
-        != 0
-    {
-        return None;
-    }
+    // Every bit of the mask has a meaning now: no byte is refused here.
     let ts = get_num(buf, pos)?;
     let received = if mask & HAS_RECEIVED != 0 {
         let zz = get_varint(buf, pos)?;
