@@ -854,7 +854,7 @@ fn latency(bins: &Bins, a: &LatencyArgs) -> io::Result<()> {
             &format!(
                 "full = {{ command = {hook}, timeout_s = 60 }}\nfine_tune = {{ command = {hook}, timeout_s = 60 }}"
             ),
-            // The model actor's "decision" line (one per probe) times the first stage.
+            // The model actor's first decision line (one per probe) times the first stage.
             "info",
         );
         let server = Server::start(bins, Kind::Daemon, dir.path(), &cfg)?;
@@ -909,11 +909,12 @@ fn latency(bins: &Bins, a: &LatencyArgs) -> io::Result<()> {
     Ok(())
 }
 
-/// Unix seconds of each model's first "decision" line in the daemon's log.
+/// Unix seconds of each model's first decision in the daemon's log: a detector's "decision"
+/// line, or a threshold policy's "policy started firing".
 fn decision_times(log: &Path) -> HashMap<String, f64> {
     let mut out = HashMap::new();
     for line in fs::read_to_string(log).unwrap_or_default().lines() {
-        if !line.contains(" decision ") {
+        if !line.contains(" decision ") && !line.contains(" policy started firing ") {
             continue;
         }
         let Some(t) = line.split_whitespace().next().and_then(parse_rfc3339) else {

@@ -52,6 +52,8 @@ pub struct Launch {
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub fn run(launch: Launch) -> Result<(), DaemonError> {
+    // Before any hook can start: descriptors inherited from the launcher are not passed on.
+    crate::command::hook::cloexec_inherited();
     let config = launch.config;
     log_config_warnings(&config);
     let state_dir = config.daemon.state_dir.clone();
