@@ -1,6 +1,8 @@
-//! Wires the daemon together: store, actors, sockets, signals. Start and reload share one
-//! path ([`apply_config`]); shutdown is: stop accepting, let connections dispatch what they
-//! read, drain every model's mailbox with a barrier, stop hooks, flush, remove the sockets.
+//! Wires the daemon together: store, actors, sockets, signals. A reload (SIGHUP) reads the
+//! config again, checks it (ownership and modes included) and hands it to the registry, the
+//! hook runner and the connections; settings that need a restart are named in the log.
+//! Shutdown is: stop accepting, let connections dispatch what they read, drain every model's
+//! mailbox with a barrier, stop hooks, flush, remove the sockets.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -14,14 +14,19 @@
 //! - [`policy`]: pure decision logic (thresholds, windows, streaming detectors in
 //!   [`policy::detect`]).
 //! - [`command`]: the hook runner: one actor that turns decisions into jobs and runs the
-//!   operator's retrain scripts with timeouts, cooldowns and retries.
+//!   operator's retrain scripts with timeouts, cooldowns and retries; its decision rules
+//!   (pause, cooldown, loop guard, budget) are plain functions in [`command::rules`], shared
+//!   with `backtest --simulate`.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
 //!   Also the metrics ([`control::metrics`]) and their optional HTTP listener
 //!   ([`control::http`], `[metrics] listen`).
 //! - [`strict_modes`]: the ownership and mode checks on the config, the hooks and the state
 //!   directory (sshd's StrictModes).
 //! - [`store`]: the only module that knows sled and bincode; versioned records and migrations.
-//! - [`daemon`]: wires the actors together; start and reload share one path.
+//!   A model's state is a checkpoint in sled plus the events logged since
+//!   ([`store::wal`], the observation log), replayed through [`model::advance`] at load; one
+//!   flusher thread does every fsync (group commit).
+//! - [`daemon`]: wires the actors together, and reloads the config on SIGHUP.
 //! - [`escape`]: non-printable characters made visible in every table and log line.
 //! - [`shutdown`]: Unix signals mapped to a closed enum.
 //! - [`systemd`]: readiness notification and socket activation.
