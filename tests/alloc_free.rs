@@ -125,11 +125,11 @@ fn decode_and_framing() {
             }
             for f in reader.batch() {
                 frames += 1;
-                if let Frame::Line(l) = f {
-                    if let Ok(Line::Event(e)) = decode_line(l) {
-                        black_box(&e);
-                        events += 1;
-                    }
+                if let Frame::Line(l) = f
+                    && let Ok(Line::Event(e)) = decode_line(l)
+                {
+                    black_box(&e);
+                    events += 1;
                 }
             }
         }

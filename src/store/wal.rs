@@ -757,10 +757,10 @@ mod tests {
                 _ => 1764172801.123_456_7 + i as f64,
             },
             drift_score: Some(0.1234),
-            accuracy: (i % 2 == 0).then_some(0.9512),
-            error: Some(i % 3 == 0),
-            value: (i % 5 == 0).then_some(-3.0e-7 * i as f64),
-            metrics: if i % 7 == 0 {
+            accuracy: i.is_multiple_of(2).then_some(0.9512),
+            error: Some(i.is_multiple_of(3)),
+            value: i.is_multiple_of(5).then_some(-3.0e-7 * i as f64),
+            metrics: if i.is_multiple_of(7) {
                 vec![("latency_ms".into(), 12.5), ("q".into(), f64::MIN_POSITIVE)]
             } else {
                 Vec::new()

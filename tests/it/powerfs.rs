@@ -731,10 +731,10 @@ impl State {
         let (_, d) = self.file_data(ino)?;
         if size < d.size {
             d.pages.split_off(&size.div_ceil(PAGE));
-            if size % PAGE != 0 {
-                if let Some(p) = d.pages.get_mut(&(size / PAGE)) {
-                    p.buf[(size % PAGE) as usize..].fill(0);
-                }
+            if !size.is_multiple_of(PAGE)
+                && let Some(p) = d.pages.get_mut(&(size / PAGE))
+            {
+                p.buf[(size % PAGE) as usize..].fill(0);
             }
             if size < d.floor {
                 d.floor = size;
@@ -792,12 +792,11 @@ impl State {
     }
 
     fn unlink_index(&mut self, ino: u64) {
-        if let Some(inode) = self.inodes.get(&ino) {
-            if let Some(c) = self.children.get_mut(&inode.parent) {
-                if c.get(&inode.name) == Some(&ino) {
-                    c.remove(&inode.name);
-                }
-            }
+        if let Some(inode) = self.inodes.get(&ino)
+            && let Some(c) = self.children.get_mut(&inode.parent)
+            && c.get(&inode.name) == Some(&ino)
+        {
+            c.remove(&inode.name);
         }
     }
 

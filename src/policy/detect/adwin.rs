@@ -220,7 +220,7 @@ impl Adwin {
         // clock == 0 is rejected by validate(); treat it as "check every update" rather than
         // dividing by zero.
         let clock = u64::from(self.params.clock.max(1));
-        if self.tick % clock == 0
+        if self.tick.is_multiple_of(clock)
             && self.width > f64::from(self.params.grace_period)
             && self.check_and_shrink(cap)
         {
@@ -558,7 +558,11 @@ mod tests {
             } else {
                 eps * rng.unit() * 2.0
             };
-            let sign = if rng.next() % 2 == 0 { 1.0 } else { -1.0 };
+            let sign = if rng.next().is_multiple_of(2) {
+                1.0
+            } else {
+                -1.0
+            };
             let u0 = (mean1 + sign * gap) * n0;
             let u1 = mean1 * n1;
             let mut sc = Splits {

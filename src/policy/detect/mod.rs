@@ -521,7 +521,7 @@ mod tests {
             let kind = det.summary();
             // A stable stream around 0.2 (0 or 1 for the error-rate detectors' sake: a mean
             // of 0.2), the extreme value, then a shift to a constant 1.0 (a 10-sigma shift).
-            let stable = |i: u64| if i % 5 == 0 { 1.0 } else { 0.0 };
+            let stable = |i: u64| if i.is_multiple_of(5) { 1.0 } else { 0.0 };
             for i in 0..500 {
                 det.update_finite(stable(i));
             }
