@@ -220,34 +220,19 @@ pub fn environment(hooks: &HooksConfig) -> BTreeMap<OsString, OsString> {
 /// The daemon user's home directory from the user database; else `$HOME`; else `/`.
 fn daemon_home() -> OsString {
     use std::os::unix::ffi::OsStrExt;
-    let mut buf = vec![0 as libc::c_char; 4096];
-    loop {
-        // SAFETY: `pwd` and `buf` outlive the call, `buf.len()` is its size, and `result`
-        // either stays null or points into `pwd`, whose strings point into `buf`.
-        let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
-        let mut result: *mut libc::passwd = std::ptr::null_mut();
-        let rc = unsafe {
-            libc::getpwuid_r(
-                libc::geteuid(),
-                &mut pwd,
-                buf.as_mut_ptr(),
-                buf.len(),
-                &mut result,
-            )
-        };
-        if rc == libc::ERANGE && buf.len() < 1 << 20 {
-            buf.resize(buf.len() * 2, 0);
-            continue;
+    let home = crate::config::nss_lookup::<libc::passwd>(|pwd, buf, result| {
+        // SAFETY: every pointer is valid for the call, and `buf.len()` is the buffer's size.
+        unsafe { libc::getpwuid_r(libc::geteuid(), pwd, buf.as_mut_ptr(), buf.len(), result) }
+    })
+    .and_then(|(pwd, _buf)| {
+        if pwd.pw_dir.is_null() {
+            return None;
         }
-        if rc == 0 && !result.is_null() && !pwd.pw_dir.is_null() {
-            // SAFETY: pw_dir is a NUL-terminated string inside `buf`.
-            let dir = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) };
-            if !dir.to_bytes().is_empty() {
-                return std::ffi::OsStr::from_bytes(dir.to_bytes()).to_owned();
-            }
-        }
-        return std::env::var_os("HOME").unwrap_or_else(|| "/".into());
-    }
+        // SAFETY: pw_dir is a NUL-terminated string inside `_buf`, which is still alive.
+        let dir = unsafe { std::ffi::CStr::from_ptr(pwd.pw_dir) };
+        (!dir.to_bytes().is_empty()).then(|| std::ffi::OsStr::from_bytes(dir.to_bytes()).to_owned())
+    });
+    home.unwrap_or_else(|| std::env::var_os("HOME").unwrap_or_else(|| "/".into()))
 }
 
 /// How far the fallback of [`cloexec_from_3`] must look: past the soft descriptor limit and

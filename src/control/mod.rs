@@ -262,23 +262,6 @@ async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError
 }
 
 /// Views of every model: live actors answer for themselves, the rest come from the store.
-/// A stored model's state as loading it would make it: its checkpoint with the logged events
-/// replayed through the policies.
-fn replayed(
-    ctx: &ControlCtx,
-    id: &str,
-    rule: Option<&crate::config::ModelRule>,
-) -> Option<crate::store::ModelRecord> {
-    let loaded = ctx.store.load_model_state(id).ok()?;
-    let mut rec = loaded.record.unwrap_or_default();
-    if let Some(rule) = rule {
-        rec.policies =
-            crate::policy::bind_states(&rule.policies, std::mem::take(&mut rec.policies));
-    }
-    crate::model::advance(&mut rec, rule, &loaded.events, |_| {});
-    Some(rec)
-}
-
 pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
     let mut views = Vec::new();
     let live = ctx.registry.all();
@@ -299,7 +282,9 @@ pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
         if !live.iter().any(|(l, _)| **l == *id) {
             let rule = ctx.registry.rule_for(&id);
             let rec = if ctx.store.has_tail(&id) {
-                replayed(ctx, &id, rule.as_deref()).unwrap_or(rec)
+                ctx.store
+                    .load_model_state(&id)
+                    .map_or(rec, |l| crate::model::replay(l, rule.as_deref()))
             } else {
                 rec
             };
@@ -312,7 +297,8 @@ pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
             continue;
         }
         let rule = ctx.registry.rule_for(&id);
-        if let Some(rec) = replayed(ctx, &id, rule.as_deref()) {
+        if let Ok(loaded) = ctx.store.load_model_state(&id) {
+            let rec = crate::model::replay(loaded, rule.as_deref());
             views.push(ModelView::from_record(&id, &rec, rule.as_deref()));
         }
     }

@@ -219,17 +219,13 @@ impl ModelActor {
     /// The persisted state: the checkpoint with the logged events replayed on top.
     fn load_state(&self) -> Result<(ModelRecord, u64, bool), StoreError> {
         let loaded = self.store.load_model_state(&self.id)?;
-        let mut record = loaded.record.unwrap_or_default();
-        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
-        record.policies = bind_states(specs, std::mem::take(&mut record.policies));
         if loaded.gap {
-            tracing::error!(model_id = %self.id, checkpoint_events = record.events, "the model's logged events do not follow on from its checkpoint; replaying what the log has");
-        }
-        if !loaded.events.is_empty() {
-            advance(&mut record, self.rule.as_deref(), &loaded.events, |_| {});
+            let checkpoint_events = loaded.record.as_ref().map_or(0, |r| r.events);
+            tracing::error!(model_id = %self.id, checkpoint_events, "the model's logged events do not follow on from its checkpoint; replaying what the log has");
         }
         let fold = loaded.recovered || loaded.gap;
-        Ok((record, loaded.checkpoint_bytes, fold))
+        let bytes = loaded.checkpoint_bytes;
+        Ok((replay(loaded, self.rule.as_deref()), bytes, fold))
     }
 
     /// Replaces the in-memory state with the persisted one; events logged in an earlier run
@@ -468,6 +464,18 @@ pub struct Fired<'a> {
 /// Applies events to a model's state: counters, sparklines, policies, warm-up and the record of
 /// the last decision. The daemon's actors and the replay at load share it, so a replayed state
 /// is exactly the state that was applied; only the actors act on what fired.
+/// A stored model's state as loading it makes it: its checkpoint, bound to `rule`'s
+/// policies, with the logged events replayed on top through [`advance`].
+pub fn replay(loaded: crate::store::LoadedModel, rule: Option<&ModelRule>) -> ModelRecord {
+    let mut record = loaded.record.unwrap_or_default();
+    let specs = rule.map(|r| &r.policies[..]).unwrap_or(&[]);
+    record.policies = bind_states(specs, std::mem::take(&mut record.policies));
+    if !loaded.events.is_empty() {
+        advance(&mut record, rule, &loaded.events, |_| {});
+    }
+    record
+}
+
 pub fn advance(
     record: &mut ModelRecord,
     rule: Option<&ModelRule>,

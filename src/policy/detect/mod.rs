@@ -323,17 +323,15 @@ mod finite {
         };
     }
 
+    /// The compound serializers: each element, field, key or value is walked the same way.
     macro_rules! compound {
-        ($($tr:ident :: $m:ident $(, $key:ident)?;)*) => {
+        ($($tr:ident: $($m:ident$(($key:ty))?),+;)*) => {
             $(impl ser::$tr for &mut Counter {
                 type Ok = ();
                 type Error = Never;
-                $(fn $key<T: Serialize + ?Sized>(&mut self, _: &'static str, v: &T) -> Result<(), Never> {
+                $(fn $m<T: Serialize + ?Sized>(&mut self, $(_: $key,)? v: &T) -> Result<(), Never> {
                     v.serialize(&mut **self)
-                })?
-                fn $m<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Never> {
-                    v.serialize(&mut **self)
-                }
+                })+
                 fn end(self) -> Result<(), Never> {
                     Ok(())
                 }
@@ -342,54 +340,13 @@ mod finite {
     }
 
     compound! {
-        SerializeSeq::serialize_element;
-        SerializeTuple::serialize_element;
-        SerializeTupleStruct::serialize_field;
-        SerializeTupleVariant::serialize_field;
-    }
-
-    impl ser::SerializeMap for &mut Counter {
-        type Ok = ();
-        type Error = Never;
-        fn serialize_key<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Never> {
-            v.serialize(&mut **self)
-        }
-        fn serialize_value<T: Serialize + ?Sized>(&mut self, v: &T) -> Result<(), Never> {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> Result<(), Never> {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStruct for &mut Counter {
-        type Ok = ();
-        type Error = Never;
-        fn serialize_field<T: Serialize + ?Sized>(
-            &mut self,
-            _: &'static str,
-            v: &T,
-        ) -> Result<(), Never> {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> Result<(), Never> {
-            Ok(())
-        }
-    }
-
-    impl ser::SerializeStructVariant for &mut Counter {
-        type Ok = ();
-        type Error = Never;
-        fn serialize_field<T: Serialize + ?Sized>(
-            &mut self,
-            _: &'static str,
-            v: &T,
-        ) -> Result<(), Never> {
-            v.serialize(&mut **self)
-        }
-        fn end(self) -> Result<(), Never> {
-            Ok(())
-        }
+        SerializeSeq: serialize_element;
+        SerializeTuple: serialize_element;
+        SerializeTupleStruct: serialize_field;
+        SerializeTupleVariant: serialize_field;
+        SerializeMap: serialize_key, serialize_value;
+        SerializeStruct: serialize_field(&'static str);
+        SerializeStructVariant: serialize_field(&'static str);
     }
 
     impl ser::Serializer for &mut Counter {
