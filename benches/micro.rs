@@ -103,7 +103,7 @@ fn policies(c: &mut Criterion) {
             b.iter(|| {
                 let obs = &data[i & (data.len() - 1)];
                 i += 1;
-                black_box(state.observe(&spec, black_box(obs), obs.ts).is_some())
+                black_box(state.observe(&spec, black_box(obs)).is_some())
             })
         });
     }
@@ -125,7 +125,7 @@ fn policies(c: &mut Criterion) {
             b.iter(|| {
                 let obs = &hot[i & (hot.len() - 1)];
                 i += 1;
-                black_box(state.observe(&spec, black_box(obs), obs.ts).is_some())
+                black_box(state.observe(&spec, black_box(obs)).is_some())
             })
         });
     }
@@ -141,7 +141,7 @@ fn warm_record(specs: &[PolicySpec]) -> ModelRecord {
     };
     for obs in stream(500) {
         for (spec, state) in specs.iter().zip(record.policies.iter_mut()) {
-            state.observe(spec, &obs, obs.ts);
+            state.observe(spec, &obs);
         }
         record.events += 1;
         record

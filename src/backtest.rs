@@ -16,13 +16,15 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
+use crate::clock::Now;
+use crate::command::rules::Runner;
 use crate::command::rules::{self, Verdict};
 use crate::config::{Config, ModelRule};
 use crate::model::advance;
 use crate::policy::detect::Signal;
 use crate::policy::{Action, Obs, PolicyState, StateKind, bind_states};
 use crate::protocol::{self, Line};
-use crate::store::{ModelRecord, RunnerRecord};
+use crate::store::ModelRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
@@ -143,7 +145,7 @@ struct ModelRun {
 
 struct SimState {
     record: ModelRecord,
-    runner: RunnerRecord,
+    runner: Runner,
     /// The job running: when it ends, and for which action and policy.
     busy: Option<(f64, Action, String)>,
 }
@@ -204,7 +206,7 @@ pub fn run(
                         policies: bind_states(&rule.policies, Vec::new()),
                         ..ModelRecord::default()
                     },
-                    runner: RunnerRecord::default(),
+                    runner: Runner::default(),
                     busy: None,
                 }),
             }
@@ -236,7 +238,7 @@ pub fn run(
         {
             let before = (opts.detail && matches!(state.kind, StateKind::Detector(_)))
                 .then(|| state.state(spec));
-            let fire = state.observe(spec, &obs, obs.ts);
+            let fire = state.observe(spec, &obs);
             // The warning zone as River's warning_detected reads after the update, which can
             // be true on a drift too.
             let warning = match &state.kind {
@@ -332,7 +334,14 @@ fn simulate(
     let hooks = &ctx.config.hooks;
     // A job that ended before this event: assumed to have succeeded at its end.
     if let Some((end, action, policy)) = sim.busy.take_if(|(end, ..)| *end <= obs.ts) {
-        rules::job_ended(hooks, &mut sim.runner, action, &policy, true, end);
+        rules::job_ended(
+            hooks,
+            &mut sim.runner,
+            action,
+            &policy,
+            true,
+            Now::same(end),
+        );
         if action != Action::Escalate && ctx.rule.reset_on_retrain {
             sim.record.policies = ctx.rule.policies.iter().map(PolicyState::new).collect();
             sim.record.warmup_left = ctx.rule.warmup_events;
@@ -383,7 +392,13 @@ fn simulate(
             reason: &reason,
             manual: false,
         };
-        let verdict = rules::decide(hooks, ctx.rule.loop_window_s, &mut sim.runner, ask, obs.ts);
+        let verdict = rules::decide(
+            hooks,
+            ctx.rule.loop_window_s,
+            &mut sim.runner,
+            ask,
+            Now::same(obs.ts),
+        );
         let (job_action, job_reason, cause) = match verdict {
             Verdict::Hold(h) => {
                 rows[i].hold(h.as_str());

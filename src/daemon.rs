@@ -121,22 +121,31 @@ async fn serve(
 ) -> Result<(), DaemonError> {
     let started = Instant::now();
     let models_arbiter = Arbiter::new();
+    // The command actor journals every job transition with an fsync: on a thread of its own
+    // those waits never stall the connections on the System arbiter. Its address exists
+    // before the actor, so the registry (whose models send it decisions) and the actor
+    // (which tells the registry of retrains) are wired once, here, without a cycle between
+    // their modules.
+    let command_arbiter = Arbiter::new();
+    let (command_tx, command_rx) = actix::dev::channel::channel::<CommandActor>(16);
+    let commander = Addr::new(command_tx);
     let registry = Registry::new(
         config.clone(),
         store.clone(),
         models_arbiter.handle(),
+        commander.clone().recipient(),
         fault_injection,
     );
-    // The command actor journals every job transition with an fsync: on a thread of its own
-    // those waits never stall the connections on the System arbiter.
-    let command_arbiter = Arbiter::new();
-    let command = CommandActor::new(
-        Arc::new(config.hooks.clone()),
-        store.clone(),
-        registry.clone(),
-    );
-    let commander = CommandActor::start_in_arbiter(&command_arbiter.handle(), move |_| command);
-    registry.set_commander(commander.clone());
+    {
+        let hooks = Arc::new(config.hooks.clone());
+        let store = store.clone();
+        let registry = registry.clone();
+        command_arbiter.spawn_fn(move || {
+            let on_retrained: command::OnRetrained = Box::new(move |m| registry.retrained(m));
+            let actor = CommandActor::new(hooks, store, on_retrained);
+            actix::spawn(Context::with_receiver(command_rx).into_future(actor));
+        });
+    }
 
     // First, so that a taken port refuses the start before any socket file is created.
     let metrics_listener = match config.metrics.listen {
@@ -159,6 +168,8 @@ async fn serve(
     let (settings_tx, settings_rx) = watch::channel(conn_settings(&config));
     let stats = Arc::new(IngestStats::default());
     let rate = Arc::new(Rate::default());
+    let clock = Arc::new(crate::clock::Watch::default());
+    clock.tick();
     let ingest_refusals = Arc::new(control::peer::RefusalLog::new("ingest"));
     let control_refusals = Arc::new(control::peer::RefusalLog::new("control"));
 
@@ -193,6 +204,7 @@ async fn serve(
         commander: commander.clone(),
         stats: stats.clone(),
         rate: rate.clone(),
+        clock: clock.clone(),
         started,
         allow: Arc::new({
             // control_group is a group: it joins the gids, never the uids.
@@ -218,9 +230,11 @@ async fn serve(
         ));
     }
 
-    // The events-per-second sample and the systemd status line: once a second while events
-    // arrive, once every ten seconds while none do (an idle daemon should not wake for nothing).
+    // The events-per-second sample, the systemd status line and the clock watch: once a second
+    // while events arrive, once every ten seconds while none do (an idle daemon should not wake
+    // for nothing).
     {
+        let clock = clock.clone();
         let stats = stats.clone();
         let rate = rate.clone();
         let registry = registry.clone();
@@ -237,6 +251,7 @@ async fn serve(
                 };
                 last = accepted;
                 rate.sample(accepted);
+                clock.tick();
                 since_status += every;
                 if since_status >= Duration::from_secs(10) {
                     since_status = Duration::ZERO;
@@ -376,16 +391,7 @@ async fn serve(
     for sweeper in sweepers {
         let _ = sweeper.await;
     }
-    // Every batch already sent is applied before its actor answers the barrier.
-    for (id, addr) in registry.all() {
-        match tokio::time::timeout(Duration::from_secs(10), addr.send(Barrier)).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => {
-                tracing::error!(model_id = %id, error = %error, "model not persisted at shutdown")
-            }
-            _ => tracing::error!(model_id = %id, "model actor did not drain at shutdown"),
-        }
-    }
+    drain_models(&registry, SHUTDOWN_DRAIN).await;
     let _ = commander.send(command::Shutdown).await;
     if let Err(error) = store.flush().await {
         tracing::error!(error = %error, "flush at shutdown failed");
@@ -395,6 +401,39 @@ async fn serve(
     tracing::info!("stopped");
     System::current().stop();
     Ok(())
+}
+
+/// How long a stop waits for the models to apply what they were sent, all of them together.
+const SHUTDOWN_DRAIN: Duration = Duration::from_secs(10);
+
+/// Every batch already sent is applied before its actor answers the barrier. The barriers go
+/// to every model at once (`send` queues the message when it is called) and share one
+/// deadline, so a stuck models' thread costs the stop `limit` once, not once per model.
+async fn drain_models(registry: &Registry, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let barriers: Vec<_> = registry
+        .all()
+        .into_iter()
+        .map(|(id, addr)| (id, addr.send(Barrier)))
+        .collect();
+    let mut late = 0usize;
+    for (id, barrier) in barriers {
+        match tokio::time::timeout_at(deadline, barrier).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(error))) => {
+                tracing::error!(model_id = %id, error = %error, "model not persisted at shutdown")
+            }
+            Ok(Err(_)) => tracing::error!(model_id = %id, "model actor is gone at shutdown"),
+            Err(_) => late += 1,
+        }
+    }
+    if late > 0 {
+        tracing::error!(
+            models = late,
+            limit_s = limit.as_secs(),
+            "model actors did not drain at shutdown in time"
+        );
+    }
 }
 
 /// The config's [`Config::warnings`], one WARN line each.

@@ -11,12 +11,20 @@
 //!   grouped per model and sent to model actors in batches.
 //! - [`model`]: one supervised actor per `model_id`, wrapping the model's policy state (dropped
 //!   from memory while the model is idle, loaded again from the store by its next event).
+//!   What a batch makes it decide (one decision per action per batch, counts, when a policy
+//!   starts and stops firing) is a plain struct, [`model::Decider`].
 //! - [`policy`]: pure decision logic (thresholds, windows, streaming detectors in
 //!   [`policy::detect`]).
 //! - [`command`]: the hook runner: one actor that turns decisions into jobs and runs the
-//!   operator's retrain scripts with timeouts, cooldowns and retries; its decision rules
-//!   (pause, cooldown, loop guard, budget) are plain functions in [`command::rules`], shared
-//!   with `backtest --simulate`.
+//!   operator's retrain scripts with timeouts, cooldowns and retries. Its rules are plain code
+//!   with the time passed in: one decision's (pause, cooldown, loop guard, budget) in
+//!   [`command::rules`], shared with `backtest --simulate`; the jobs around it (one per model,
+//!   queue, retries, trigger limit) in [`command::scheduler`]; the hook's stdin typed in
+//!   [`command::input`]. It knows nothing of model actors: the daemon wires a callback for
+//!   "retrain succeeded" and the registry's models send it [`command::Decision`]s, so the
+//!   module graph has no cycle (`model` uses `command`, never the reverse).
+//! - [`clock`]: the wall clock (dates) and the boot clock (every duration), and the rule that
+//!   a persisted deadline is clamped to its configured length at load.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
 //!   Also the metrics ([`control::metrics`]) and their optional HTTP listener
 //!   ([`control::http`], `[metrics] listen`).
@@ -51,13 +59,16 @@
 //! # Architecture invariants
 //!
 //! - Only `store` touches sled and bincode.
-//! - `policy` does no I/O and reads time only through its `now` argument.
+//! - `policy` does no I/O and reads no clock (an event's time is in the event).
+//! - `command::rules`, `command::scheduler` and `model::decide` do no I/O and read no clock:
+//!   time is their `now` argument.
 //! - Each actor's messages are a closed set in one file (`messages.rs` beside it).
 //! - A hostile line can only ever produce an error reply for that line: decoding never panics,
 //!   and a model's actor only ever sees that model's events.
 
 pub mod backtest;
 pub mod cli;
+pub mod clock;
 pub mod command;
 pub mod config;
 pub mod control;

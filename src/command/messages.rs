@@ -17,11 +17,32 @@ pub struct Decision {
     pub policy: String,
     pub action: Action,
     pub reason: String,
-    /// The event that caused it, as the hook reads it on stdin.
-    pub event: serde_json::Value,
+    /// The event that caused it, serialized once as the hook reads it on stdin
+    /// ([`super::input::HookEvent`]); `None` for an operator's trigger.
+    pub event: Option<Box<serde_json::value::RawValue>>,
+    /// Unix seconds (the event's `ts`; a trigger's time of asking).
     pub at: f64,
     /// An operator's `trigger`: bypasses cooldown and budget, not pause.
     pub manual: bool,
+    /// The model's rule's `loop_window_s` (0: no loop guard), carried so that the runner
+    /// needs no lookup of the model's rule.
+    pub loop_window_s: u64,
+}
+
+impl Decision {
+    /// An operator's `trigger` of `action` for `model_id`, now.
+    pub fn manual(model_id: &str, action: Action) -> Decision {
+        Decision {
+            model_id: model_id.into(),
+            policy: "manual".into(),
+            action,
+            reason: "triggered by an operator".into(),
+            event: None,
+            at: crate::clock::wall(),
+            manual: true,
+            loop_window_s: 0,
+        }
+    }
 }
 
 /// An operator's `trigger`: like a decision, answered with the job id it created.

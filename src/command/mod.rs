@@ -20,33 +20,41 @@
 //!   policy's decisions are held until the window has passed;
 //! - every job is written to the store *before* its hook starts, and every transition after.
 //!
+//! Where they live: the rules of one decision are plain functions in [`rules`], the jobs
+//! around them (one per model, queue, retries, trigger limit) a plain struct in [`scheduler`],
+//! both with the time passed in and unit-tested without a daemon; the hook's stdin is typed
+//! in [`input`]; the journal and the reconciliation after a crash are in `journal.rs`; this
+//! file is the actor: messages, the store, spawning hooks. The runner knows nothing of model
+//! actors: the daemon hands it an [`OnRetrained`] callback.
+//!
 //! At start, [`CommandActor::reconcile`] finds jobs a crash left `running`: they are marked
 //! `interrupted`, their process group is killed if it outlived the daemon (the model's next
 //! job waits until the group is gone, so two runs never overlap), and a new job redoes the
 //! work, or none, by `hooks.on_interrupted`.
 
 pub mod hook;
+pub mod input;
+mod journal;
 pub mod messages;
 pub mod rules;
+pub mod scheduler;
 pub mod stats;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::config::{HooksConfig, OnInterrupted};
-use crate::model::registry::Registry;
+use crate::clock::Now;
+use crate::config::HooksConfig;
 use crate::policy::Action;
-use crate::store::{Job, JobState, RunnerRecord, Store, StoreError};
+use crate::store::{Job, JobState, Store, StoreError};
 
 pub use hook::{HookEnd, HookOutcome};
 pub use messages::*;
-
-/// A job cut off by this many daemon restarts in a row is not redone again.
-const MAX_INTERRUPTIONS: u32 = 3;
+use scheduler::{AfterEnd, Plan, Scheduler};
 
 /// How many jobs the journal keeps.
 const JOURNAL_KEEP: usize = 10_000;
@@ -90,15 +98,16 @@ pub struct RunnerStatus {
     pub hook_durations: stats::DurationHistogram,
 }
 
+/// Called with a model's id when a retrain for it succeeded, before the success is journaled
+/// (the daemon resets the model's policies there when its rule says `reset_on_retrain`). The
+/// runner knows nothing of models beyond this.
+pub type OnRetrained = Box<dyn Fn(&str) + Send>;
+
 pub struct CommandActor {
-    hooks: Arc<HooksConfig>,
     store: Store,
-    registry: Registry,
-    /// Jobs whose hook is running, by model.
-    running: HashMap<Arc<str>, Job>,
-    /// Jobs waiting for a slot, or for their retry backoff (`not_before`).
-    queue: VecDeque<(Job, f64)>,
-    runners: HashMap<String, RunnerRecord>,
+    /// Jobs, queue and runner states: the rules as plain code.
+    sched: Scheduler,
+    on_retrained: OnRetrained,
     /// Jobs that reached an end state since start, by `(action, outcome)`.
     outcomes: HashMap<(&'static str, &'static str), u64>,
     /// How long finished hook runs took, for `metrics`.
@@ -106,11 +115,9 @@ pub struct CommandActor {
     /// Hook process groups from before a restart that outlived the daemon: the model's next
     /// job waits until its group is gone.
     lingering: Vec<Lingering>,
-    /// When the queue is already due to be looked at again (so wake-ups do not pile up).
+    /// When the queue is already due to be looked at again (boot clock), so wake-ups do not
+    /// pile up.
     wake_at: Option<f64>,
-    /// Per model, when operator triggers started jobs in the last hour
-    /// (`hooks.max_triggers_per_hour`).
-    triggers: HashMap<Arc<str>, VecDeque<f64>>,
 }
 
 struct Lingering {
@@ -122,54 +129,43 @@ struct Lingering {
 }
 
 impl CommandActor {
-    pub fn new(hooks: Arc<HooksConfig>, store: Store, registry: Registry) -> CommandActor {
+    pub fn new(hooks: Arc<HooksConfig>, store: Store, on_retrained: OnRetrained) -> CommandActor {
         CommandActor {
-            hooks,
             store,
-            registry,
-            running: HashMap::new(),
-            queue: VecDeque::new(),
-            runners: HashMap::new(),
+            sched: Scheduler::new(hooks),
+            on_retrained,
             outcomes: HashMap::new(),
             hook_durations: stats::DurationHistogram::default(),
             lingering: Vec::new(),
             wake_at: None,
-            triggers: HashMap::new(),
         }
     }
 
-    fn runner(&mut self, model_id: &str) -> &mut RunnerRecord {
-        if !self.runners.contains_key(model_id) {
-            let rec = match self.store.load_runner(model_id) {
-                Ok(r) => r.unwrap_or_default(),
-                Err(error) => {
-                    tracing::error!(model_id, error = %error, "cannot load runner state; using defaults");
-                    RunnerRecord::default()
-                }
-            };
-            self.runners.insert(model_id.to_owned(), rec);
+    fn hooks(&self) -> Arc<HooksConfig> {
+        self.sched.hooks().clone()
+    }
+
+    /// Makes sure the model's runner state is in memory, read from the store if need be.
+    fn ensure_runner(&mut self, model_id: &str, now: Now) {
+        if self.sched.has_runner(model_id) {
+            return;
         }
-        self.runners.get_mut(model_id).expect("inserted above")
+        let rec = match self.store.load_runner(model_id) {
+            Ok(r) => r.unwrap_or_default(),
+            Err(error) => {
+                tracing::error!(model_id, error = %error, "cannot load runner state; using defaults");
+                Default::default()
+            }
+        };
+        self.sched.load_runner(model_id, &rec, now);
     }
 
     /// Writes the model's runner state; it becomes durable with the next journal write.
-    fn save_runner(&mut self, model_id: &str) {
-        let rec = self.runner(model_id).clone();
+    fn save_runner(&mut self, model_id: &str, now: Now) {
+        self.ensure_runner(model_id, now);
+        let rec = self.sched.runner_record(model_id, now);
         if let Err(error) = self.store.save_runner(model_id, &rec) {
             tracing::error!(model_id, error = %error, "cannot persist runner state");
-        }
-    }
-
-    /// Writes a job and makes it durable (with every write before it) before anything acts
-    /// on it.
-    fn journal(&self, job: &Job) -> Result<(), StoreError> {
-        self.store.save_job(job)?;
-        self.store.flush_sync()
-    }
-
-    fn journal_logged(&self, job: &Job) {
-        if let Err(error) = self.journal(job) {
-            tracing::error!(job_id = job.job_id, model_id = %job.model_id, error = %error, "cannot record job transition");
         }
     }
 
@@ -179,115 +175,22 @@ impl CommandActor {
         d: Decision,
         ctx: &mut Context<Self>,
     ) -> Result<Option<u64>, CommandError> {
-        let now = now();
-        let model_id = d.model_id.clone();
-        let model: &str = &model_id;
-        // One job per model: a queued fine-tune gives way to a full retrain; anything else
-        // is absorbed by the job already there.
-        if let Some(pos) = self.queue.iter().position(|(j, _)| j.model_id == model) {
-            let queued = &self.queue[pos].0;
-            if queued.action == Action::FineTune && d.action == Action::Full && queued.attempts == 0
-            {
-                let (mut old, _) = self.queue.remove(pos).expect("position is valid");
-                old.note = "superseded by a full retrain".into();
-                old.transition(JobState::Superseded, now);
-                self.journal_logged(&old);
-                self.count(&old);
-                tracing::info!(
-                    model_id = model,
-                    job_id = old.job_id,
-                    "queued fine-tune superseded by a full retrain"
-                );
-            } else {
-                // The queued job does as much or more; an operator's trigger gets its id.
-                tracing::debug!(model_id = model, "decision absorbed by the queued job");
-                return Ok(d.manual.then_some(queued.job_id));
-            }
-        } else if self.running.contains_key(model) && !d.manual {
-            // The running job answers this drift too; an operator's trigger instead queues
-            // behind it.
-            tracing::debug!(model_id = model, "decision absorbed by the running job");
-            return Ok(None);
-        }
-        let hooks = self.hooks.clone();
-        let loop_window_s = self
-            .registry
-            .rule_for(model)
-            .map(|r| r.loop_window_s)
-            .unwrap_or(0);
+        let now = Now::read();
+        let model: &str = &d.model_id.clone();
+        self.ensure_runner(model, now);
         let ask = rules::Ask {
             policy: &d.policy,
             action: d.action,
             reason: &d.reason,
             manual: d.manual,
         };
-        let verdict = rules::decide(&hooks, loop_window_s, self.runner(model), ask, now);
-        let (action, reason, spec) = match verdict {
-            rules::Verdict::Hold(rules::Hold::Paused) => {
-                // A policy's decisions come with every batch while it fires (the model's log
-                // says when it starts and stops); an operator's trigger is worth a line.
-                if d.manual {
-                    tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
-                    return Err(CommandError::Paused(model.into()));
-                }
-                tracing::debug!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
-                return Ok(None);
+        let (action, reason, cause) = match self.sched.plan(model, ask, d.loop_window_s, now) {
+            Plan::Absorbed(job_id) => {
+                tracing::debug!(model_id = model, "decision absorbed by the model's job");
+                return Ok(job_id);
             }
-            rules::Verdict::Hold(rules::Hold::Cooldown { until }) => {
-                tracing::debug!(model_id = model, until, "decision held by cooldown");
-                return Ok(None);
-            }
-            rules::Verdict::Hold(rules::Hold::LoopGuard(why)) => {
-                tracing::info!(model_id = model, policy = %d.policy, why = %why, "loop guard: decision recorded, no hook run");
-                return Ok(None);
-            }
-            rules::Verdict::Hold(rules::Hold::NoHook(action)) => {
-                tracing::debug!(model_id = model, action = %action, policy = %d.policy, "decision recorded; no hook configured for it");
-                return if d.manual {
-                    Err(CommandError::NoHook(action))
-                } else {
-                    Ok(None)
-                };
-            }
-            rules::Verdict::Hold(rules::Hold::Budget { budget }) => {
-                tracing::warn!(
-                    model_id = model,
-                    budget,
-                    "daily job budget used up (escalated already today): decision recorded, no hook run"
-                );
-                return Ok(None);
-            }
-            rules::Verdict::Escalate { cause, why } => {
-                if cause == "budget" {
-                    tracing::warn!(
-                        model_id = model,
-                        budget = hooks.max_jobs_per_day,
-                        "daily job budget used up: calling the escalate hook"
-                    );
-                } else {
-                    tracing::warn!(model_id = model, policy = %d.policy, why = %why, "loop guard: calling the escalate hook instead of retraining again");
-                }
-                return self.escalate(&d, cause, why, now, ctx);
-            }
-            rules::Verdict::Run { action, reason } => {
-                if action != d.action {
-                    tracing::warn!(model_id = model, policy = %d.policy, from = %d.action, to = %action, why = %reason, "loop guard: escalating the retrain");
-                }
-                let Some(spec) = hooks.hook(action) else {
-                    // rules::decide checked it; a hook cannot vanish in between.
-                    return Ok(None);
-                };
-                (action, reason, spec)
-            }
-        };
-        let limit = hooks.max_triggers_per_hour;
-        if d.manual && limit > 0 {
-            let recent = self.triggers.entry(d.model_id.clone()).or_default();
-            while recent.front().is_some_and(|&t| now - t >= 3600.0) {
-                recent.pop_front();
-            }
-            if recent.len() >= limit as usize {
-                let retry_in_s = (3600.0 - (now - recent[0])).ceil().max(1.0) as u64;
+            Plan::Held(hold) => return self.held(&d, hold),
+            Plan::TriggerLimit { limit, retry_in_s } => {
                 tracing::warn!(
                     model_id = model,
                     limit,
@@ -300,16 +203,92 @@ impl CommandActor {
                     retry_in_s,
                 });
             }
-        }
-        let job = self.new_job(&d, action, &reason, None, now)?;
-        let submitted = self.submit(job, spec.command.clone(), ctx)?;
-        if d.manual && limit > 0 {
-            self.triggers
-                .entry(d.model_id.clone())
-                .or_default()
-                .push_back(now);
+            Plan::Job {
+                action,
+                reason,
+                cause,
+                superseded,
+            } => {
+                if let Some(old) = superseded {
+                    self.journal_logged(&old);
+                    self.count(&old);
+                    tracing::info!(
+                        model_id = model,
+                        job_id = old.job_id,
+                        "queued fine-tune superseded by a full retrain"
+                    );
+                }
+                (action, reason, cause)
+            }
+        };
+        let hooks = self.hooks();
+        let submitted = if let Some(cause) = cause {
+            if cause == "budget" {
+                tracing::warn!(
+                    model_id = model,
+                    budget = hooks.max_jobs_per_day,
+                    "daily job budget used up: calling the escalate hook"
+                );
+            } else {
+                tracing::warn!(model_id = model, policy = %d.policy, why = %reason, "loop guard: calling the escalate hook instead of retraining again");
+            }
+            self.escalate(&d, cause, reason, now, ctx)?
+        } else {
+            if action != d.action {
+                tracing::warn!(model_id = model, policy = %d.policy, from = %d.action, to = %action, why = %reason, "loop guard: escalating the retrain");
+            }
+            let Some(spec) = hooks.hook(action) else {
+                // rules::decide checked it; a hook cannot vanish in between.
+                return Ok(None);
+            };
+            let job = self.new_job(&d, action, &reason, None, now)?;
+            self.submit(job, spec.command.clone(), now, ctx)?
+        };
+        if d.manual {
+            self.sched.note_trigger(model, now);
         }
         Ok(submitted)
+    }
+
+    /// A decision the rules held: logged at the level it deserves; an operator's trigger gets
+    /// an error.
+    fn held(&self, d: &Decision, hold: rules::Hold) -> Result<Option<u64>, CommandError> {
+        let model: &str = &d.model_id;
+        match hold {
+            rules::Hold::Paused => {
+                // A policy's decisions come with every batch while it fires (the model's log
+                // says when it starts and stops); an operator's trigger is worth a line.
+                if d.manual {
+                    tracing::info!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
+                    return Err(CommandError::Paused(model.into()));
+                }
+                tracing::debug!(model_id = model, action = %d.action, policy = %d.policy, "model paused: decision recorded, no hook run");
+            }
+            rules::Hold::Cooldown { until } => {
+                tracing::debug!(
+                    model_id = model,
+                    left_s = until - crate::clock::boot(),
+                    "decision held by cooldown"
+                );
+            }
+            rules::Hold::LoopGuard(why) => {
+                tracing::info!(model_id = model, policy = %d.policy, why = %why, "loop guard: decision recorded, no hook run");
+            }
+            rules::Hold::NoHook(action) => {
+                tracing::debug!(model_id = model, action = %action, policy = %d.policy, "decision recorded; no hook configured for it");
+                if d.manual {
+                    return Err(CommandError::NoHook(action));
+                }
+            }
+            rules::Hold::Budget { budget } => {
+                tracing::warn!(
+                    model_id = model,
+                    budget,
+                    "daily job budget used up (escalated already today): decision recorded, no hook run"
+                );
+            }
+        }
+        Ok(None)
     }
 
     /// A new job for decision `d`, asking for `action` (which differs from the decision's
@@ -320,34 +299,34 @@ impl CommandActor {
         action: Action,
         reason: &str,
         cause: Option<&str>,
-        now: f64,
+        now: Now,
     ) -> Result<Job, StoreError> {
         let job_id = self.store.next_job_id()?;
-        let mut decision = serde_json::json!({
-            "job_id": job_id,
-            "model_id": &*d.model_id,
-            "action": action.as_str(),
-            "policy": d.policy,
-            "reason": reason,
-            "at": d.at,
-            "manual": d.manual,
-            "event": d.event,
-        });
-        if action != d.action || cause.is_some() {
-            decision["escalation"] = serde_json::json!({
-                "cause": cause.unwrap_or("loop_guard"),
-                "decided_action": d.action.as_str(),
-                "decided_reason": d.reason,
-            });
-        }
+        let escalated = action != d.action || cause.is_some();
+        let input = input::HookInput {
+            action,
+            at: d.at,
+            escalation: escalated.then(|| input::Escalation {
+                cause: cause.unwrap_or("loop_guard").into(),
+                decided_action: d.action,
+                decided_reason: d.reason.clone(),
+            }),
+            event: d.event.clone(),
+            job_id,
+            manual: d.manual,
+            model_id: d.model_id.to_string(),
+            policy: d.policy.clone(),
+            reason: reason.into(),
+            retry_of: None,
+        };
         Ok(Job::new(
             job_id,
             &d.model_id,
             action,
             &d.policy,
             reason,
-            decision.to_string(),
-            now,
+            input.to_json(),
+            now.wall,
         ))
     }
 
@@ -358,20 +337,20 @@ impl CommandActor {
         d: &Decision,
         cause: &str,
         why: String,
-        now: f64,
+        now: Now,
         ctx: &mut Context<Self>,
     ) -> Result<Option<u64>, CommandError> {
         let mut job = self.new_job(d, Action::Escalate, &why, Some(cause), now)?;
-        let Some(spec) = self.hooks.escalate.clone() else {
+        let Some(spec) = self.hooks().escalate.clone() else {
             job.note = "no escalate hook configured: recorded only".into();
-            job.transition(JobState::Skipped, now);
-            self.save_runner(&d.model_id);
+            job.transition(JobState::Skipped, now.wall);
+            self.save_runner(&d.model_id, now);
             self.journal(&job)?;
             self.count(&job);
             tracing::warn!(model_id = %d.model_id, job_id = job.job_id, why = %why, "escalation recorded; no escalate hook configured");
             return Ok(Some(job.job_id));
         };
-        self.submit(job, spec.command, ctx)
+        self.submit(job, spec.command, now, ctx)
     }
 
     /// Journals a new job and queues it, or, in a dry run, records what would have run.
@@ -379,21 +358,18 @@ impl CommandActor {
         &mut self,
         mut job: Job,
         command: Vec<String>,
+        now: Now,
         ctx: &mut Context<Self>,
     ) -> Result<Option<u64>, CommandError> {
-        let now = job.created;
         let model = job.model_id.clone();
         let job_id = job.job_id;
         job.command = command;
-        if self.hooks.dry_run {
+        if self.hooks().dry_run {
             job.note = format!("dry run: would run {}", shell_words(&job.command));
-            job.transition(JobState::Skipped, now);
-            if job.action != Action::Escalate {
-                // As if it had run: the cooldown shows what a real run would have held.
-                let cooldown = self.hooks.cooldown_s as f64;
-                self.runner(&model).cooldown_until = now + cooldown;
-            }
-            self.save_runner(&model);
+            job.transition(JobState::Skipped, now.wall);
+            // As if it had run: the cooldown shows what a real run would have held.
+            self.sched.dry_run_recorded(&job, now);
+            self.save_runner(&model, now);
             self.journal(&job)?;
             self.count(&job);
             tracing::info!(model_id = %model, job_id, action = %job.action, command = %job.note, "dry run");
@@ -403,15 +379,15 @@ impl CommandActor {
         // starts at once is made durable by the journal write of its start (one fsync before
         // the spawn, not two: nothing is awaited in between, so a crash before it loses no
         // more than a crash before the decision arrived); one that has to wait, right after.
-        self.save_runner(&model);
+        self.save_runner(&model, now);
         self.store.save_job(&job)?;
         tracing::info!(model_id = %model, job_id, action = %job.action, policy = %job.policy, "job queued");
-        self.queue.push_back((job, 0.0));
+        self.sched.enqueue(job, 0.0);
         self.pump(ctx);
-        if self.queue.iter().any(|(j, _)| j.job_id == job_id)
+        if self.sched.is_queued(job_id)
             && let Err(e) = self.store.flush_sync()
         {
-            self.queue.retain(|(j, _)| j.job_id != job_id);
+            self.sched.dequeue(job_id);
             return Err(e.into());
         }
         Ok(Some(job_id))
@@ -419,7 +395,7 @@ impl CommandActor {
 
     /// Starts queued jobs while there are free slots.
     fn pump(&mut self, ctx: &mut Context<Self>) {
-        let now = now();
+        let now = Now::read();
         // A hook group that outlived a restart holds its model until it is gone: SIGTERM was
         // sent when it was found, SIGKILL follows after the grace.
         self.lingering.retain_mut(|l| {
@@ -434,35 +410,29 @@ impl CommandActor {
             }
             true
         });
-        while self.running.len() < self.hooks.max_concurrent.max(1) {
-            let Some(pos) = self.queue.iter().position(|(j, nb)| {
-                *nb <= now
-                    && !self.running.contains_key(j.model_id.as_str())
-                    && !self.lingering.iter().any(|l| l.model_id == j.model_id)
-            }) else {
+        loop {
+            let lingering = &self.lingering;
+            let Some(job) = self
+                .sched
+                .next_to_start(now, |m| lingering.iter().any(|l| l.model_id == m))
+            else {
                 break;
             };
-            let (job, _) = self.queue.remove(pos).expect("position is valid");
             self.start(job, ctx);
         }
         // Wake up for the earliest backoff still pending, or to look at lingering groups.
-        let backoff = self
-            .queue
-            .iter()
-            .map(|(_, nb)| *nb)
-            .filter(|nb| *nb > now)
-            .reduce(f64::min);
-        let linger = (!self.lingering.is_empty()).then(|| now + LINGER_POLL.as_secs_f64());
+        let backoff = self.sched.next_backoff(now);
+        let linger = (!self.lingering.is_empty()).then(|| now.boot + LINGER_POLL.as_secs_f64());
         let next = match (backoff, linger) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         if let Some(next) = next
-            && self.wake_at.is_none_or(|w| w > next || w < now)
+            && self.wake_at.is_none_or(|w| w > next || w < now.boot)
         {
             self.wake_at = Some(next);
             ctx.run_later(
-                Duration::from_secs_f64((next - now).max(0.01)),
+                Duration::from_secs_f64((next - now.boot).max(0.01)),
                 |act, ctx| {
                     act.wake_at = None;
                     act.pump(ctx);
@@ -472,36 +442,37 @@ impl CommandActor {
     }
 
     fn start(&mut self, mut job: Job, ctx: &mut Context<Self>) {
-        let now = now();
-        let Some(spec) = self.hooks.hook(job.action).cloned() else {
+        let now = Now::read();
+        let Some(spec) = self.hooks().hook(job.action).cloned() else {
             job.note = format!(
                 "the {} hook was removed from the config",
                 job.action.as_str()
             );
-            job.transition(JobState::Failed, now);
+            job.transition(JobState::Failed, now.wall);
             self.journal_logged(&job);
             self.count(&job);
             return;
         };
         job.attempts += 1;
         job.command = spec.command.clone();
-        job.started = Some(now);
+        job.started = Some(now.wall);
         job.pgid = None;
         job.leader = None;
         // The intent to spawn is durable before the spawn: a crash from here on leaves a
         // `running` job, which a restart treats as possibly alive (it looks for the hook by
         // its job id when the group was not recorded yet), never as not yet run.
-        job.transition(JobState::Running, now);
+        job.transition(JobState::Running, now.wall);
         if let Err(error) = self.journal(&job) {
             tracing::error!(job_id = job.job_id, model_id = %job.model_id, error = %error, "cannot record the job as running; not starting its hook");
             job.note = "cannot record the job as running in the state store".into();
-            job.transition(JobState::Failed, now);
+            job.transition(JobState::Failed, now.wall);
             self.count(&job);
             // Best effort: the store is failing.
             let _ = self.store.save_job(&job);
             return;
         }
-        let mut env = hook::environment(&self.hooks);
+        let hooks = self.hooks();
+        let mut env = hook::environment(&hooks);
         for (name, value) in [
             ("VISUTILITY_MODEL_ID", job.model_id.clone()),
             ("VISUTILITY_ACTION", job.action.as_str().into()),
@@ -518,7 +489,7 @@ impl CommandActor {
         let run = hook::HookRun {
             command: spec.command.clone(),
             env,
-            check_modes: !self.hooks.allow_insecure_modes,
+            check_modes: !hooks.allow_insecure_modes,
             stdin: {
                 let mut s = job.decision.clone().into_bytes();
                 s.push(b'\n');
@@ -539,7 +510,7 @@ impl CommandActor {
                     tracing::error!(job_id, model_id = %job.model_id, error = %error, "cannot record the hook's process group");
                 }
                 tracing::info!(model_id = %job.model_id, job_id, action = %job.action, attempt = job.attempts, pgid, command = %shell_words(&job.command), "hook started");
-                self.running.insert(job.model_id.as_str().into(), job);
+                self.sched.started(job);
                 actix::spawn(async move {
                     let outcome = fut.await;
                     addr.do_send(HookFinished { job_id, outcome });
@@ -547,7 +518,7 @@ impl CommandActor {
             }
             Err(e) => {
                 let why = format!("cannot execute {}: {e}", spec.command[0]);
-                self.running.insert(job.model_id.as_str().into(), job);
+                self.sched.started(job);
                 addr.do_send(HookFinished {
                     job_id,
                     outcome: HookOutcome::spawn_failed(why),
@@ -557,16 +528,10 @@ impl CommandActor {
     }
 
     fn finish(&mut self, msg: HookFinished, ctx: &mut Context<Self>) {
-        let now = now();
-        let Some(key) = self
-            .running
-            .iter()
-            .find(|(_, j)| j.job_id == msg.job_id)
-            .map(|(k, _)| k.clone())
-        else {
+        let now = Now::read();
+        let Some(mut job) = self.sched.take_running(msg.job_id) else {
             return;
         };
-        let mut job = self.running.remove(&key).expect("found above");
         let o = msg.outcome;
         self.hook_durations.record(&o);
         job.stdout_tail = o.stdout_tail.clone();
@@ -595,57 +560,37 @@ impl CommandActor {
         job.signal = signal;
         job.note = note;
         let model = job.model_id.clone();
-        let retrain = job.action != Action::Escalate;
-        if o.success() {
-            job.transition(JobState::Succeeded, now);
-            self.count(&job);
-            tracing::info!(model_id = %model, job_id = job.job_id, action = %job.action, duration_ms = o.duration.as_millis() as u64, "hook succeeded");
-            if retrain {
-                // The reset is queued to the model before the success is visible, so events
-                // sent after an operator sees it meet fresh policies.
-                if let Some(addr) = self.registry.get(&model)
-                    && self
-                        .registry
-                        .rule_for(&model)
-                        .is_some_and(|r| r.reset_on_retrain)
-                {
-                    addr.do_send(crate::model::ResetPolicies { warmup: true });
-                }
+        let succeeded = o.success();
+        self.ensure_runner(&model, now);
+        let retriable = !matches!(o.end, HookEnd::SpawnFailed(_));
+        match self.sched.job_ended(&job, succeeded, retriable, now) {
+            AfterEnd::Retry { backoff_s } => {
+                tracing::warn!(model_id = %model, job_id = job.job_id, attempt = job.attempts, note = %job.note, retry_in_s = backoff_s, "hook failed; will retry");
+                job.note = format!("{}; retry in {backoff_s:.1} s", job.note);
+                job.transition(JobState::Queued, now.wall);
+                self.journal_logged(&job);
+                self.sched.enqueue(job, now.boot + backoff_s);
             }
-            let hooks = self.hooks.clone();
-            rules::job_ended(
-                &hooks,
-                self.runner(&model),
-                job.action,
-                &job.policy,
-                true,
-                now,
-            );
-            // The runner state is durable together with the job's end.
-            self.save_runner(&model);
-            self.journal_logged(&job);
-        } else if job.attempts <= self.hooks.retries && !matches!(o.end, HookEnd::SpawnFailed(_)) {
-            let backoff = backoff(self.hooks.retry_backoff_s, job.attempts, job.job_id);
-            tracing::warn!(model_id = %model, job_id = job.job_id, attempt = job.attempts, note = %job.note, retry_in_s = backoff, "hook failed; will retry");
-            job.note = format!("{}; retry in {backoff:.1} s", job.note);
-            job.transition(JobState::Queued, now);
-            self.journal_logged(&job);
-            self.queue.push_back((job, now + backoff));
-        } else {
-            tracing::error!(model_id = %model, job_id = job.job_id, attempts = job.attempts, note = %job.note, "hook failed");
-            job.transition(JobState::Failed, now);
-            self.count(&job);
-            let hooks = self.hooks.clone();
-            rules::job_ended(
-                &hooks,
-                self.runner(&model),
-                job.action,
-                &job.policy,
-                false,
-                now,
-            );
-            self.save_runner(&model);
-            self.journal_logged(&job);
+            AfterEnd::Ended if succeeded => {
+                job.transition(JobState::Succeeded, now.wall);
+                self.count(&job);
+                tracing::info!(model_id = %model, job_id = job.job_id, action = %job.action, duration_ms = o.duration.as_millis() as u64, "hook succeeded");
+                if job.action != Action::Escalate {
+                    // The reset is queued to the model before the success is visible, so
+                    // events sent after an operator sees it meet fresh policies.
+                    (self.on_retrained)(&model);
+                }
+                // The runner state is durable together with the job's end.
+                self.save_runner(&model, now);
+                self.journal_logged(&job);
+            }
+            AfterEnd::Ended => {
+                tracing::error!(model_id = %model, job_id = job.job_id, attempts = job.attempts, note = %job.note, "hook failed");
+                job.transition(JobState::Failed, now.wall);
+                self.count(&job);
+                self.save_runner(&model, now);
+                self.journal_logged(&job);
+            }
         }
         if let Err(error) = self.store.prune_jobs(JOURNAL_KEEP) {
             tracing::warn!(error = %error, "cannot prune the job journal");
@@ -660,176 +605,6 @@ impl CommandActor {
             .entry((job.action.as_str(), job.state.as_str()))
             .or_default() += 1;
     }
-
-    /// How many interrupted jobs this one redoes, following `retry_of` back (bounded).
-    fn interruptions_before(&self, job: &Job) -> u32 {
-        let mut n = 0;
-        let mut cur = job.retry_of;
-        while let Some(id) = cur
-            && n < MAX_INTERRUPTIONS
-        {
-            n += 1;
-            cur = self
-                .store
-                .load_job(id)
-                .ok()
-                .flatten()
-                .and_then(|j| j.retry_of);
-        }
-        n
-    }
-
-    /// Marks a job whose hook was cut off `interrupted` and, by `hooks.on_interrupted`,
-    /// returns a new queued job that redoes it (both journaled). The interrupted job keeps
-    /// its state in the history, so an operator sees what happened.
-    fn interrupt(&mut self, mut job: Job, why: &str, now: f64) -> Option<Job> {
-        job.pgid = None;
-        job.leader = None;
-        let chain = self.interruptions_before(&job);
-        let retry = match self.hooks.on_interrupted {
-            OnInterrupted::Drop => None,
-            // A daemon that dies during every run of this hook must not redo it forever.
-            OnInterrupted::Retry if chain + 1 >= MAX_INTERRUPTIONS => None,
-            OnInterrupted::Retry => match self.store.next_job_id() {
-                Ok(id) => Some(id),
-                Err(error) => {
-                    tracing::error!(model_id = %job.model_id, job_id = job.job_id, error = %error, "cannot create the job that retries an interrupted one");
-                    None
-                }
-            },
-        };
-        let redo = retry.map(|id| {
-            let mut decision: serde_json::Value =
-                serde_json::from_str(&job.decision).unwrap_or_else(|_| serde_json::json!({}));
-            decision["job_id"] = id.into();
-            decision["retry_of"] = job.job_id.into();
-            let mut redo = Job::new(
-                id,
-                &job.model_id,
-                job.action,
-                &job.policy,
-                &job.reason,
-                decision.to_string(),
-                now,
-            );
-            redo.retry_of = Some(job.job_id);
-            redo.command = job.command.clone();
-            redo
-        });
-        job.note = match &redo {
-            Some(r) => format!("{why}; retried as job {}", r.job_id),
-            None if self.hooks.on_interrupted == OnInterrupted::Retry => format!(
-                "{why}; not retried: interrupted {} times in a row",
-                chain + 1
-            ),
-            None => format!("{why}; not retried (hooks.on_interrupted)"),
-        };
-        job.transition(JobState::Interrupted, now);
-        self.count(&job);
-        if let Some(r) = &redo
-            && let Err(error) = self.store.save_job(r)
-        {
-            tracing::error!(model_id = %r.model_id, job_id = r.job_id, error = %error, "cannot record the retry of an interrupted job");
-        }
-        self.journal_logged(&job);
-        match &redo {
-            Some(r) => {
-                tracing::info!(model_id = %job.model_id, job_id = job.job_id, retry_job_id = r.job_id, "interrupted job will be retried")
-            }
-            None => {
-                tracing::warn!(model_id = %job.model_id, job_id = job.job_id, "interrupted job dropped")
-            }
-        }
-        redo
-    }
-
-    /// Queues a job found `queued` in the journal at start, keeping one job per model: a full
-    /// retrain supersedes a queued fine-tune; anything else is absorbed by the job queued first.
-    fn restore(&mut self, mut job: Job, now: f64) {
-        match self
-            .queue
-            .iter()
-            .position(|(j, _)| j.model_id == job.model_id)
-        {
-            None => self.queue.push_back((job, 0.0)),
-            Some(pos) => {
-                let first = &self.queue[pos].0;
-                if first.action == Action::FineTune
-                    && job.action == Action::Full
-                    && first.attempts == 0
-                {
-                    let (mut old, _) = self.queue.remove(pos).expect("position is valid");
-                    old.note = format!("superseded by job {} (a full retrain)", job.job_id);
-                    old.transition(JobState::Superseded, now);
-                    self.journal_logged(&old);
-                    self.count(&old);
-                    self.queue.push_back((job, 0.0));
-                } else {
-                    job.note = format!("absorbed by job {} after a restart", first.job_id);
-                    job.transition(JobState::Superseded, now);
-                    self.journal_logged(&job);
-                    self.count(&job);
-                }
-            }
-        }
-    }
-
-    /// After an unclean stop: jobs left `running` are interrupted (their process group told
-    /// to stop if it outlived the daemon), then redone or dropped; jobs left `queued` are
-    /// queued again.
-    pub fn reconcile(&mut self, ctx: &mut Context<Self>) {
-        let jobs = match self.store.jobs(None, JOURNAL_KEEP) {
-            Ok(j) => j,
-            Err(error) => {
-                tracing::error!(error = %error, "cannot read the job journal to reconcile it");
-                return;
-            }
-        };
-        let now = now();
-        for job in jobs.into_iter().rev() {
-            match job.state {
-                JobState::Running => {
-                    let groups = match job.pgid {
-                        Some(pgid) if hook::group_is_ours(pgid, job.leader.as_ref()) => {
-                            vec![pgid]
-                        }
-                        Some(_) => Vec::new(),
-                        // Crashed between the spawn and recording its group: find the hook by
-                        // the job id in its environment.
-                        None => hook::groups_with_env(&[
-                            ("VISUTILITY_JOB_ID", &job.job_id.to_string()),
-                            ("VISUTILITY_STORE", &self.store.path().display().to_string()),
-                        ]),
-                    };
-                    for pgid in groups {
-                        tracing::warn!(model_id = %job.model_id, job_id = job.job_id, pgid, "a hook from before the restart is still running; stopping its process group");
-                        hook::kill_group(pgid, libc::SIGTERM);
-                        self.lingering.push(Lingering {
-                            model_id: job.model_id.clone(),
-                            pgid,
-                            since: Instant::now(),
-                            killed: false,
-                        });
-                    }
-                    if let Some(redo) = self.interrupt(job, "interrupted by a daemon restart", now)
-                    {
-                        self.restore(redo, now);
-                    }
-                }
-                JobState::Queued => self.restore(job, now),
-                _ => {}
-            }
-        }
-        self.pump(ctx);
-    }
-}
-
-/// Exponential backoff with deterministic jitter (no RNG needed: the job id spreads jobs).
-fn backoff(base: f64, attempt: u32, job_id: u64) -> f64 {
-    let exp = base * 2f64.powi(attempt.saturating_sub(1).min(16) as i32);
-    let jitter =
-        ((job_id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as f64 / (1u64 << 24) as f64) * 0.25;
-    exp * (1.0 + jitter)
 }
 
 /// A command line as a person would type it (for logs and dry runs).
@@ -847,13 +622,6 @@ pub fn shell_words(cmd: &[String]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-pub fn now() -> f64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 impl Actor for CommandActor {
@@ -895,8 +663,10 @@ impl Handler<SetPaused> for CommandActor {
     type Result = Result<(), CommandError>;
 
     fn handle(&mut self, msg: SetPaused, _ctx: &mut Context<Self>) -> Self::Result {
-        self.runner(&msg.model_id).paused = msg.paused;
-        let rec = self.runner(&msg.model_id).clone();
+        let now = Now::read();
+        self.ensure_runner(&msg.model_id, now);
+        self.sched.runner(&msg.model_id).paused = msg.paused;
+        let rec = self.sched.runner_record(&msg.model_id, now);
         self.store.save_runner(&msg.model_id, &rec)?;
         self.store.flush_sync()?;
         tracing::info!(model_id = %msg.model_id, paused = msg.paused, "pause state changed");
@@ -909,22 +679,13 @@ impl Handler<ForgetRunner> for CommandActor {
 
     fn handle(&mut self, msg: ForgetRunner, _ctx: &mut Context<Self>) -> Self::Result {
         let model = msg.model_id.as_str();
-        if let Some(job) = self.running.get(model) {
-            return Err(CommandError::JobActive {
+        self.sched
+            .forget(model)
+            .map_err(|(job_id, state)| CommandError::JobActive {
                 model: model.into(),
-                job_id: job.job_id,
-                state: "running",
-            });
-        }
-        if let Some((job, _)) = self.queue.iter().find(|(j, _)| j.model_id == model) {
-            return Err(CommandError::JobActive {
-                model: model.into(),
-                job_id: job.job_id,
-                state: "queued",
-            });
-        }
-        self.runners.remove(model);
-        self.triggers.remove(model);
+                job_id,
+                state,
+            })?;
         Ok(())
     }
 }
@@ -943,8 +704,8 @@ impl Handler<GetStatus> for CommandActor {
             .collect();
         paused.sort();
         MessageResult(RunnerStatus {
-            running: self.running.len(),
-            queued: self.queue.len(),
+            running: self.sched.running_count(),
+            queued: self.sched.queued_count(),
             paused,
             jobs_by_outcome: self
                 .outcomes
@@ -967,7 +728,7 @@ impl Handler<Reconfigure> for CommandActor {
     type Result = ();
 
     fn handle(&mut self, msg: Reconfigure, ctx: &mut Context<Self>) {
-        self.hooks = msg.0;
+        self.sched.reconfigure(msg.0);
         self.pump(ctx);
     }
 }
@@ -976,8 +737,8 @@ impl Handler<Shutdown> for CommandActor {
     type Result = ();
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) {
-        let now = now();
-        let jobs: Vec<Job> = self.running.drain().map(|(_, j)| j).collect();
+        let now = Now::read();
+        let jobs: Vec<Job> = self.sched.drain_running();
         // Every group gets SIGTERM at once and one grace period is shared, so a stop takes
         // the grace once however many hooks run.
         let groups: Vec<i32> = jobs.iter().filter_map(|j| j.pgid).collect();
@@ -1010,14 +771,6 @@ impl Handler<Ping> for CommandActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_grows_and_jitters_boundedly() {
-        let a = backoff(10.0, 1, 7);
-        let b = backoff(10.0, 2, 7);
-        assert!((10.0..=12.5).contains(&a), "{a}");
-        assert!((20.0..=25.0).contains(&b), "{b}");
-    }
 
     #[test]
     fn shell_words_quotes_what_needs_it() {

@@ -37,6 +37,8 @@ const OUTCOMES: [&str; 5] = [
 pub struct Snapshot {
     pub version: String,
     pub uptime_s: f64,
+    /// Wall clock jumps seen since start.
+    pub clock_jumps: u64,
     pub events_accepted: u64,
     /// Rejected lines by error code, every code listed.
     pub rejected: Vec<(&'static str, u64)>,
@@ -122,6 +124,7 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
     Snapshot {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: ctx.started.elapsed().as_secs_f64(),
+        clock_jumps: ctx.clock.view().jumps,
         events_accepted: stats.accepted.load(Ordering::Relaxed),
         rejected: ErrorCode::ALL
             .iter()
@@ -239,6 +242,12 @@ pub fn render(s: &Snapshot) -> String {
         "Seconds since the daemon started.",
     );
     out.sample("visutility_uptime_seconds", &[], s.uptime_s);
+    out.family(
+        "visutility_clock_jumps_total",
+        "counter",
+        "Jumps of the wall clock seen while running (the wall and boot clocks disagreed by more than 3 s between two readings).",
+    );
+    out.sample("visutility_clock_jumps_total", &[], s.clock_jumps as f64);
 
     out.family(
         "visutility_events_accepted_total",
@@ -667,6 +676,7 @@ mod tests {
         Snapshot {
             version: "9.9.9".into(),
             uptime_s: 12.5,
+            clock_jumps: 2,
             events_accepted: 42,
             rejected: vec![("bad_json", 3), ("bad_field", 0)],
             connections_open: 1,

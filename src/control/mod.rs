@@ -183,6 +183,8 @@ pub struct ControlCtx {
     pub commander: Addr<CommandActor>,
     pub stats: Arc<IngestStats>,
     pub rate: Arc<Rate>,
+    /// Wall clock jumps seen while running.
+    pub clock: Arc<crate::clock::Watch>,
     pub started: Instant,
     /// `daemon.control_allow` plus the gid of `daemon.control_group` (as a gid).
     pub allow: Arc<crate::config::PeerAllow>,
@@ -336,6 +338,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 "store_error": store_error,
                 "store": ctx.store.stats(),
                 "state_dir": ctx.store.path().display().to_string(),
+                "clock": ctx.clock.view(),
             })
         }
         Request::Models { model } => {
@@ -380,15 +383,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 .ok_or_else(|| format!("unknown action {action:?}; expected full or fine_tune"))?;
             let job_id = ctx
                 .commander
-                .send(Trigger(Decision {
-                    model_id: model.as_str().into(),
-                    policy: "manual".into(),
-                    action,
-                    reason: "triggered by an operator".into(),
-                    event: serde_json::Value::Null,
-                    at: crate::command::now(),
-                    manual: true,
-                }))
+                .send(Trigger(Decision::manual(&model, action)))
                 .await
                 .map_err(|e| e.to_string())?
                 .map_err(|e| e.to_string())?;

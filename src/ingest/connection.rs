@@ -377,7 +377,7 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
             let Some(frame) = reader.try_next_buffered() else {
                 continue;
             };
-            conn.now = crate::command::now();
+            conn.now = crate::clock::wall();
             op = conn.frame(frame);
         }
         // Everything else readable without waiting, up to an op (its barrier covers exactly
@@ -400,7 +400,7 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
             }
             match poll_once(reader.fill()) {
                 Some(Ok(true)) => {
-                    conn.now = crate::command::now();
+                    conn.now = crate::clock::wall();
                     yielded = false;
                     if conn.now - conn.first_pending >= DISPATCH_DELAY_S {
                         break;

@@ -19,6 +19,7 @@
 //! a changed rule and unloading write a checkpoint at once, so a replay never crosses them.
 //! No model keeps a timer for persistence.
 
+pub mod decide;
 pub mod messages;
 pub mod registry;
 
@@ -31,13 +32,14 @@ use std::time::Duration;
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::command::CommandActor;
+use crate::command::input::HookEvent;
 use crate::command::messages::Decision;
 use crate::config::ModelRule;
 use crate::policy::detect::Signal;
 use crate::policy::{Action, Obs, PolicySpec, PolicyState, Reason, bind_states};
 use crate::store::{DecisionRecord, ModelRecord, Store, StoreError};
 
+pub use decide::{Decider, Note};
 pub use messages::*;
 
 /// How many recent values the sparklines keep.
@@ -147,7 +149,7 @@ pub struct ModelActor {
     rule: Option<Arc<ModelRule>>,
     record: ModelRecord,
     store: Store,
-    commander: Addr<CommandActor>,
+    commander: Recipient<Decision>,
     flush_interval: Duration,
     /// Size of the last checkpoint (what the next fold will write).
     checkpoint_bytes: u64,
@@ -155,11 +157,8 @@ pub struct ModelActor {
     /// checkpoint can cover them, and no barrier may succeed before one did.
     unlogged: bool,
     restarts: u64,
-    /// Per policy and action, since the daemon started: a handful of entries per model.
-    decision_counts: Vec<DecisionCount>,
-    /// Per policy of the rule (by position): how many events in a row it has fired on (0:
-    /// not firing). The log says when a policy starts and stops firing, not every event.
-    firing: Vec<u64>,
+    /// Decision counts and which policies are firing, since the daemon started.
+    decider: Decider,
     /// Bumped at every restart. A connection notes it when it starts sending to this model
     /// and refuses to claim durability at its barrier if it moved: its events may have died
     /// with the failed state.
@@ -183,7 +182,7 @@ pub struct ModelSetup {
     pub id: Arc<str>,
     pub rule: Option<Arc<ModelRule>>,
     pub store: Store,
-    pub commander: Addr<CommandActor>,
+    pub commander: Recipient<Decision>,
     pub flush_interval: Duration,
     pub fault_injection: bool,
     pub epoch: Arc<AtomicU64>,
@@ -204,8 +203,7 @@ impl ModelActor {
             checkpoint_bytes: 0,
             unlogged: false,
             restarts: 0,
-            decision_counts: Vec::new(),
-            firing: Vec::new(),
+            decider: Decider::default(),
             epoch: setup.epoch,
             fault_injection: setup.fault_injection,
             loaded: false,
@@ -307,81 +305,52 @@ impl ModelActor {
             }
         }
         let first_seq = self.record.events + 1;
-        // At most one decision per action per batch goes to the command actor: a flapping
-        // metric must not flood it; every fire is still counted.
-        let mut sent = [false; 3];
         let rule = self.rule.clone();
-        let specs = rule.as_deref().map(|r| &r.policies[..]).unwrap_or(&[]);
-        self.firing.resize(specs.len(), 0);
-        let (id, commander, counts, firing) = (
-            &self.id,
-            &self.commander,
-            &mut self.decision_counts,
-            &mut self.firing,
-        );
-        advance(&mut self.record, rule.as_deref(), batch, |fired| {
-            let Fired {
-                spec,
-                action,
-                reason,
-                obs,
-            } = fired;
-            let Some(action) = action else {
-                tracing::debug!(model_id = %id, policy = %spec.name, reason = %reason, "warning");
-                return;
-            };
-            // A detector flags a drift once and restarts: each is worth a line. A threshold
-            // or window fires on every event while its condition holds: one line when it
-            // starts, one when it stops (below), the events between at debug level.
-            let detector = matches!(spec.kind, crate::policy::PolicyKind::Detector(_));
-            match specs.iter().position(|s| std::ptr::eq(s, spec)) {
-                Some(i) if !detector => {
-                    if firing[i] == 0 {
-                        tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "policy started firing");
-                    } else {
-                        tracing::debug!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision");
-                    }
-                    firing[i] += 1;
+        let (out, notes) = self.decider.apply(&mut self.record, rule.as_deref(), batch);
+        let id = &self.id;
+        for note in notes {
+            match note {
+                Note::Warning { spec, reason } => {
+                    tracing::debug!(model_id = %id, policy = %spec.name, reason = %reason, "warning")
                 }
-                _ => {
-                    tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision");
-                }
-            }
-            match counts
-                .iter_mut()
-                .find(|c| c.policy == spec.name && c.action == action.as_str())
-            {
-                Some(c) => c.count += 1,
-                None => counts.push(DecisionCount {
-                    policy: spec.name.clone(),
-                    action: action.as_str(),
-                    count: 1,
-                }),
-            }
-            let slot = action as usize;
-            if !sent[slot] {
-                sent[slot] = true;
-                commander.do_send(Decision {
-                    model_id: id.clone(),
-                    policy: spec.name.clone(),
+                Note::Drift {
+                    spec,
                     action,
-                    reason: reason.to_string(),
-                    event: obs_json(id, obs),
-                    at: obs.ts,
-                    manual: false,
-                });
+                    reason,
+                } => {
+                    tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision")
+                }
+                Note::Started {
+                    spec,
+                    action,
+                    reason,
+                } => {
+                    tracing::info!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "policy started firing")
+                }
+                Note::Again {
+                    spec,
+                    action,
+                    reason,
+                } => {
+                    tracing::debug!(model_id = %id, policy = %spec.name, action = %action, reason = %reason, "decision")
+                }
+                Note::Stopped { spec, events } => {
+                    tracing::info!(model_id = %id, policy = %spec.name, events, "policy stopped firing")
+                }
             }
-        });
-        // A policy whose condition no longer holds (its streak broke) has stopped firing.
-        for ((spec, state), n) in specs
-            .iter()
-            .zip(&self.record.policies)
-            .zip(self.firing.iter_mut())
-        {
-            if *n > 0 && state.streak == 0 {
-                tracing::info!(model_id = %self.id, policy = %spec.name, events = *n, "policy stopped firing");
-                *n = 0;
-            }
+        }
+        let loop_window_s = rule.as_deref().map_or(0, |r| r.loop_window_s);
+        for d in out {
+            self.commander.do_send(Decision {
+                model_id: id.clone(),
+                policy: d.spec.name.clone(),
+                action: d.action,
+                reason: d.reason,
+                event: HookEvent::new(id, d.obs).raw(),
+                at: d.obs.ts,
+                manual: false,
+                loop_window_s,
+            });
         }
         self.log(first_seq, batch);
         Ok(())
@@ -433,7 +402,7 @@ impl ModelActor {
     fn view_of(&self, record: &ModelRecord, states: &[PolicyState]) -> ModelView {
         let mut v = ModelView::from_record(&self.id, record, None);
         v.restarts = self.restarts;
-        v.decision_counts = self.decision_counts.clone();
+        v.decision_counts = self.decider.counts.clone();
         if let Some(rule) = &self.rule {
             v.policies = rule
                 .policies
@@ -476,11 +445,11 @@ pub fn replay(loaded: crate::store::LoadedModel, rule: Option<&ModelRule>) -> Mo
     record
 }
 
-pub fn advance(
+pub fn advance<'a>(
     record: &mut ModelRecord,
-    rule: Option<&ModelRule>,
-    batch: &[Obs],
-    mut on_fire: impl FnMut(Fired<'_>),
+    rule: Option<&'a ModelRule>,
+    batch: &'a [Obs],
+    mut on_fire: impl FnMut(Fired<'a>),
 ) {
     let Some(rule) = rule else {
         for obs in batch {
@@ -494,7 +463,7 @@ pub fn advance(
     for obs in batch {
         count(record, obs);
         for (spec, state) in rule.policies.iter().zip(record.policies.iter_mut()) {
-            let Some(fire) = state.observe(spec, obs, obs.ts) else {
+            let Some(fire) = state.observe(spec, obs) else {
                 continue;
             };
             let Some(action) = fire.action.filter(|_| fire.signal == Signal::Drift) else {
@@ -536,12 +505,14 @@ fn count(r: &mut ModelRecord, obs: &Obs) {
     }
     r.events += 1;
     // The time of receipt, not the event's own `ts` (an old `ts` must not make the model look
-    // silent for years).
-    r.last_seen = if obs.received > 0.0 {
+    // silent for years); never earlier than before (a wall clock set back must not make a
+    // model look silent either).
+    let seen = if obs.received > 0.0 {
         obs.received
     } else {
         obs.ts
     };
+    r.last_seen = r.last_seen.max(seen);
     push_recent(&mut r.recent_drift, obs.drift_score);
     push_recent(&mut r.recent_accuracy, obs.accuracy);
 }
@@ -586,38 +557,6 @@ fn push_recent(q: &mut VecDeque<f32>, v: Option<f64>) {
 }
 
 /// The event as the hook sees it on stdin.
-fn obs_json(model_id: &str, obs: &Obs) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    m.insert("model_id".into(), model_id.into());
-    m.insert("ts".into(), obs.ts.into());
-    if let Some(v) = obs.drift_score {
-        m.insert("drift_score".into(), v.into());
-    }
-    if let Some(v) = obs.accuracy {
-        m.insert("accuracy".into(), v.into());
-    }
-    if let Some(v) = obs.error {
-        m.insert("error".into(), u8::from(v).into());
-    }
-    if let Some(v) = obs.value {
-        m.insert("value".into(), v.into());
-    }
-    if !obs.metrics.is_empty() {
-        let metrics = obs
-            .metrics
-            .iter()
-            .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-            .collect();
-        m.insert("metrics".into(), serde_json::Value::Object(metrics));
-    }
-    if let Some(meta) = &obs.meta
-        && let Ok(v) = serde_json::from_str::<serde_json::Value>(meta)
-    {
-        m.insert("meta".into(), v);
-    }
-    serde_json::Value::Object(m)
-}
-
 /// Test seam: `{"meta": {"fault": "panic"}}` panics inside policy code, `"error"` fails,
 /// `"hang"` blocks the model thread for a while.
 fn inject_fault(obs: &Obs) -> Result<(), ModelError> {
@@ -759,7 +698,7 @@ impl Handler<Reconfigure> for ModelActor {
         if !changed {
             return;
         }
-        self.firing.clear();
+        self.decider.stop_firing();
         if self.rule.is_none() {
             warn_no_rule(&self.id);
         }
@@ -792,8 +731,7 @@ impl Handler<Forget> for ModelActor {
         self.loaded = true;
         self.unlogged = false;
         self.checkpoint_bytes = 0;
-        self.firing.clear();
-        self.decision_counts.clear();
+        self.decider = Decider::default();
         tracing::info!(model_id = %self.id, "model forgotten: its state, counters and stored records are gone (its jobs stay in the journal)");
         Ok(())
     }
@@ -807,7 +745,7 @@ impl Handler<ResetPolicies> for ModelActor {
         self.schedule_unload_check(ctx);
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = specs.iter().map(PolicyState::new).collect();
-        self.firing.clear();
+        self.decider.stop_firing();
         self.record.warmup_left = if msg.warmup {
             self.rule.as_ref().map(|r| r.warmup_events).unwrap_or(0)
         } else {

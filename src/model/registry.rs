@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::command::CommandActor;
+use crate::command::messages::Decision;
 use crate::config::{Config, ModelRule};
 use crate::store::{Store, StoreError};
 
@@ -19,8 +19,6 @@ pub enum RegistryError {
     TooManyModels(usize),
     #[error("cannot load the model's state")]
     Store(#[from] StoreError),
-    #[error("the daemon is not ready")]
-    NotReady,
     #[error("invalid model id: {0}")]
     BadId(String),
 }
@@ -32,6 +30,8 @@ pub struct Registry {
     store: Store,
     arbiter: ArbiterHandle,
     fault_injection: bool,
+    /// Where every model's decisions go (the hook runner), wired once at start.
+    commander: Recipient<Decision>,
 }
 
 /// A live model: its actor and its restart epoch (see `ModelActor`).
@@ -51,7 +51,6 @@ struct Inner {
     config: Arc<Config>,
     /// Rules shared by the actors, one `Arc` per config rule.
     rules: Vec<Arc<ModelRule>>,
-    commander: Option<Addr<CommandActor>>,
 }
 
 impl Inner {
@@ -68,11 +67,12 @@ impl Inner {
 
 impl Registry {
     /// Model actors run on `arbiter` (their own thread, so policy work and socket parsing use
-    /// both cores).
+    /// both cores) and send their decisions to `commander`.
     pub fn new(
         config: Arc<Config>,
         store: Store,
         arbiter: ArbiterHandle,
+        commander: Recipient<Decision>,
         fault_injection: bool,
     ) -> Registry {
         let rules = config.models.iter().cloned().map(Arc::new).collect();
@@ -83,11 +83,11 @@ impl Registry {
                 created: 0,
                 config,
                 rules,
-                commander: None,
             })),
             store,
             arbiter,
             fault_injection,
+            commander,
         }
     }
 
@@ -95,10 +95,6 @@ impl Registry {
         // A panic while holding this lock cannot leave the map inconsistent (inserts are
         // single operations), so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    pub fn set_commander(&self, addr: Addr<CommandActor>) {
-        self.lock().commander = Some(addr);
     }
 
     pub fn config(&self) -> Arc<Config> {
@@ -119,6 +115,12 @@ impl Registry {
         // Every entry point checks ids already; this is the last line before an actor and a
         // store record exist for one.
         crate::protocol::validate_model_id(model_id).map_err(|e| RegistryError::BadId(e.detail))?;
+        if let Some(h) = self.lock().actors.get(model_id) {
+            return Ok(h.clone());
+        }
+        // Read before the lock is taken: a slow disk must not stall every connection. (The
+        // model's state itself is read by its actor when it starts, on the models' thread.)
+        let stored = self.store.contains_model(model_id);
         let mut inner = self.lock();
         if let Some(h) = inner.actors.get(model_id) {
             return Ok(h.clone());
@@ -126,11 +128,10 @@ impl Registry {
         // `max_models` bounds the models that exist, stored ones included: a model of an
         // earlier run takes its slot whether or not it has sent anything since the restart.
         let max = inner.config.daemon.max_models;
-        let stored = self.store.contains_model(model_id);
         if !stored && inner.known() >= max {
             return Err(RegistryError::TooManyModels(max));
         }
-        let commander = inner.commander.clone().ok_or(RegistryError::NotReady)?;
+        let commander = self.commander.clone();
         let id: Arc<str> = model_id.into();
         let rule = rule_index(&inner.config, model_id).map(|i| inner.rules[i].clone());
         let epoch = Arc::new(AtomicU64::new(0));
@@ -156,6 +157,17 @@ impl Registry {
             inner.created += 1;
         }
         Ok(handle)
+    }
+
+    /// A retrain of `model_id` succeeded: its policies start afresh (with warm-up) when its
+    /// rule says `reset_on_retrain`. Queued to the model before the runner journals the
+    /// success, so events sent after an operator sees it meet fresh policies.
+    pub fn retrained(&self, model_id: &str) {
+        if let Some(addr) = self.get(model_id)
+            && self.rule_for(model_id).is_some_and(|r| r.reset_on_retrain)
+        {
+            addr.do_send(super::ResetPolicies { warmup: true });
+        }
     }
 
     /// Whether the daemon knows `model_id`: it has an actor in this run or anything stored.

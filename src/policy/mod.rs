@@ -364,7 +364,7 @@ impl PolicyState {
     }
 
     /// Feeds one observation; returns what the policy concluded, if anything.
-    pub fn observe<'s>(&mut self, spec: &'s PolicySpec, obs: &Obs, _now: f64) -> Option<Fire<'s>> {
+    pub fn observe<'s>(&mut self, spec: &'s PolicySpec, obs: &Obs) -> Option<Fire<'s>> {
         let fire = match (&mut self.kind, &spec.kind) {
             (
                 StateKind::StaticThreshold,
@@ -756,8 +756,8 @@ mod state_tests {
             direction: Direction::Above,
         });
         let mut st = PolicyState::new(&s);
-        st.observe(&s, &obs(0.2), 0.0);
-        st.observe(&s, &obs(0.4), 0.0);
+        st.observe(&s, &obs(0.2));
+        st.observe(&s, &obs(0.4));
         let n = st.state(&s);
         assert_eq!(n.get("fill"), Some(2.0));
         assert_eq!(n.get("window"), Some(4.0));
@@ -784,7 +784,7 @@ mod state_tests {
             .unwrap();
         let s = spec(PolicyKind::Detector(ph));
         let mut st = PolicyState::new(&s);
-        st.observe(&s, &obs(1.0), 0.0);
+        st.observe(&s, &obs(1.0));
         let n = st.state(&s);
         assert_eq!(n.get("threshold"), Some(50.0));
         assert!(n.get("statistic").is_some());

@@ -5,6 +5,7 @@ mod support;
 mod backtest;
 mod check_config;
 mod cli;
+mod clock;
 mod config;
 mod conformance;
 mod crash;

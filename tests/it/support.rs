@@ -857,6 +857,14 @@ impl Daemon {
         st
     }
 
+    /// Sets (`Some`) or removes (`None`) an environment variable of the daemon's next start.
+    pub fn set_env(&mut self, k: &str, v: Option<&str>) {
+        self.env.retain(|(name, _)| name != k);
+        if let Some(v) = v {
+            self.env.push((k.into(), v.into()));
+        }
+    }
+
     /// Start again on the same tempdir, config and state (daemon must have exited).
     pub fn restart(&mut self) {
         if self.child.is_some() {
