@@ -77,6 +77,7 @@ pub mod escape;
 pub mod ingest;
 pub mod model;
 pub mod policy;
+pub mod probation;
 pub mod protocol;
 pub mod shutdown;
 pub mod store;
