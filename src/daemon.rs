@@ -170,8 +170,8 @@ async fn serve(
     let rate = Arc::new(Rate::default());
     let clock = Arc::new(crate::clock::Watch::default());
     clock.tick();
-    let ingest_refusals = Arc::new(control::peer::RefusalLog::new("ingest"));
-    let control_refusals = Arc::new(control::peer::RefusalLog::new("control"));
+    let ingest_refusals = Arc::new(crate::peer::RefusalLog::new("ingest"));
+    let control_refusals = Arc::new(crate::peer::RefusalLog::new("control"));
 
     let ingest_ctx = IngestCtx {
         registry: registry.clone(),

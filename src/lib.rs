@@ -28,6 +28,8 @@
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
 //!   Also the metrics ([`control::metrics`]) and their optional HTTP listener
 //!   ([`control::http`], `[metrics] listen`).
+//! - [`peer`]: who is on the other end of a Unix socket (SO_PEERCRED) and whether they may use
+//!   it; shared by the ingest and control sockets.
 //! - [`strict_modes`]: the ownership and mode checks on the config, the hooks and the state
 //!   directory (sshd's StrictModes).
 //! - [`store`]: the only module that knows sled and bincode; versioned records and migrations.
@@ -76,6 +78,7 @@ pub mod daemon;
 pub mod escape;
 pub mod ingest;
 pub mod model;
+pub mod peer;
 pub mod policy;
 pub mod probation;
 pub mod protocol;

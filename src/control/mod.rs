@@ -15,7 +15,7 @@
 
 pub mod http;
 pub mod metrics;
-pub mod peer;
+use crate::peer;
 
 use std::collections::VecDeque;
 use std::path::Path;

@@ -5,7 +5,7 @@
 //! instead), the file appears with its final mode (0660), and it is removed when the listener
 //! is dropped, unless systemd passed the socket in (then the file is systemd's). Connections are bounded by a semaphore; one over the bound gets an error line
 //! and is closed. With `daemon.ingest_allow` set, the peer's credentials are checked first
-//! (see [`crate::control::peer`]): a writer not allowed gets one `permission_denied` error
+//! (see [`crate::peer`]): a writer not allowed gets one `permission_denied` error
 //! line and is closed, and the attempt is logged.
 
 pub mod connection;
@@ -232,7 +232,7 @@ pub struct IngestCtx {
     /// `daemon.ingest_allow`: `None` lets anyone who can open the socket file write.
     pub allow: Option<Arc<crate::config::PeerAllow>>,
     /// Refused connections, for the log (one line per uid and interval).
-    pub refusals: Arc<crate::control::peer::RefusalLog>,
+    pub refusals: Arc<crate::peer::RefusalLog>,
     /// Unfinished lines of every connection, against `daemon.partial_line_budget_bytes`.
     pub partial: Arc<connection::ByteBudget>,
     /// Replies queued for clients that are not reading them, against
@@ -408,9 +408,9 @@ fn send_and_close(mut stream: tokio::net::UnixStream, reply: Vec<u8>) {
 fn refusal(
     stream: &tokio::net::UnixStream,
     allow: &crate::config::PeerAllow,
-    refusals: &crate::control::peer::RefusalLog,
+    refusals: &crate::peer::RefusalLog,
 ) -> Option<Vec<u8>> {
-    let detail = match crate::control::peer::Peer::of(stream) {
+    let detail = match crate::peer::Peer::of(stream) {
         Ok(peer) if peer.allowed(allow) => return None,
         Ok(peer) => {
             if refusals.first(peer.uid, std::time::Instant::now()) {
