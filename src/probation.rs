@@ -277,6 +277,108 @@ pub fn judge(spec: &RuleSpec, plan: &Plan, baseline: &Sample, candidate: &Sample
     }
 }
 
+/// How a probation ended, or why it is still open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    OnProbation,
+    Promoted,
+    RolledBack,
+    Inconclusive,
+    Superseded,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::OnProbation => "on_probation",
+            State::Promoted => "promoted",
+            State::RolledBack => "rolled_back",
+            State::Inconclusive => "inconclusive",
+            State::Superseded => "superseded",
+        }
+    }
+}
+
+/// Why a retrain is rolled back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cause {
+    /// The candidate is worse beyond chance.
+    Degraded,
+    /// A policy of the model fired during probation (`fail_fast`).
+    PolicyFired,
+    /// `max_wait_s` passed before the sample was complete (`on_inconclusive = "rollback"`).
+    Inconclusive,
+    /// An operator's `visutility rollback`.
+    Manual,
+}
+
+/// One retrain's probation: the baseline it is judged against and the candidate so far.
+/// Running sums only: a probation's state is a few numbers whatever `events` is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Probation {
+    /// The retrain job on probation.
+    pub job_id: u64,
+    pub baseline: Sample,
+    pub candidate: Sample,
+    /// Values still to skip before the candidate counts (the rule's `warmup_events`).
+    pub warmup_left: u64,
+    pub state: State,
+    /// The last z and the boundary it was held against (at the last look).
+    pub z: Option<f64>,
+    pub z_threshold: Option<f64>,
+}
+
+impl Probation {
+    pub fn new(job_id: u64, baseline: Sample, warmup: u64) -> Probation {
+        Probation {
+            job_id,
+            baseline,
+            candidate: Sample::default(),
+            warmup_left: warmup,
+            state: State::OnProbation,
+            z: None,
+            z_threshold: None,
+        }
+    }
+
+    /// Takes one value of the probation's metric; a verdict at a planned look.
+    pub fn observe(&mut self, spec: &RuleSpec, plan: &Plan, value: f64) -> Verdict {
+        if self.state != State::OnProbation || !value.is_finite() {
+            return Verdict::Continue;
+        }
+        if self.warmup_left > 0 {
+            self.warmup_left -= 1;
+            return Verdict::Continue;
+        }
+        self.candidate.push(value);
+        let verdict = judge(spec, plan, &self.baseline, &self.candidate);
+        match verdict {
+            Verdict::Continue => {
+                if plan.boundary_at(self.candidate.n).is_some() {
+                    self.z = Some(z_score(spec, &self.baseline, &self.candidate));
+                    self.z_threshold = Some(plan.next_boundary(self.candidate.n + 1));
+                }
+            }
+            Verdict::RolledBack { z, z_threshold } => {
+                self.state = State::RolledBack;
+                (self.z, self.z_threshold) = (Some(z), Some(z_threshold));
+            }
+            Verdict::Promoted { z, z_threshold } => {
+                self.state = State::Promoted;
+                (self.z, self.z_threshold) = (Some(z), Some(z_threshold));
+            }
+        }
+        verdict
+    }
+
+    /// The current z (for `models`), whether or not at a look.
+    pub fn current_z(&self, spec: &RuleSpec) -> Option<f64> {
+        (self.candidate.n >= 2).then(|| z_score(spec, &self.baseline, &self.candidate))
+    }
+}
+
 /// The standard normal distribution function.
 pub fn phi(x: f64) -> f64 {
     0.5 * erfc(-x / std::f64::consts::SQRT_2)
@@ -546,6 +648,48 @@ mod tests {
             2000,
         );
         assert_eq!(late.looks[0].0, 600);
+    }
+
+    #[test]
+    fn a_probation_skips_its_warm_up_then_judges_at_looks_and_stops_at_a_verdict() {
+        let spec = RuleSpec {
+            events: 100,
+            min_events: 10,
+            ..spec()
+        };
+        let baseline = Sample::of((0..100).map(|i| 0.9 + 0.001 * (i % 10) as f64));
+        let plan = Plan::new(&spec, baseline.n);
+        let mut p = Probation::new(7, baseline, 3);
+        for _ in 0..3 {
+            assert_eq!(p.observe(&spec, &plan, 0.0), Verdict::Continue);
+        }
+        assert_eq!(p.candidate.n, 0, "warm-up values are not judged");
+        // A steady candidate at the baseline's level: promoted at the 100th value.
+        let mut last = Verdict::Continue;
+        for i in 0..100 {
+            last = p.observe(&spec, &plan, 0.9 + 0.001 * (i % 10) as f64);
+            if i < 99 {
+                assert_eq!(last, Verdict::Continue, "at {i}");
+            }
+        }
+        assert!(matches!(last, Verdict::Promoted { .. }), "{last:?}");
+        assert_eq!(p.state, State::Promoted);
+        assert_eq!(p.observe(&spec, &plan, 0.0), Verdict::Continue, "decided");
+        // A collapse is rolled back at the first look (10 values).
+        let mut q = Probation::new(8, p.baseline, 0);
+        let mut n = 0;
+        loop {
+            n += 1;
+            if let Verdict::RolledBack { z, z_threshold } =
+                q.observe(&spec, &plan, 0.1 + 0.01 * (n % 3) as f64)
+            {
+                assert!(z > z_threshold);
+                break;
+            }
+            assert!(n < 100, "never rolled back");
+        }
+        assert_eq!(n, 10);
+        assert_eq!(q.state, State::RolledBack);
     }
 
     #[test]
