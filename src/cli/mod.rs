@@ -5,7 +5,7 @@
 //!   from them (`visutility completions`, `visutility manpage`), so they cannot drift from
 //!   the parser.
 //! - [`operator`]: the operator commands, one request on the control socket each (the
-//!   request types are [`crate::control`]'s, shared with the daemon).
+//!   request and reply types are [`crate::control::api`]'s, shared with the daemon).
 //! - [`push`]: the ingest socket's client.
 //! - [`backtest`] and [`check_config`]: the offline commands.
 //! - `render.rs`: tables, sparklines and durations for people.

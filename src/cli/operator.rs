@@ -6,11 +6,11 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use super::render;
 use crate::config::{Config, Env};
-use crate::control::{self, Request};
+use crate::control::{self, ControlError, Data, Request};
 
 /// Where the operator commands find the daemon.
 pub struct Ops {
@@ -41,37 +41,40 @@ pub fn run(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCode> {
         writeln!(out, "{}", serde_json::to_string_pretty(&data)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    match req {
-        Request::Metrics => write!(out, "{}", data.as_str().unwrap_or_default())?,
-        Request::Status => render::status(&mut out, &data)?,
-        Request::Models { .. } => render::models(&mut out, &data, ops.spark_width)?,
-        Request::History { .. } => render::history(&mut out, &data)?,
-        // The daemon answered, so the id passed its check; escaped all the same.
-        Request::Trigger { model, action, .. } => writeln!(
+    // The daemon answered, so the ids passed its check; escaped all the same.
+    let escape = |s: &str| crate::escape::escape(s).into_owned();
+    match (Data::decode(&req, data).map_err(ControlError::Reply)?, req) {
+        (Data::Metrics(text), _) => write!(out, "{text}")?,
+        (Data::Status(status), _) => render::status(&mut out, &status)?,
+        (Data::Models(models), _) => render::models(&mut out, &models, ops.spark_width)?,
+        (Data::History(jobs), _) => render::history(&mut out, &jobs)?,
+        (Data::Triggered(t), Request::Trigger { model, action, .. }) => writeln!(
             out,
             "job {} queued: {} for {}",
-            data["job_id"],
-            crate::escape::escape(&action),
-            crate::escape::escape(&model)
+            t.job_id,
+            escape(&action),
+            escape(&model)
         )?,
-        Request::Reset { model, .. } => {
-            writeln!(out, "{}: policies reset", crate::escape::escape(&model))?
+        (Data::Reset(_), Request::Reset { model, .. }) => {
+            writeln!(out, "{}: policies reset", escape(&model))?
         }
-        Request::Pause { model, .. } => writeln!(
+        (Data::Paused(_), Request::Pause { model, .. }) => writeln!(
             out,
             "{}: paused (decisions recorded, no hooks run)",
-            crate::escape::escape(&model)
+            escape(&model)
         )?,
-        Request::Resume { model, .. } => {
-            writeln!(out, "{}: resumed", crate::escape::escape(&model))?
+        (Data::Paused(_), Request::Resume { model, .. }) => {
+            writeln!(out, "{}: resumed", escape(&model))?
         }
-        Request::Forget { model } => writeln!(
+        (Data::Forgotten(_), Request::Forget { model }) => writeln!(
             out,
             "{}: forgotten (state, counters and runner record removed; its jobs stay in the history)",
-            crate::escape::escape(&model)
+            escape(&model)
         )?,
         // Not a CLI command: the fault suite sends it over the socket directly.
-        Request::Fault { .. } => writeln!(out, "{data}")?,
+        (Data::Fault(fault), _) => writeln!(out, "{}", serde_json::to_string(&fault)?)?,
+        // Data::decode reads each request's reply as its own variant: never taken.
+        (data, req) => bail!("the reply {data:?} does not answer {req:?}"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::backtest;
+use crate::control::api::{JobInfo, ModelInfo, Status};
 
 /// Lines of a table whose columns are as wide as their widest cell; `right` marks the
 /// columns aligned right (numbers). The last column is not padded.
@@ -96,57 +97,42 @@ fn human_bytes(b: u64) -> String {
     }
 }
 
-pub fn status(out: &mut impl Write, s: &Value) -> Result<()> {
-    let n = |k: &str| s[k].as_u64().unwrap_or(0);
-    let paused: Vec<&str> = s["paused"]
-        .as_array()
-        .map(|a| a.iter().filter_map(Value::as_str).collect())
-        .unwrap_or_default();
+/// `status`: one line per aspect.
+pub fn status(out: &mut impl Write, s: &Status) -> Result<()> {
     let rows = [
-        ("version", s["version"].as_str().unwrap_or("?").to_owned()),
-        (
-            "uptime",
-            human_duration(s["uptime_s"].as_f64().unwrap_or(0.0)),
-        ),
+        ("version", s.version.clone()),
+        ("uptime", human_duration(s.uptime_s)),
         (
             "models",
-            format!("{} known, {} loaded", n("models"), n("models_loaded")),
+            format!("{} known, {} loaded", s.models, s.models_loaded),
         ),
         (
             "events/s",
-            format!(
-                "{:.1} over the last minute",
-                s["events_per_second"].as_f64().unwrap_or(0.0)
-            ),
+            format!("{:.1} over the last minute", s.events_per_second),
         ),
         (
             "events",
             format!(
                 "{} accepted, {} lines rejected",
-                n("events_accepted"),
-                n("lines_rejected")
+                s.events_accepted, s.lines_rejected
             ),
         ),
-        ("connections", format!("{} open", n("connections"))),
+        ("connections", format!("{} open", s.connections)),
         (
             "jobs",
-            format!("{} running, {} queued", n("jobs_running"), n("jobs_queued")),
+            format!("{} running, {} queued", s.jobs_running, s.jobs_queued),
         ),
         (
             "paused",
-            if paused.is_empty() {
+            if s.paused.is_empty() {
                 "none".into()
             } else {
-                paused.join(", ")
+                s.paused.join(", ")
             },
         ),
         (
             "store",
-            format!(
-                "{} in {}",
-                human_bytes(n("store_bytes")),
-                s["state_dir"].as_str().unwrap_or("?")
-            ),
+            format!("{} in {}", human_bytes(s.store_bytes), s.state_dir),
         ),
     ];
     let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
@@ -230,9 +216,8 @@ pub fn backtest_rows(
 /// A sparkline of recent values, because people would rather look than read. On a metric's
 /// fixed `scale` (drift_score and accuracy live in [0, 1]) a steady model looks steady; without
 /// one the bars span the values' own range.
-fn sparkline(values: &[Value], scale: Option<(f64, f64)>) -> String {
+fn sparkline(xs: &[f64], scale: Option<(f64, f64)>) -> String {
     const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
-    let xs: Vec<f64> = values.iter().filter_map(Value::as_f64).collect();
     if xs.is_empty() {
         return "-".into();
     }
@@ -254,17 +239,16 @@ fn sparkline(values: &[Value], scale: Option<(f64, f64)>) -> String {
 
 /// The last `width` values as a sparkline on the [0, 1] scale of drift_score and accuracy,
 /// then the latest value, so the level is readable.
-fn spark_cell(values: Option<&Vec<Value>>, width: usize) -> String {
-    let values = values.map(Vec::as_slice).unwrap_or_default();
+fn spark_cell(values: &[f64], width: usize) -> String {
     let values = &values[values.len().saturating_sub(width)..];
-    match values.last().and_then(Value::as_f64) {
+    match values.last() {
         Some(last) if width > 0 => format!("{} {last:.2}", sparkline(values, Some((0.0, 1.0)))),
         _ => "-".into(),
     }
 }
 
-pub fn models(out: &mut impl Write, data: &Value, spark_width: usize) -> Result<()> {
-    let models = data.as_array().cloned().unwrap_or_default();
+/// `models`: one row per model, and under each one line per policy.
+pub fn models(out: &mut impl Write, models: &[ModelInfo], spark_width: usize) -> Result<()> {
     if models.is_empty() {
         writeln!(out, "no models yet")?;
         return Ok(());
@@ -272,30 +256,19 @@ pub fn models(out: &mut impl Write, data: &Value, spark_width: usize) -> Result<
     let rows: Vec<Vec<String>> = models
         .iter()
         .map(|m| {
-            let last = m["last_decision"]
-                .as_object()
-                .map(|d| {
-                    format!(
-                        "{} by {}, {}",
-                        d["action"].as_str().unwrap_or(""),
-                        d["policy"].as_str().unwrap_or(""),
-                        ago(d["at"].as_f64())
-                    )
-                })
+            let last = m
+                .last_decision
+                .as_ref()
+                .map(|d| format!("{} by {}, {}", d.action, d.policy, ago(Some(d.at))))
                 .unwrap_or_else(|| "-".into());
             vec![
-                m["model_id"].as_str().unwrap_or("").to_owned(),
-                m["events"].to_string(),
-                ago(m["last_seen"].as_f64()),
-                m["decisions"].to_string(),
-                if m["paused"].as_bool() == Some(true) {
-                    "yes"
-                } else {
-                    "no"
-                }
-                .into(),
-                spark_cell(m["recent_drift"].as_array(), spark_width),
-                spark_cell(m["recent_accuracy"].as_array(), spark_width),
+                m.model_id.clone(),
+                m.events.to_string(),
+                ago(Some(m.last_seen)),
+                m.decisions.to_string(),
+                if m.paused { "yes" } else { "no" }.into(),
+                spark_cell(&m.recent_drift, spark_width),
+                spark_cell(&m.recent_accuracy, spark_width),
                 last,
             ]
         })
@@ -316,29 +289,21 @@ pub fn models(out: &mut impl Write, data: &Value, spark_width: usize) -> Result<
     );
     // Under each model, one line per policy: its name (and kind, when the name differs),
     // then its state as the policy tells it.
-    let policies = |m: &Value| -> Vec<(String, String)> {
-        m["policies"]
-            .as_array()
-            .map(|ps| {
-                ps.iter()
-                    .map(|p| {
-                        let (name, kind) = (
-                            p["name"].as_str().unwrap_or(""),
-                            p["kind"].as_str().unwrap_or(""),
-                        );
-                        let label = if name == kind {
-                            name.to_owned()
-                        } else {
-                            format!("{name} ({kind})")
-                        };
-                        (
-                            crate::escape::escape(&label).into_owned(),
-                            crate::escape::escape(p["summary"].as_str().unwrap_or("")).into_owned(),
-                        )
-                    })
-                    .collect()
+    let policies = |m: &ModelInfo| -> Vec<(String, String)> {
+        m.policies
+            .iter()
+            .map(|p| {
+                let label = if p.name == p.kind {
+                    p.name.clone()
+                } else {
+                    format!("{} ({})", p.name, p.kind)
+                };
+                (
+                    crate::escape::escape(&label).into_owned(),
+                    crate::escape::escape(&p.summary).into_owned(),
+                )
             })
-            .unwrap_or_default()
+            .collect()
     };
     let label_w = models
         .iter()
@@ -356,8 +321,8 @@ pub fn models(out: &mut impl Write, data: &Value, spark_width: usize) -> Result<
     Ok(())
 }
 
-pub fn history(out: &mut impl Write, data: &Value) -> Result<()> {
-    let jobs = data.as_array().cloned().unwrap_or_default();
+/// `history`: one row per job.
+pub fn history(out: &mut impl Write, jobs: &[JobInfo]) -> Result<()> {
     if jobs.is_empty() {
         writeln!(out, "no jobs")?;
         return Ok(());
@@ -365,32 +330,26 @@ pub fn history(out: &mut impl Write, data: &Value) -> Result<()> {
     let rows: Vec<Vec<String>> = jobs
         .iter()
         .map(|j| {
-            let took = match (j["started"].as_f64(), j["ended"].as_f64()) {
+            let took = match (j.started, j.ended) {
                 (Some(s), Some(e)) => human_duration(e - s),
                 _ => "-".into(),
             };
             // The reason can be long (a detector's statistic, the loop guard's why): cut.
-            let reason: String = j["reason"]
-                .as_str()
-                .unwrap_or("")
-                .chars()
-                .take(60)
-                .collect();
+            let reason: String = j.reason.chars().take(60).collect();
             vec![
-                j["job_id"].to_string(),
-                j["model_id"].as_str().unwrap_or("").to_owned(),
-                j["action"].as_str().unwrap_or("").to_owned(),
-                j["policy"].as_str().unwrap_or("").to_owned(),
-                j["state"].as_str().unwrap_or("").to_owned(),
-                j["attempts"].to_string(),
-                j["exit_code"]
-                    .as_i64()
+                j.job_id.to_string(),
+                j.model_id.clone(),
+                j.action.clone(),
+                j.policy.clone(),
+                j.state.clone(),
+                j.attempts.to_string(),
+                j.exit_code
                     .map(|c| c.to_string())
                     .unwrap_or_else(|| "-".into()),
-                ago(j["created"].as_f64()),
+                ago(Some(j.created)),
                 took,
                 reason,
-                j["note"].as_str().unwrap_or("").to_owned(),
+                j.note.clone(),
             ]
         })
         .collect();
@@ -417,13 +376,13 @@ mod tests {
     /// scale drew 0.50 and 0.51 as the lowest and highest bars); `--width` keeps the latest.
     #[test]
     fn sparklines_use_the_fixed_scale_and_the_width() {
-        let steady: Vec<Value> = [0.5, 0.51, 0.5, 0.51].iter().map(|&x| x.into()).collect();
+        let steady = [0.5, 0.51, 0.5, 0.51];
         assert_eq!(sparkline(&steady, Some((0.0, 1.0))), "▅▅▅▅");
         assert_eq!(sparkline(&steady, None), "▁█▁█");
-        assert_eq!(spark_cell(Some(&steady), 2), "▅▅ 0.51");
-        assert_eq!(spark_cell(Some(&steady), 0), "-");
-        let out_of_range: Vec<Value> = [-1.0, 2.0].iter().map(|&x| x.into()).collect();
-        assert_eq!(sparkline(&out_of_range, Some((0.0, 1.0))), "▁█");
+        assert_eq!(spark_cell(&steady, 2), "▅▅ 0.51");
+        assert_eq!(spark_cell(&steady, 0), "-");
+        assert_eq!(spark_cell(&[], 8), "-");
+        assert_eq!(sparkline(&[-1.0, 2.0], Some((0.0, 1.0))), "▁█");
     }
 
     #[test]
