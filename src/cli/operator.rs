@@ -20,6 +20,8 @@ pub struct Ops {
     pub spark_width: usize,
 }
 
+/// Sends `req` and prints the reply: with `json`, the data as the daemon sent it (pretty,
+/// keys sorted); else a table or a line, read through the reply's type.
 pub fn run(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCode> {
     // Only the socket path is needed: a config with a typo must not lock the operator out.
     let socket = match &ops.control_socket {
