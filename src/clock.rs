@@ -147,7 +147,7 @@ pub struct Watch {
 }
 
 /// What `status` shows of the clocks.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct WatchView {
     /// Wall clock jumps seen since start.
     pub jumps: u64,

@@ -4,8 +4,14 @@
 //!
 //! A map of the country, not an atlas:
 //!
-//! - [`config`]: raw TOML is parsed, then validated into a [`config::Config`]; paths come from
-//!   systemd's environment or the `directories` crate.
+//! - [`cli`]: the command line. `main.rs` only dispatches; the clap definitions and what
+//!   each command does are here: the operator commands over the control socket
+//!   ([`cli::operator`]), the `push` client, `backtest` and `check-config`, tables and
+//!   sparklines for people, and the daemon's log format ([`cli::log_format`], journald's).
+//! - [`config`]: raw TOML is parsed and walked key by key (`config/raw.rs`), then validated
+//!   into a [`config::Config`] (`validate.rs`); paths come from systemd's environment or the
+//!   `directories` crate ([`config::Env`], `env.rs`), which also finds the sockets for the
+//!   operator commands when the config does not validate.
 //! - [`protocol`]: the ingest wire format (newline-delimited JSON) and its framing, nothing else.
 //! - [`ingest`]: the Unix socket listener and one task per connection. Lines are decoded,
 //!   grouped per model and sent to model actors in batches.
@@ -26,8 +32,9 @@
 //! - [`clock`]: the wall clock (dates) and the boot clock (every duration), and the rule that
 //!   a persisted deadline is clamped to its configured length at load.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
-//!   Also the metrics ([`control::metrics`]) and their optional HTTP listener
-//!   ([`control::http`], `[metrics] listen`).
+//!   Its requests and replies are one set of types ([`control::api`]) that the daemon
+//!   serializes and the CLI reads back. Also the metrics ([`control::metrics`]) and their
+//!   optional HTTP listener ([`control::http`], `[metrics] listen`).
 //! - [`peer`]: who is on the other end of a Unix socket (SO_PEERCRED) and whether they may use
 //!   it; shared by the ingest and control sockets.
 //! - [`strict_modes`]: the ownership and mode checks on the config, the hooks and the state
@@ -65,6 +72,8 @@
 //! - `command::rules`, `command::scheduler` and `model::decide` do no I/O and read no clock:
 //!   time is their `now` argument.
 //! - Each actor's messages are a closed set in one file (`messages.rs` beside it).
+//! - The control socket speaks only [`control::api`]'s types, on both sides: no `json!`
+//!   objects on one and string keys on the other.
 //! - A hostile line can only ever produce an error reply for that line: decoding never panics,
 //!   and a model's actor only ever sees that model's events.
 

@@ -8,14 +8,19 @@
 //! <- {"ok": true, "data": [...]}          or   {"ok": false, "error": "..."}
 //! ```
 //!
+//! The requests and replies are the types of [`api`], which the CLI reads back.
+//!
 //! Every connection's peer credentials (SO_PEERCRED) are checked first: root, the daemon's
 //! own uid, the uids listed in `daemon.control_allow`, peers whose primary or supplementary
 //! gids include a gid listed there, and members of `daemon.control_group` are served; anyone
 //! else is refused and the attempt is logged.
 
+pub mod api;
 pub mod http;
 pub mod metrics;
 use crate::peer;
+
+pub use api::{Data, Reply, Request};
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -24,18 +29,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix::Addr;
-use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::sync::watch;
 
-use crate::command::{CommandActor, Decision, ForgetRunner, GetStatus, SetPaused, Trigger};
+use crate::command::{
+    CommandActor, CommandError, Decision, ForgetRunner, GetStatus, SetPaused, Trigger,
+};
 use crate::ingest::{IngestStats, SocketFile};
-use crate::model::registry::Registry;
-use crate::model::{Forget, ModelView, ResetPolicies, Snapshot};
+use crate::model::registry::{Registry, RegistryError};
+use crate::model::{Forget, ModelError, ModelView, ResetPolicies, Snapshot};
 use crate::policy::Action;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
+/// Why a request on the control socket failed, as its client sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("cannot connect to the control socket {path} (is the daemon running?)")]
@@ -52,63 +59,45 @@ pub enum ControlError {
     Refused(String),
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "cmd", rename_all = "snake_case")]
-pub enum Request {
-    Status,
-    Models {
-        /// Only this model (an unknown id is refused).
-        #[serde(default)]
-        model: Option<String>,
-    },
-    History {
-        #[serde(default)]
-        model: Option<String>,
-        #[serde(default = "default_limit")]
-        limit: usize,
-    },
-    Trigger {
-        model: String,
-        action: String,
-        /// Act on a model the daemon has never seen (it is created).
-        #[serde(default)]
-        create: bool,
-    },
-    /// Removes a model's state, counters and runner record (its jobs stay in the journal).
-    Forget {
-        model: String,
-    },
-    Reset {
-        model: String,
-        /// Act on a model the daemon has never seen (it is created).
-        #[serde(default)]
-        create: bool,
-    },
-    Pause {
-        model: String,
-        /// Act on a model the daemon has never seen (it is created).
-        #[serde(default)]
-        create: bool,
-    },
-    Resume {
-        model: String,
-        /// Act on a model the daemon has never seen (it is created).
-        #[serde(default)]
-        create: bool,
-    },
-    Metrics,
-    /// Test seam, refused unless the daemon runs with `VISUTILITY_FAULT_INJECTION=1`:
-    /// `{"cmd":"fault","store":true}` makes the store fail every write and flush.
-    Fault {
-        store: bool,
-    },
+/// Why the daemon did not serve a request. Its text (`Display`, which names the cause) is the
+/// reply's `error`; the cause itself is kept as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("bad request: {0}")]
+    BadRequest(#[source] serde_json::Error),
+    #[error(
+        "permission denied: uid {uid} is not allowed on the control socket \
+         (see daemon.control_allow and daemon.control_group)"
+    )]
+    PeerNotAllowed { uid: u32 },
+    /// An invalid model id, in the protocol's words.
+    #[error("{}", .0.detail)]
+    BadModelId(#[source] crate::protocol::LineError),
+    #[error(
+        "unknown model {}: the daemon has never seen it (check the id with `visutility models`, or pass --create to act on it anyway)",
+        crate::escape::escape(.0)
+    )]
+    UnknownModel(String),
+    #[error("unknown action {0:?}; expected full or fine_tune")]
+    UnknownAction(String),
+    #[error("fault injection is disabled (VISUTILITY_FAULT_INJECTION=1 enables it)")]
+    FaultInjectionDisabled,
+    #[error("the store could not make the forget durable: {0}")]
+    ForgetNotDurable(#[source] StoreError),
+    #[error(transparent)]
+    Mailbox(#[from] actix::MailboxError),
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-fn default_limit() -> usize {
-    100
-}
-
-/// Sends one request and returns the reply's `data`.
+/// Sends one request and returns the reply's `data` as the daemon sent it; [`Data::decode`]
+/// reads it as the request's reply type.
 pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, ControlError> {
     let stream = UnixStream::connect(path)
         .await
@@ -132,15 +121,12 @@ pub async fn request(path: &Path, req: &Request) -> Result<serde_json::Value, Co
             "the daemon closed the connection without a reply",
         )));
     }
-    let v: serde_json::Value = serde_json::from_str(&reply)?;
-    if v.get("ok").and_then(|o| o.as_bool()) == Some(true) {
-        Ok(v.get("data").cloned().unwrap_or(serde_json::Value::Null))
+    let reply: Reply<serde_json::Value> = serde_json::from_str(&reply)?;
+    if reply.ok {
+        Ok(reply.data.unwrap_or_default())
     } else {
         Err(ControlError::Refused(
-            v.get("error")
-                .and_then(|e| e.as_str())
-                .unwrap_or("refused")
-                .to_owned(),
+            reply.error.unwrap_or_else(|| "refused".into()),
         ))
     }
 }
@@ -234,15 +220,8 @@ async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError
                  summed up once a minute)"
             );
         }
-        let reply = serde_json::json!({
-            "ok": false,
-            "error": format!(
-                "permission denied: uid {} is not allowed on the control socket \
-                 (see daemon.control_allow and daemon.control_group)",
-                peer.uid
-            ),
-        });
-        wr.write_all(format!("{reply}\n").as_bytes()).await?;
+        let reply = Reply::<Data>::refused(Refusal::PeerNotAllowed { uid: peer.uid });
+        write_reply(&mut wr, &reply).await?;
         return Ok(());
     }
     let mut line = String::new();
@@ -252,12 +231,21 @@ async fn handle(stream: UnixStream, ctx: &ControlCtx) -> Result<(), ControlError
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "request timed out"))??;
     let reply = match serde_json::from_str::<Request>(&line) {
         Ok(req) => match answer(req, ctx).await {
-            Ok(data) => serde_json::json!({"ok": true, "data": data}),
-            Err(e) => serde_json::json!({"ok": false, "error": e}),
+            Ok(data) => Reply::served(data),
+            Err(e) => Reply::refused(e),
         },
-        Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+        Err(e) => Reply::refused(Refusal::BadRequest(e)),
     };
-    let mut out = serde_json::to_vec(&reply)?;
+    write_reply(&mut wr, &reply).await
+}
+
+/// Writes one reply line. Through a `Value`, whose keys are sorted: the bytes are those of
+/// the `json!` replies the API types replaced.
+async fn write_reply(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply<Data>,
+) -> Result<(), ControlError> {
+    let mut out = serde_json::to_vec(&serde_json::to_value(reply)?)?;
     out.push(b'\n');
     wr.write_all(&out).await?;
     Ok(())
@@ -308,70 +296,58 @@ pub async fn model_views(ctx: &ControlCtx) -> Vec<ModelView> {
     views
 }
 
-async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, String> {
-    let v = match req {
+async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
+    let data = match req {
         Request::Status => {
             let store_error = ctx.store.health();
-            let runner = ctx
-                .commander
-                .send(GetStatus)
-                .await
-                .map_err(|e| e.to_string())?;
-            serde_json::json!({
-                "version": env!("CARGO_PKG_VERSION"),
-                "uptime_s": ctx.started.elapsed().as_secs_f64(),
-                "models": ctx.registry.known(),
-                "models_loaded": ctx.registry.len(),
-                "events_per_second": ctx.rate.per_second(),
-                "events_accepted": ctx.stats.accepted.load(Ordering::Relaxed),
-                "lines_rejected": ctx.stats.rejected.load(Ordering::Relaxed),
-                "connections": ctx.stats.connections.load(Ordering::Relaxed),
-                "connections_refused": ctx.stats.connections_refused.load(Ordering::Relaxed)
+            let runner = ctx.commander.send(GetStatus).await?;
+            Data::Status(Box::new(api::Status {
+                version: env!("CARGO_PKG_VERSION").into(),
+                uptime_s: ctx.started.elapsed().as_secs_f64(),
+                models: ctx.registry.known(),
+                models_loaded: ctx.registry.len(),
+                events_per_second: ctx.rate.per_second(),
+                events_accepted: ctx.stats.accepted.load(Ordering::Relaxed),
+                lines_rejected: ctx.stats.rejected.load(Ordering::Relaxed),
+                connections: ctx.stats.connections.load(Ordering::Relaxed),
+                connections_refused: ctx.stats.connections_refused.load(Ordering::Relaxed)
                     + ctx.stats.connections_refused_uid.load(Ordering::Relaxed)
                     + ctx.stats.connections_denied.load(Ordering::Relaxed),
-                "replies_dropped": ctx.stats.replies_dropped.load(Ordering::Relaxed),
-                "jobs_running": runner.running,
-                "jobs_queued": runner.queued,
-                "paused": runner.paused,
-                "store_bytes": ctx.store.size_on_disk(),
-                "store_ok": store_error.is_none(),
-                "store_error": store_error,
-                "store": ctx.store.stats(),
-                "state_dir": ctx.store.path().display().to_string(),
-                "clock": ctx.clock.view(),
-            })
+                replies_dropped: ctx.stats.replies_dropped.load(Ordering::Relaxed),
+                jobs_running: runner.running,
+                jobs_queued: runner.queued,
+                paused: runner.paused,
+                store_bytes: ctx.store.size_on_disk(),
+                store_ok: store_error.is_none(),
+                store_error,
+                store: ctx.store.stats(),
+                state_dir: ctx.store.path().display().to_string(),
+                clock: ctx.clock.view(),
+            }))
         }
         Request::Models { model } => {
             if let Some(m) = &model {
                 known_or_create(ctx, m, false)?;
             }
-            let runner = ctx
-                .commander
-                .send(GetStatus)
-                .await
-                .map_err(|e| e.to_string())?;
+            let runner = ctx.commander.send(GetStatus).await?;
             let views = model_views(ctx).await;
-            let arr: Vec<serde_json::Value> = views
-                .into_iter()
-                .filter(|v| model.as_ref().is_none_or(|m| *m == v.model_id))
-                .map(|v| {
-                    let paused = runner.paused.contains(&v.model_id);
-                    let mut j = serde_json::to_value(&v).unwrap_or_default();
-                    j["paused"] = paused.into();
-                    j
-                })
-                .collect();
-            serde_json::Value::Array(arr)
+            Data::Models(
+                views
+                    .into_iter()
+                    .filter(|v| model.as_ref().is_none_or(|m| *m == v.model_id))
+                    .map(|v| {
+                        let paused = runner.paused.contains(&v.model_id);
+                        api::ModelInfo::new(v, paused)
+                    })
+                    .collect(),
+            )
         }
         Request::History { model, limit } => {
             if let Some(m) = &model {
-                crate::protocol::validate_model_id(m).map_err(|e| e.detail)?;
+                crate::protocol::validate_model_id(m).map_err(Refusal::BadModelId)?;
             }
-            let jobs = ctx
-                .store
-                .jobs(model.as_deref(), limit)
-                .map_err(|e| e.to_string())?;
-            serde_json::Value::Array(jobs.iter().map(job_json).collect())
+            let jobs = ctx.store.jobs(model.as_deref(), limit)?;
+            Data::History(jobs.iter().map(api::JobInfo::from).collect())
         }
         Request::Trigger {
             model,
@@ -379,28 +355,21 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
             create,
         } => {
             known_or_create(ctx, &model, create)?;
-            let action = Action::parse(&action)
-                .ok_or_else(|| format!("unknown action {action:?}; expected full or fine_tune"))?;
+            let action = Action::parse(&action).ok_or(Refusal::UnknownAction(action))?;
             let job_id = ctx
                 .commander
                 .send(Trigger(Decision::manual(&model, action)))
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            serde_json::json!({"job_id": job_id})
+                .await??;
+            Data::Triggered(api::Triggered { job_id })
         }
         Request::Reset { model, create } => {
             known_or_create(ctx, &model, create)?;
-            let h = ctx
-                .registry
-                .get_or_create(&model)
-                .map_err(|e| e.to_string())?;
-            h.addr
-                .send(ResetPolicies { warmup: false })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            serde_json::json!({"model_id": model, "reset": true})
+            let h = ctx.registry.get_or_create(&model)?;
+            h.addr.send(ResetPolicies { warmup: false }).await??;
+            Data::Reset(api::ResetDone {
+                model_id: model,
+                reset: true,
+            })
         }
         Request::Pause { model, create } => {
             known_or_create(ctx, &model, create)?;
@@ -416,97 +385,53 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<serde_json::Value, Str
                 .send(ForgetRunner {
                     model_id: model.clone(),
                 })
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            let h = ctx
-                .registry
-                .get_or_create(&model)
-                .map_err(|e| e.to_string())?;
-            h.addr
-                .send(Forget)
-                .await
-                .map_err(|e| e.to_string())?
-                .map_err(|e| e.to_string())?;
-            ctx.store
-                .flush()
-                .await
-                .map_err(|e| format!("the store could not make the forget durable: {e}"))?;
+                .await??;
+            let h = ctx.registry.get_or_create(&model)?;
+            h.addr.send(Forget).await??;
+            ctx.store.flush().await.map_err(Refusal::ForgetNotDurable)?;
             ctx.registry.forgotten();
-            serde_json::json!({"model_id": model, "forgotten": true})
+            Data::Forgotten(api::Forgotten {
+                model_id: model,
+                forgotten: true,
+            })
         }
-        Request::Metrics => {
-            serde_json::Value::String(metrics::render(&metrics::snapshot(ctx).await))
-        }
+        Request::Metrics => Data::Metrics(metrics::render(&metrics::snapshot(ctx).await)),
         Request::Fault { store } => {
             if std::env::var_os("VISUTILITY_FAULT_INJECTION").is_none_or(|v| v != "1") {
-                return Err(
-                    "fault injection is disabled (VISUTILITY_FAULT_INJECTION=1 enables it)".into(),
-                );
+                return Err(Refusal::FaultInjectionDisabled);
             }
             ctx.store.set_fault(store);
-            serde_json::json!({"store_fault": store})
+            Data::Fault(api::FaultSet { store_fault: store })
         }
     };
-    Ok(v)
+    Ok(data)
 }
 
 /// Refuses an id the daemon has never seen (a typo must not create a model, pause nothing
 /// or run a real hook), unless `create` asks for it: then the model is created (it counts
 /// against `max_models`).
-fn known_or_create(ctx: &ControlCtx, model: &str, create: bool) -> Result<(), String> {
-    crate::protocol::validate_model_id(model).map_err(|e| e.detail)?;
+fn known_or_create(ctx: &ControlCtx, model: &str, create: bool) -> Result<(), Refusal> {
+    crate::protocol::validate_model_id(model).map_err(Refusal::BadModelId)?;
     if ctx.registry.knows(model) {
         return Ok(());
     }
     if !create {
-        return Err(format!(
-            "unknown model {}: the daemon has never seen it (check the id with `visutility models`, or pass --create to act on it anyway)",
-            crate::escape::escape(model)
-        ));
+        return Err(Refusal::UnknownModel(model.to_owned()));
     }
-    ctx.registry
-        .get_or_create(model)
-        .map(drop)
-        .map_err(|e| e.to_string())
+    ctx.registry.get_or_create(model)?;
+    Ok(())
 }
 
-async fn set_paused(
-    ctx: &ControlCtx,
-    model: String,
-    paused: bool,
-) -> Result<serde_json::Value, String> {
-    crate::protocol::validate_model_id(&model).map_err(|e| e.detail)?;
+async fn set_paused(ctx: &ControlCtx, model: String, paused: bool) -> Result<Data, Refusal> {
+    crate::protocol::validate_model_id(&model).map_err(Refusal::BadModelId)?;
     ctx.commander
         .send(SetPaused {
             model_id: model.clone(),
             paused,
         })
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?;
-    Ok(serde_json::json!({"model_id": model, "paused": paused}))
-}
-
-pub fn job_json(j: &crate::store::Job) -> serde_json::Value {
-    serde_json::json!({
-        "job_id": j.job_id,
-        "model_id": j.model_id,
-        "action": j.action.as_str(),
-        "policy": j.policy,
-        "reason": j.reason,
-        "state": j.state.as_str(),
-        "attempts": j.attempts,
-        "exit_code": j.exit_code,
-        "signal": j.signal,
-        "created": j.created,
-        "started": j.started,
-        "ended": j.ended,
-        "note": j.note,
-        "command": j.command,
-        "stdout_tail": j.stdout_tail,
-        "stderr_tail": j.stderr_tail,
-        "retry_of": j.retry_of,
-        "transitions": j.transitions.iter().map(|(s, t)| serde_json::json!({"state": s.as_str(), "at": t})).collect::<Vec<_>>(),
-    })
+        .await??;
+    Ok(Data::Paused(api::PauseSet {
+        model_id: model,
+        paused,
+    }))
 }

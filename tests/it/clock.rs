@@ -235,6 +235,11 @@ fn a_jump_while_running_is_counted_and_logged_once_and_stretches_no_cooldown() {
         .collect();
     assert_eq!(logged.len(), 1, "{logged:?}");
     assert!(logged[0].contains("jump_s=-259"), "{}", logged[0]);
+    let table = d.cli_ok(&["status"]);
+    assert!(
+        table.contains("1 wall clock jump seen; the last 30d 0h back"),
+        "{table}"
+    );
     let metrics = d.cli_ok(&["metrics"]);
     assert!(
         metrics.contains("\nvisutility_clock_jumps_total 1\n"),

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,38 +49,7 @@ pub enum Command {
     ///
     /// Without options: one NDJSON line per signal, `{"index", "model_id", "policy",
     /// "signal", "action"}`.
-    Backtest {
-        /// Recorded events (NDJSON, as sent to the ingest socket); `-` reads standard input.
-        events: PathBuf,
-        /// One row per model and policy (events, signals, jobs with --simulate, first signal,
-        /// signals per 10,000 events) instead of one line per signal.
-        #[arg(long)]
-        summary: bool,
-        /// With --summary or --sweep: a JSON array of rows instead of a table.
-        #[arg(long)]
-        json: bool,
-        /// Replay as the daemon would have acted (warm-up, one decision per action per batch,
-        /// cooldown, budget, loop guard, reset_on_retrain) at the events' `ts`, and print
-        /// the jobs it would have started, one NDJSON line each.
-        #[arg(long)]
-        simulate: bool,
-        /// With --simulate: how long a hook is assumed to run (seconds of event time); the
-        /// job absorbs decisions meanwhile, and its cooldown starts at its end.
-        #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
-        retrain_s: f64,
-        /// Signal lines also carry `ts`, `statistic`, `threshold`, `state` (named numbers)
-        /// and `reason` (the text the hook would get).
-        #[arg(long)]
-        detail: bool,
-        /// Count invalid lines, report them on stderr and exit 0, instead of exit 1.
-        #[arg(long)]
-        skip_invalid: bool,
-        /// Run the events through one variant of the config per value, every policy of
-        /// KIND getting PARAM = V, and print one summary row per variant side by side
-        /// (repeatable: the variants of every --sweep in turn).
-        #[arg(long, value_name = "KIND.PARAM=V1,V2,...")]
-        sweep: Vec<String>,
-    },
+    Backtest(BacktestArgs),
     /// Validate a config file: every error and warning with its key path, and a summary.
     CheckConfig {
         /// The config file to check (or give it as --config FILE; without either, the file
@@ -197,4 +166,39 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// `backtest`'s arguments (see [`Command::Backtest`]).
+#[derive(Debug, Args)]
+pub struct BacktestArgs {
+    /// Recorded events (NDJSON, as sent to the ingest socket); `-` reads standard input.
+    pub events: PathBuf,
+    /// One row per model and policy (events, signals, jobs with --simulate, first signal,
+    /// signals per 10,000 events) instead of one line per signal.
+    #[arg(long)]
+    pub summary: bool,
+    /// With --summary or --sweep: a JSON array of rows instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Replay as the daemon would have acted (warm-up, one decision per action per batch,
+    /// cooldown, budget, loop guard, reset_on_retrain) at the events' `ts`, and print
+    /// the jobs it would have started, one NDJSON line each.
+    #[arg(long)]
+    pub simulate: bool,
+    /// With --simulate: how long a hook is assumed to run (seconds of event time); the
+    /// job absorbs decisions meanwhile, and its cooldown starts at its end.
+    #[arg(long, value_name = "SECONDS", default_value_t = 0.0)]
+    pub retrain_s: f64,
+    /// Signal lines also carry `ts`, `statistic`, `threshold`, `state` (named numbers)
+    /// and `reason` (the text the hook would get).
+    #[arg(long)]
+    pub detail: bool,
+    /// Count invalid lines, report them on stderr and exit 0, instead of exit 1.
+    #[arg(long)]
+    pub skip_invalid: bool,
+    /// Run the events through one variant of the config per value, every policy of
+    /// KIND getting PARAM = V, and print one summary row per variant side by side
+    /// (repeatable: the variants of every --sweep in turn).
+    #[arg(long, value_name = "KIND.PARAM=V1,V2,...")]
+    pub sweep: Vec<String>,
 }

@@ -1,0 +1,426 @@
+//! How the CLI shows things to people: aligned tables, sparklines, durations and sizes as a
+//! person would write them, and the tables of `status`, `models`, `history` and
+//! `backtest --summary`. Every cell is escaped: what the daemon sends never reaches the
+//! terminal raw.
+
+use std::io::Write;
+
+use anyhow::Result;
+use serde_json::Value;
+
+use crate::backtest;
+use crate::control::api::{JobInfo, ModelInfo, Status};
+
+/// Lines of a table whose columns are as wide as their widest cell; `right` marks the
+/// columns aligned right (numbers). The last column is not padded.
+fn table(header: &[&str], right: &[bool], rows: &[Vec<String>]) -> Vec<String> {
+    // Cells come from the daemon (ids, policy names, notes): never raw control characters.
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|c| crate::escape::escape(c).into_owned())
+                .collect()
+        })
+        .collect();
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let last = cells.len().saturating_sub(1);
+        let mut l = String::new();
+        for (i, cell) in cells.into_iter().enumerate() {
+            let pad = widths[i].saturating_sub(cell.chars().count());
+            if i > 0 {
+                l.push_str("  ");
+            }
+            if right.get(i).copied().unwrap_or(false) {
+                l.extend(std::iter::repeat_n(' ', pad));
+                l.push_str(cell);
+            } else {
+                l.push_str(cell);
+                if i < last {
+                    l.extend(std::iter::repeat_n(' ', pad));
+                }
+            }
+        }
+        l
+    };
+    std::iter::once(line(header.to_vec()))
+        .chain(
+            rows.iter()
+                .map(|r| line(r.iter().map(String::as_str).collect())),
+        )
+        .collect()
+}
+
+/// `3d 4h`, `2h 05m`, `4m 09s`, `12s`.
+fn human_duration(secs: f64) -> String {
+    let s = secs.max(0.0) as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        3600..86_400 => format!("{}h {:02}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+/// How long ago a Unix time was, or `-` for none.
+fn ago(ts: Option<f64>) -> String {
+    match ts {
+        Some(t) if t > 0.0 => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(t);
+            format!("{} ago", human_duration(now - t))
+        }
+        _ => "-".into(),
+    }
+}
+
+fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// `status`: one line per aspect.
+pub fn status(out: &mut impl Write, s: &Status) -> Result<()> {
+    let mut rows = vec![
+        ("version", s.version.clone()),
+        ("uptime", human_duration(s.uptime_s)),
+        (
+            "models",
+            format!("{} known, {} loaded", s.models, s.models_loaded),
+        ),
+        (
+            "events/s",
+            format!("{:.1} over the last minute", s.events_per_second),
+        ),
+        (
+            "events",
+            format!(
+                "{} accepted, {} lines rejected",
+                s.events_accepted, s.lines_rejected
+            ),
+        ),
+        ("connections", format!("{} open", s.connections)),
+        (
+            "jobs",
+            format!("{} running, {} queued", s.jobs_running, s.jobs_queued),
+        ),
+        (
+            "paused",
+            if s.paused.is_empty() {
+                "none".into()
+            } else {
+                s.paused.join(", ")
+            },
+        ),
+        (
+            "store",
+            format!("{} in {}", human_bytes(s.store_bytes), s.state_dir),
+        ),
+    ];
+    if let Some(size) = s.clock.last_jump_s {
+        rows.push((
+            "clock",
+            format!(
+                "{} wall clock jump{} seen; the last {} {} (status --json: when)",
+                s.clock.jumps,
+                if s.clock.jumps == 1 { "" } else { "s" },
+                human_duration(size.abs().round()),
+                if size < 0.0 { "back" } else { "ahead" },
+            ),
+        ));
+    }
+    let width = rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, v) in rows {
+        writeln!(out, "{k:<width$}  {}", crate::escape::escape(&v))?;
+    }
+    Ok(())
+}
+
+/// `backtest --summary` / `--sweep`: one row per (variant,) model and policy, as a table or
+/// a JSON array.
+pub fn backtest_rows(
+    out: &mut impl Write,
+    rows: &[(String, backtest::Row)],
+    sweep: bool,
+    simulate: bool,
+    json: bool,
+) -> Result<()> {
+    if json {
+        let arr: Vec<Value> = rows
+            .iter()
+            .map(|(label, r)| {
+                let mut v = r.to_json();
+                if sweep {
+                    v["variant"] = label.clone().into();
+                }
+                v
+            })
+            .collect();
+        writeln!(out, "{}", serde_json::to_string_pretty(&arr)?)?;
+        return Ok(());
+    }
+    if rows.is_empty() {
+        writeln!(out, "no events matched a [[models]] rule")?;
+        return Ok(());
+    }
+    let mut head = vec!["MODEL", "POLICY", "KIND", "EVENTS", "SIGNALS", "WARNINGS"];
+    if simulate {
+        head.push("JOBS");
+    }
+    head.extend(["FIRST SIGNAL", "PER 10K"]);
+    if sweep {
+        head.insert(0, "VARIANT");
+    }
+    let table_rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(label, r)| {
+            let mut row = vec![
+                r.model_id.clone(),
+                r.policy.clone(),
+                r.kind.to_owned(),
+                r.events.to_string(),
+                r.signals.to_string(),
+                r.warnings.to_string(),
+            ];
+            if simulate {
+                row.push(r.jobs.unwrap_or(0).to_string());
+            }
+            row.push(match r.first_signal {
+                Some((i, ts)) => format!("#{i} (ts {ts})"),
+                None => "-".into(),
+            });
+            row.push(format!("{:.2}", r.per_10k()));
+            if sweep {
+                row.insert(0, label.clone());
+            }
+            row
+        })
+        .collect();
+    let offset = usize::from(sweep);
+    let mut numeric = vec![false; head.len()];
+    for i in 3..6 + usize::from(simulate) {
+        numeric[i + offset] = true;
+    }
+    for line in table(&head, &numeric, &table_rows) {
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+/// A sparkline of recent values, because people would rather look than read. On a metric's
+/// fixed `scale` (drift_score and accuracy live in [0, 1]) a steady model looks steady; without
+/// one the bars span the values' own range.
+fn sparkline(xs: &[f64], scale: Option<(f64, f64)>) -> String {
+    const BARS: [char; 8] = ['▁', '▂', '▃', '▄', '▅', '▆', '▇', '█'];
+    if xs.is_empty() {
+        return "-".into();
+    }
+    let (lo, hi) = scale.unwrap_or_else(|| {
+        xs.iter()
+            .fold((f64::MAX, f64::MIN), |(l, h), &x| (l.min(x), h.max(x)))
+    });
+    xs.iter()
+        .map(|&x| {
+            let t = if hi > lo {
+                ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+            } else {
+                0.5
+            };
+            BARS[((t * 7.0).round() as usize).min(7)]
+        })
+        .collect()
+}
+
+/// The last `width` values as a sparkline on the [0, 1] scale of drift_score and accuracy,
+/// then the latest value, so the level is readable.
+fn spark_cell(values: &[f64], width: usize) -> String {
+    let values = &values[values.len().saturating_sub(width)..];
+    match values.last() {
+        Some(last) if width > 0 => format!("{} {last:.2}", sparkline(values, Some((0.0, 1.0)))),
+        _ => "-".into(),
+    }
+}
+
+/// `models`: one row per model, and under each one line per policy.
+pub fn models(out: &mut impl Write, models: &[ModelInfo], spark_width: usize) -> Result<()> {
+    if models.is_empty() {
+        writeln!(out, "no models yet")?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = models
+        .iter()
+        .map(|m| {
+            let last = m
+                .last_decision
+                .as_ref()
+                .map(|d| format!("{} by {}, {}", d.action, d.policy, ago(Some(d.at))))
+                .unwrap_or_else(|| "-".into());
+            vec![
+                m.model_id.clone(),
+                m.events.to_string(),
+                ago(Some(m.last_seen)),
+                m.decisions.to_string(),
+                if m.paused { "yes" } else { "no" }.into(),
+                spark_cell(&m.recent_drift, spark_width),
+                spark_cell(&m.recent_accuracy, spark_width),
+                last,
+            ]
+        })
+        .collect();
+    let lines = table(
+        &[
+            "MODEL",
+            "EVENTS",
+            "LAST SEEN",
+            "DECISIONS",
+            "PAUSED",
+            "DRIFT",
+            "ACCURACY",
+            "LAST DECISION",
+        ],
+        &[false, true, false, true],
+        &rows,
+    );
+    // Under each model, one line per policy: its name (and kind, when the name differs),
+    // then its state as the policy tells it.
+    let policies = |m: &ModelInfo| -> Vec<(String, String)> {
+        m.policies
+            .iter()
+            .map(|p| {
+                let label = if p.name == p.kind {
+                    p.name.clone()
+                } else {
+                    format!("{} ({})", p.name, p.kind)
+                };
+                (
+                    crate::escape::escape(&label).into_owned(),
+                    crate::escape::escape(&p.summary).into_owned(),
+                )
+            })
+            .collect()
+    };
+    let label_w = models
+        .iter()
+        .flat_map(policies)
+        .map(|(l, _)| l.chars().count())
+        .max()
+        .unwrap_or(0);
+    writeln!(out, "{}", lines[0])?;
+    for (m, line) in models.iter().zip(&lines[1..]) {
+        writeln!(out, "{line}")?;
+        for (label, state) in policies(m) {
+            writeln!(out, "    {label:<label_w$}  {state}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `history`: one row per job.
+pub fn history(out: &mut impl Write, jobs: &[JobInfo]) -> Result<()> {
+    if jobs.is_empty() {
+        writeln!(out, "no jobs")?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = jobs
+        .iter()
+        .map(|j| {
+            let took = match (j.started, j.ended) {
+                (Some(s), Some(e)) => human_duration(e - s),
+                _ => "-".into(),
+            };
+            // The reason can be long (a detector's statistic, the loop guard's why): cut.
+            let reason: String = j.reason.chars().take(60).collect();
+            vec![
+                j.job_id.to_string(),
+                j.model_id.clone(),
+                j.action.clone(),
+                j.policy.clone(),
+                j.state.clone(),
+                j.attempts.to_string(),
+                j.exit_code
+                    .map(|c| c.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                ago(Some(j.created)),
+                took,
+                reason,
+                j.note.clone(),
+            ]
+        })
+        .collect();
+    for line in table(
+        &[
+            "JOB", "MODEL", "ACTION", "POLICY", "STATE", "ATTEMPTS", "EXIT", "CREATED", "TOOK",
+            "REASON", "NOTE",
+        ],
+        &[
+            true, false, false, false, false, true, true, false, true, false,
+        ],
+        &rows,
+    ) {
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Issue 13.4: on the fixed [0, 1] scale a steady model looks steady (the old min-max
+    /// scale drew 0.50 and 0.51 as the lowest and highest bars); `--width` keeps the latest.
+    #[test]
+    fn sparklines_use_the_fixed_scale_and_the_width() {
+        let steady = [0.5, 0.51, 0.5, 0.51];
+        assert_eq!(sparkline(&steady, Some((0.0, 1.0))), "▅▅▅▅");
+        assert_eq!(sparkline(&steady, None), "▁█▁█");
+        assert_eq!(spark_cell(&steady, 2), "▅▅ 0.51");
+        assert_eq!(spark_cell(&steady, 0), "-");
+        assert_eq!(spark_cell(&[], 8), "-");
+        assert_eq!(sparkline(&[-1.0, 2.0], Some((0.0, 1.0))), "▁█");
+    }
+
+    #[test]
+    fn tables_align_on_the_widest_cell() {
+        let rows = vec![
+            vec!["a".to_owned(), "1".to_owned(), "x".to_owned()],
+            vec!["long-name".to_owned(), "12345".to_owned(), "y".to_owned()],
+        ];
+        let lines = table(&["NAME", "N", "LAST"], &[false, true], &rows);
+        assert_eq!(
+            lines,
+            [
+                "NAME           N  LAST",
+                "a              1  x",
+                "long-name  12345  y",
+            ]
+        );
+    }
+
+    #[test]
+    fn durations_and_sizes_read_like_a_person_wrote_them() {
+        assert_eq!(human_duration(9.7), "9s");
+        assert_eq!(human_duration(249.0), "4m 09s");
+        assert_eq!(human_duration(7500.0), "2h 05m");
+        assert_eq!(human_duration(3.0 * 86_400.0 + 4.0 * 3600.0), "3d 4h");
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(3 << 20), "3.0 MiB");
+    }
+}
