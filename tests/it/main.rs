@@ -13,6 +13,7 @@ mod detectors;
 mod detectors_binary;
 mod faults;
 mod fleet;
+mod golden;
 mod hooks;
 mod hostile;
 mod jobs;
