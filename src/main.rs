@@ -742,6 +742,18 @@ fn print_status(out: &mut impl Write, s: &Value) -> Result<()> {
     for (k, v) in rows {
         writeln!(out, "{k:<width$}  {}", visutility::escape::escape(&v))?;
     }
+    // Only when there are any: models whose stored state does not decode.
+    if let Some(bad) = s["store"]["undecodable_models"]
+        .as_array()
+        .filter(|a| !a.is_empty())
+    {
+        let ids: Vec<&str> = bad.iter().filter_map(Value::as_str).collect();
+        writeln!(
+            out,
+            "undecodable models: {} (`visutility reset` or `forget` them)",
+            visutility::escape::escape(&ids.join(", "))
+        )?;
+    }
     Ok(())
 }
 

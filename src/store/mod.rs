@@ -52,7 +52,7 @@ mod schema;
 mod stats;
 pub mod wal;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -132,6 +132,19 @@ pub enum StoreError {
     Flush(String),
 }
 
+impl StoreError {
+    /// The stored bytes are there but do not decode (a damaged record, or one from a format
+    /// this build does not know): reading them again fails again.
+    pub fn is_undecodable(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Decode { .. }
+                | StoreError::UnknownRecordVersion { .. }
+                | StoreError::BadTail(_)
+        )
+    }
+}
+
 /// A handle on the store; cheap to clone (every clone shares one database and one log).
 ///
 /// # Failures of the disk
@@ -175,6 +188,9 @@ struct Shared {
     sync: Arc<SyncShared>,
     stats: Counters,
     recovery: Recovery,
+    /// Models whose stored state did not decode, until a checkpoint replaces it or the model
+    /// is forgotten.
+    undecodable: Mutex<BTreeSet<String>>,
 }
 
 impl Drop for Shared {

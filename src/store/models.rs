@@ -39,14 +39,18 @@ pub struct LoadedModel {
 impl Store {
     /// The model's checkpoint alone (no logged events): for views of models not loaded.
     pub fn load_model(&self, model_id: &str) -> Result<Option<ModelRecord>, StoreError> {
-        Ok(self
-            .get(TreeId::Models, model_id.as_bytes())?
-            .map(|(r, _)| r))
+        Ok(self.checkpoint_of(model_id)?.map(|(r, _)| r))
+    }
+
+    /// The model's checkpoint and its size; one that does not decode is noted as such.
+    fn checkpoint_of(&self, model_id: &str) -> Result<Option<(ModelRecord, usize)>, StoreError> {
+        self.get(TreeId::Models, model_id.as_bytes())
+            .inspect_err(|e| self.note_undecodable(model_id, e))
     }
 
     /// The model's checkpoint and the events logged after it, for the model to replay.
     pub fn load_model_state(&self, model_id: &str) -> Result<LoadedModel, StoreError> {
-        let (record, checkpoint_bytes) = match self.get(TreeId::Models, model_id.as_bytes())? {
+        let (record, checkpoint_bytes) = match self.checkpoint_of(model_id)? {
             Some((r, n)) => (Some(r), n as u64),
             None => (None, 0),
         };
@@ -65,8 +69,12 @@ impl Store {
             w.drop_tail(model_id);
             return Ok(out);
         }
-        let events = wal::decode_events(&tail.bytes)
-            .ok_or_else(|| StoreError::BadTail(model_id.to_owned()))?;
+        let Some(events) = wal::decode_events(&tail.bytes) else {
+            drop(w);
+            let e = StoreError::BadTail(model_id.to_owned());
+            self.note_undecodable(model_id, &e);
+            return Err(e);
+        };
         out.recovered = tail.recovered;
         let skip = (covered + 1).saturating_sub(tail.start_seq) as usize;
         out.gap = tail.start_seq > covered + 1;
@@ -105,6 +113,7 @@ impl Store {
         // checkpoint (see `retire`).
         let n = self.put(TreeId::Models, model_id.as_bytes(), record)?;
         lock(&self.shared.wal).drop_tail(model_id);
+        lock(&self.shared.undecodable).remove(model_id);
         self.shared
             .stats
             .checkpoints
@@ -159,7 +168,12 @@ impl Store {
                     return None;
                 }
                 let key = String::from_utf8_lossy(&k).into_owned();
-                Some(decode(&key, &v).map(|rec| (key, rec)))
+                let rec = decode(&key, &v).inspect_err(|e| {
+                    if tree == TreeId::Models {
+                        self.note_undecodable(&key, e);
+                    }
+                });
+                Some(rec.map(|rec| (key, rec)))
             }))
     }
 
@@ -168,9 +182,20 @@ impl Store {
     /// tail goes to a new segment), so the next flush retires every segment that held them:
     /// after that flush, no crash brings the model back.
     pub fn forget_model(&self, model_id: &str) -> Result<(), StoreError> {
+        self.remove_model(model_id, &[TreeId::Models, TreeId::Runner])
+    }
+
+    /// Removes the model's checkpoint and logged events without reading them, as
+    /// [`Store::forget_model`] does, but keeps its runner record (cooldown, pause): what a
+    /// reset does to a state that does not decode, before it writes a fresh one.
+    pub fn discard_model_state(&self, model_id: &str) -> Result<(), StoreError> {
+        self.remove_model(model_id, &[TreeId::Models])
+    }
+
+    fn remove_model(&self, model_id: &str, trees: &[TreeId]) -> Result<(), StoreError> {
         self.check_fault()?;
         let h = self.handles()?;
-        for tree in [TreeId::Models, TreeId::Runner] {
+        for &tree in trees {
             self.sled(h.tree(tree).remove(model_id.as_bytes()))?;
             self.remember(tree, model_id.as_bytes(), None);
         }
@@ -178,6 +203,7 @@ impl Store {
         w.drop_tail(model_id);
         w.rewrite_all();
         drop(w);
+        lock(&self.shared.undecodable).remove(model_id);
         self.mark_dirty();
         Ok(())
     }
@@ -192,9 +218,24 @@ impl Store {
                 .unwrap_or(false)
     }
 
-    /// Models with a checkpoint or logged events.
+    /// Models with a checkpoint or logged events. The scan reads every checkpoint (it runs once,
+    /// after the daemon is ready, on a thread of its own) and decodes it, so that one that does
+    /// not decode is named by [`Store::undecodable_models`] before anything loads it.
     pub fn model_count(&self) -> usize {
-        let checkpointed = self.handles().map(|h| h.models.len()).unwrap_or(0);
+        let mut checkpointed = 0;
+        if let Ok(h) = self.handles() {
+            for kv in h.models.iter() {
+                checkpointed += 1;
+                if let Ok((k, v)) = kv
+                    && valid_id(&k)
+                {
+                    let key = String::from_utf8_lossy(&k);
+                    if let Err(e) = decode::<ModelRecord>(&key, &v) {
+                        self.note_undecodable(&key, &e);
+                    }
+                }
+            }
+        }
         let w = lock(&self.shared.wal);
         let logged_only = w
             .tails
@@ -208,11 +249,28 @@ impl Store {
             .count();
         checkpointed + logged_only
     }
+
+    /// Models whose stored state does not decode (a checkpoint, or logged events), in order:
+    /// they cannot load until an operator resets or forgets them, neither of which reads it.
+    pub fn undecodable_models(&self) -> Vec<String> {
+        lock(&self.shared.undecodable).iter().cloned().collect()
+    }
+
+    /// Remembers (and logs, once) a model whose state `error` could not decode.
+    fn note_undecodable(&self, model_id: &str, error: &StoreError) {
+        if error.is_undecodable() && lock(&self.shared.undecodable).insert(model_id.to_owned()) {
+            tracing::error!(
+                model_id = %model_id,
+                error = %super::chain(error),
+                "the model's stored state does not decode; it cannot load until `visutility reset` or `visutility forget` replaces it"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::{ModelRecord, Store};
+    use super::super::{ModelRecord, RunnerRecord, Store};
 
     #[test]
     fn models_round_trip_and_survive_reopen() {
@@ -229,5 +287,46 @@ mod tests {
         let s = Store::open(dir.path(), 100).unwrap();
         assert_eq!(s.load_model("m1").unwrap().unwrap().events, 42);
         assert!(s.load_model("m2").unwrap().is_none());
+    }
+
+    #[test]
+    fn an_undecodable_checkpoint_is_noted_and_discarding_it_keeps_the_runner_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(dir.path(), 100).unwrap();
+        let paused = RunnerRecord {
+            paused: true,
+            ..RunnerRecord::default()
+        };
+        for m in ["good", "bad"] {
+            s.checkpoint(m, &ModelRecord::default()).unwrap();
+            s.save_runner(m, &paused).unwrap();
+        }
+        s.handles()
+            .unwrap()
+            .models
+            .insert("bad", &[1u8, 0xff][..])
+            .unwrap();
+        assert!(s.undecodable_models().is_empty());
+        // The scan after start finds it before anything loads it.
+        assert_eq!(s.model_count(), 2);
+        assert_eq!(s.undecodable_models(), ["bad"]);
+        let e = s.load_model_state("bad").unwrap_err();
+        assert!(e.is_undecodable(), "{e}");
+        assert!(s.load_model_state("good").is_ok());
+
+        s.discard_model_state("bad").unwrap();
+        assert!(s.undecodable_models().is_empty());
+        assert!(s.load_model("bad").unwrap().is_none());
+        assert_eq!(s.load_runner("bad").unwrap(), Some(paused));
+        // A checkpoint replaces a damaged one, and clears the note as well.
+        s.handles()
+            .unwrap()
+            .models
+            .insert("bad", &[9u8][..])
+            .unwrap();
+        assert!(s.load_model("bad").is_err());
+        assert_eq!(s.undecodable_models(), ["bad"]);
+        s.checkpoint("bad", &ModelRecord::default()).unwrap();
+        assert!(s.undecodable_models().is_empty());
     }
 }

@@ -100,6 +100,7 @@ impl Store {
                 sync: sync.clone(),
                 stats: Counters::default(),
                 recovery,
+                undecodable: Mutex::default(),
             }),
         };
         store.migrate(&meta, found)?;

@@ -40,6 +40,8 @@ pub struct StoreStats {
     pub wal_segments_deleted: u64,
     /// What the last start recovered from the log.
     pub recovery: Recovery,
+    /// Models whose stored state does not decode (see [`Store::undecodable_models`]).
+    pub undecodable_models: Vec<String>,
 }
 
 impl Store {
@@ -65,6 +67,7 @@ impl Store {
             tail_bytes: w.tail_bytes,
             wal_segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
             recovery: self.shared.recovery.clone(),
+            undecodable_models: self.undecodable_models(),
         }
     }
 
