@@ -221,32 +221,29 @@ impl Store {
     /// Models with a checkpoint or logged events. The scan reads every checkpoint (it runs once,
     /// after the daemon is ready, on a thread of its own) and decodes it, so that one that does
     /// not decode is named by [`Store::undecodable_models`] before anything loads it.
+    ///
+    /// Models fold their logs into checkpoints meanwhile (those recovered at start do at
+    /// once), and each counts once whichever side of the scan its fold fell on: the models
+    /// with logged events are taken first, those the scan met are struck off, and each one
+    /// left counts if the store still holds it (a tail, or a checkpoint the scan passed by).
     pub fn model_count(&self) -> usize {
+        let mut logged: std::collections::HashSet<Arc<str>> =
+            lock(&self.shared.wal).tails.keys().cloned().collect();
         let mut checkpointed = 0;
         if let Ok(h) = self.handles() {
             for kv in h.models.iter() {
                 checkpointed += 1;
-                if let Ok((k, v)) = kv
-                    && valid_id(&k)
+                let Ok((k, v)) = kv else { continue };
+                let key = String::from_utf8_lossy(&k);
+                logged.remove(&*key);
+                if valid_id(&k)
+                    && let Err(e) = decode::<ModelRecord>(&key, &v)
                 {
-                    let key = String::from_utf8_lossy(&k);
-                    if let Err(e) = decode::<ModelRecord>(&key, &v) {
-                        self.note_undecodable(&key, &e);
-                    }
+                    self.note_undecodable(&key, &e);
                 }
             }
         }
-        let w = lock(&self.shared.wal);
-        let logged_only = w
-            .tails
-            .keys()
-            .filter(|k| {
-                self.handles()
-                    .ok()
-                    .and_then(|h| h.models.contains_key(k.as_bytes()).ok())
-                    == Some(false)
-            })
-            .count();
+        let logged_only = logged.iter().filter(|id| self.contains_model(id)).count();
         checkpointed + logged_only
     }
 
