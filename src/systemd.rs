@@ -21,22 +21,32 @@
 //! - Socket activation hands listening sockets as fds 3, 4, ... with
 //!   `LISTEN_PID`, `LISTEN_FDS` and `LISTEN_FDNAMES` (names from the socket
 //!   unit's `FileDescriptorName=`).
+//! - `JOURNAL_STREAM=DEV:INODE` names the stream systemd connected stderr to
+//!   ([`stderr_is_journal`]).
+//!
+//! What the `sd-notify` crate does is left to it: sending to a socket path,
+//! `MONOTONIC_USEC`, reading the watchdog's variables and the passed fds (which
+//! it makes close-on-exec). This module adds abstract notification sockets,
+//! choosing a passed fd by name, and checking that it is a listening Unix
+//! stream socket.
 
 use std::ffi::OsString;
 use std::io;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixListener;
 use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-/// First file descriptor passed by socket activation (`SD_LISTEN_FDS_START`).
-const LISTEN_FDS_START: RawFd = 3;
-
 /// Errors from socket activation.
 #[derive(Debug, thiserror::Error)]
 pub enum SystemdError {
-    /// `LISTEN_PID`, `LISTEN_FDS` or `LISTEN_FDNAMES` could not be parsed.
+    /// `LISTEN_PID` or `LISTEN_FDS` could not be parsed, or a passed fd could not be made
+    /// close-on-exec (as `sd_notify::listen_fds` reports it).
+    #[error("invalid socket activation environment (LISTEN_PID, LISTEN_FDS) or passed fds")]
+    Activation(#[source] io::Error),
+    /// `LISTEN_FDNAMES` does not fit `LISTEN_FDS`.
     #[error("invalid socket activation environment: {var}={value:?}: {reason}")]
     InvalidEnv {
         var: &'static str,
@@ -80,10 +90,10 @@ pub fn notify_ready() {
 /// `MONOTONIC_USEC`, which systemd ≥ 253 requires to accept the message).
 /// Send [`notify_ready`] when the reload is done, whether it succeeded or not.
 pub fn notify_reloading() {
-    match monotonic_usec() {
+    match NotifyState::monotonic_usec_now() {
         Ok(usec) => send(&[
             NotifyState::Reloading,
-            NotifyState::MonotonicUsec(usec),
+            usec,
             NotifyState::Status("Reloading configuration"),
         ]),
         Err(e) => {
@@ -119,25 +129,16 @@ pub fn notify_watchdog() {
     send(&[NotifyState::Watchdog]);
 }
 
-/// Half of `WATCHDOG_USEC` when the watchdog is enabled for this process
-/// (`WATCHDOG_PID` unset or equal to our pid), else `None`. Ping
-/// [`notify_watchdog`] at least this often.
+/// Half of `WATCHDOG_USEC` when the watchdog is enabled for this process, else
+/// `None` (also for a zero timeout). Ping [`notify_watchdog`] at least this often.
+///
+/// The variables are read by `sd_notify::watchdog_enabled`: `WATCHDOG_PID`, when
+/// it is a number, must be our pid (one that is not a number is ignored, where
+/// libsystemd would disable the watchdog; systemd never sets such a value).
 pub fn watchdog_interval() -> Option<Duration> {
-    watchdog_interval_from(|k| std::env::var(k).ok(), std::process::id())
-}
-
-fn watchdog_interval_from(env: impl Fn(&str) -> Option<String>, pid: u32) -> Option<Duration> {
-    let usec: u64 = env("WATCHDOG_USEC")?.trim().parse().ok()?;
-    if usec == 0 {
-        return None;
-    }
-    if let Some(p) = env("WATCHDOG_PID") {
-        match p.trim().parse::<u32>() {
-            Ok(p) if p == pid => {}
-            _ => return None,
-        }
-    }
-    Some(Duration::from_micros(usec / 2))
+    sd_notify::watchdog_enabled()
+        .filter(|timeout| !timeout.is_zero())
+        .map(|timeout| timeout / 2)
 }
 
 fn send(state: &[NotifyState<'_>]) {
@@ -179,16 +180,31 @@ fn send_to(path: &OsString, state: &[NotifyState<'_>]) -> io::Result<()> {
     }
 }
 
-fn monotonic_usec() -> io::Result<i128> {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
+/// Whether stderr is the journal's stream: systemd sets `JOURNAL_STREAM=DEV:INODE`
+/// for the stream it connects stderr to; a child whose stderr was redirected
+/// inherits the variable, so the numbers must match those of our stderr.
+pub fn stderr_is_journal() -> bool {
+    let Ok(var) = std::env::var("JOURNAL_STREAM") else {
+        return false;
     };
-    // SAFETY: `ts` is a valid, writable timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(i128::from(ts.tv_sec) * 1_000_000 + i128::from(ts.tv_nsec) / 1_000)
+    // A duplicate of fd 2 describes the same open file; `File` closes it again.
+    let Ok(stderr) = io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(stderr)
+        .metadata()
+        .is_ok_and(|m| is_journal_stream(&var, &m))
+}
+
+/// Whether `JOURNAL_STREAM`'s value `var` names the file `stream`.
+fn is_journal_stream(var: &str, stream: &std::fs::Metadata) -> bool {
+    let Some((dev, ino)) = var
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+    else {
+        return false;
+    };
+    stream.dev() == dev && stream.ino() == ino
 }
 
 // ---------------------------------------------------------------------------
@@ -202,8 +218,8 @@ fn monotonic_usec() -> io::Result<i128> {
 /// that fd. Returns `Ok(None)` when the process is not socket-activated
 /// (`LISTEN_PID` unset or another process's pid, or `LISTEN_FDS` unset/0).
 ///
-/// Every passed fd gets `FD_CLOEXEC`. Only the first call takes the fds; any
-/// later one returns `Ok(None)`.
+/// Every passed fd gets `FD_CLOEXEC` (from `sd_notify::listen_fds`). Only the
+/// first call takes the fds; any later one returns `Ok(None)`.
 ///
 /// The process environment is left as it is: `std::env::remove_var` is only
 /// sound while no other thread reads the environment, and jemalloc's
@@ -219,64 +235,32 @@ pub fn take_listener(name: &str) -> Result<Option<UnixListener>, SystemdError> {
     if TAKEN.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(None);
     }
-    take_listener_from(
-        |k| std::env::var(k).ok(),
-        std::process::id(),
-        LISTEN_FDS_START,
-        name,
-    )
+    let fds: Vec<RawFd> = sd_notify::listen_fds()
+        .map_err(SystemdError::Activation)?
+        .collect();
+    match pick_fd(&fds, std::env::var("LISTEN_FDNAMES").ok(), name)? {
+        Some(fd) => listener_at(fd, name).map(Some),
+        None => Ok(None),
+    }
 }
 
-/// The logic of [`take_listener`] with the environment, our pid and the first
-/// fd number injected, so tests can use fds that do not collide with the
-/// harness's. Does not touch the environment.
-fn take_listener_from(
-    env: impl Fn(&str) -> Option<String>,
-    pid: u32,
-    start_fd: RawFd,
+/// The fd named `name` among the passed `fds` (in order), by `names` (the
+/// value of `LISTEN_FDNAMES`, colon-separated, one name per fd), or the only
+/// fd when there are no names. `Ok(None)` when no fd was passed.
+fn pick_fd(
+    fds: &[RawFd],
+    names: Option<String>,
     name: &str,
-) -> Result<Option<UnixListener>, SystemdError> {
-    let Some(listen_pid) = env("LISTEN_PID") else {
-        return Ok(None);
-    };
-    let listen_pid: u32 = listen_pid
-        .trim()
-        .parse()
-        .map_err(|_| SystemdError::InvalidEnv {
-            var: "LISTEN_PID",
-            value: listen_pid.clone(),
-            reason: "not a pid",
-        })?;
-    if listen_pid != pid {
-        // Meant for another process (we inherited it): not ours to take.
+) -> Result<Option<RawFd>, SystemdError> {
+    if fds.is_empty() {
         return Ok(None);
     }
-    let Some(fds) = env("LISTEN_FDS") else {
-        return Ok(None);
-    };
-    let n: RawFd = fds
-        .trim()
-        .parse()
-        .ok()
-        .filter(|n| *n >= 0 && start_fd.checked_add(*n).is_some())
-        .ok_or_else(|| SystemdError::InvalidEnv {
-            var: "LISTEN_FDS",
-            value: fds.clone(),
-            reason: "not a valid fd count",
-        })?;
-    if n == 0 {
-        return Ok(None);
-    }
-    // Whatever we take, no passed fd may leak into hooks.
-    for fd in start_fd..start_fd + n {
-        set_cloexec(fd)?;
-    }
-    let names: Option<Vec<String>> = env("LISTEN_FDNAMES")
+    let names: Option<Vec<String>> = names
         .filter(|s| !s.is_empty())
         .map(|s| s.split(':').map(str::to_owned).collect());
     let index = match &names {
         Some(names) => {
-            if names.len() != n as usize {
+            if names.len() != fds.len() {
                 return Err(SystemdError::InvalidEnv {
                     var: "LISTEN_FDNAMES",
                     value: names.join(":"),
@@ -291,7 +275,7 @@ fn take_listener_from(
                     available: names.clone(),
                 })?
         }
-        None if n == 1 => 0,
+        None if fds.len() == 1 => 0,
         None => {
             return Err(SystemdError::NameNotFound {
                 name: name.to_owned(),
@@ -299,33 +283,19 @@ fn take_listener_from(
             });
         }
     };
-    let fd = start_fd + index as RawFd;
-    check_unix_stream_listener(fd, name)?;
-    // SAFETY: the service manager passed us this open fd for our exclusive
-    // use; it was just checked to be a socket, and the environment that
-    // designates it is consumed by the caller, so nothing else takes it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-    Ok(Some(UnixListener::from(owned)))
+    Ok(Some(fds[index]))
 }
 
-fn set_cloexec(fd: RawFd) -> Result<(), SystemdError> {
-    let io_err = |op| SystemdError::Io {
-        op,
-        fd,
-        source: io::Error::last_os_error(),
-    };
-    // SAFETY: fcntl on an arbitrary fd number is memory-safe; EBADF is reported.
-    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if flags < 0 {
-        return Err(io_err("fcntl(F_GETFD)"));
-    }
-    if flags & libc::FD_CLOEXEC == 0 {
-        // SAFETY: as above.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } < 0 {
-            return Err(io_err("fcntl(F_SETFD)"));
-        }
-    }
-    Ok(())
+/// The passed fd `fd`, once checked to be a listening Unix stream socket.
+fn listener_at(fd: RawFd, name: &str) -> Result<UnixListener, SystemdError> {
+    check_unix_stream_listener(fd, name)?;
+    // SAFETY: the service manager passed this fd to this process (LISTEN_PID is
+    // our pid) and it is open (checked just above). Nothing else owns it: the
+    // environment that designates it stays set, but `take_listener` is the only
+    // reader and hands the passed fds out once (its TAKEN flag), so the fd gets
+    // exactly one owner.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Ok(UnixListener::from(owned))
 }
 
 fn getsockopt_int(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
@@ -405,19 +375,23 @@ fn check_unix_stream_listener(fd: RawFd, name: &str) -> Result<(), SystemdError>
 
 #[cfg(test)]
 mod tests {
+    //! Whatever reads the process environment (sd-notify does, for every variable) is tested
+    //! in a copy of this test binary started with the environment the case needs
+    //! ([`run_child`]), never by editing the harness's: `std::env::set_var` races every
+    //! other test thread that reads the environment.
+
     use super::*;
-    use std::collections::HashMap;
     use std::io::{Read, Write};
     use std::os::fd::AsRawFd;
     use std::os::unix::net::{UnixDatagram, UnixStream};
     use std::path::PathBuf;
     use std::sync::Mutex;
 
-    /// Serializes every test that reads or writes process-global env vars.
-    static ENV_LOCK: Mutex<()> = Mutex::new(());
+    /// Serializes the tests that place fds at fixed numbers.
+    static FD_LOCK: Mutex<()> = Mutex::new(());
 
     fn lock() -> std::sync::MutexGuard<'static, ()> {
-        ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner())
+        FD_LOCK.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A fresh private directory (no tempfile dependency in this module).
@@ -442,13 +416,115 @@ mod tests {
         }
     }
 
-    fn set(k: &str, v: impl AsRef<std::ffi::OsStr>) {
-        // SAFETY: tests touching env hold ENV_LOCK.
-        unsafe { std::env::set_var(k, v) }
+    const CHILD_ENV: &str = "VISUTILITY_SD_TEST_CHILD";
+
+    /// The variables of systemd's that the code under test reads.
+    const SYSTEMD_VARS: [&str; 6] = [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_PID",
+        "LISTEN_FDS",
+        "LISTEN_FDNAMES",
+    ];
+
+    /// Runs `case` of [`child`] in a copy of this test binary whose environment is the
+    /// harness's with `env` set and systemd's other variables removed. A value `$$` is the
+    /// child's own pid (it starts through `sh -c 'exec ...'`, whose pid it keeps, as systemd's
+    /// socket activation gives `LISTEN_PID`). With `fd3`, the child gets a copy of it as fd 3.
+    /// Fails unless the case passed; returns what it printed.
+    fn run_child(case: &str, env: &[(&str, &str)], fd3: Option<RawFd>) -> String {
+        use std::os::unix::process::CommandExt;
+        let test = format!(
+            "{}::child",
+            module_path!().split_once("::").map_or("", |(_, rest)| rest)
+        );
+        let mut script = String::new();
+        for (k, _) in env.iter().filter(|(_, v)| *v == "$$") {
+            script.push_str(&format!("{k}=$$; export {k}; "));
+        }
+        script.push_str("exec \"$0\" \"$@\"");
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(script)
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                test.trim_start_matches("::"),
+                "--test-threads=1",
+                "--nocapture",
+            ])
+            .env(CHILD_ENV, case);
+        for var in SYSTEMD_VARS {
+            cmd.env_remove(var);
+        }
+        for (k, v) in env.iter().filter(|(_, v)| *v != "$$") {
+            cmd.env(k, v);
+        }
+        if let Some(fd) = fd3 {
+            // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if fd == 3 {
+                        let flags = libc::fcntl(3, libc::F_GETFD);
+                        if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0
+                        {
+                            return Err(io::Error::last_os_error());
+                        }
+                    } else if libc::dup2(fd, 3) < 0 {
+                        return Err(io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let out = cmd.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && stdout.contains("CHILD-OK") && stdout.contains("1 passed"),
+            "child {case} failed: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
     }
-    fn unset(k: &str) {
-        // SAFETY: tests touching env hold ENV_LOCK.
-        unsafe { std::env::remove_var(k) }
+
+    /// The child's side of [`run_child`]; does nothing in the harness's own run.
+    #[test]
+    fn child() {
+        let Ok(case) = std::env::var(CHILD_ENV) else {
+            return;
+        };
+        match case.as_str() {
+            "notify" => {
+                notify_ready();
+                notify_reloading();
+                notify_stopping();
+                notify_status("3 models, 0 jobs\nsecond line");
+                notify_watchdog();
+            }
+            "watchdog" => println!("watchdog_interval={:?}", watchdog_interval()),
+            "listener" => {
+                let l = take_listener("ingest").unwrap().expect("socket-activated");
+                assert_eq!(l.as_raw_fd(), 3);
+                assert!(cloexec(3));
+                // The environment is not edited (finding 11 of the security review: other
+                // threads may read it); hooks drop these variables when they are spawned.
+                for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+                    assert!(std::env::var_os(v).is_some(), "{v} was removed");
+                }
+                // Second call: the fds are taken already.
+                assert!(take_listener("ingest").unwrap().is_none());
+                let (mut conn, _) = l.accept().unwrap();
+                conn.write_all(b"hello from fd 3").unwrap();
+            }
+            "take" => match take_listener("ingest") {
+                Ok(l) => println!("take_listener=Ok({})", l.is_some()),
+                Err(e) => println!("take_listener=Err({e})"),
+            },
+            other => panic!("unknown child case {other}"),
+        }
+        println!("CHILD-OK");
     }
 
     fn recv(sock: &UnixDatagram) -> String {
@@ -457,145 +533,107 @@ mod tests {
         String::from_utf8(buf[..n].to_vec()).unwrap()
     }
 
-    fn notify_receiver(dir: &TempDir) -> UnixDatagram {
+    #[test]
+    fn notify_messages_arrive() {
+        let dir = TempDir::new("notify");
         let path = dir.0.join("notify.sock");
         let sock = UnixDatagram::bind(&path).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        set("NOTIFY_SOCKET", &path);
-        sock
-    }
+        run_child("notify", &[("NOTIFY_SOCKET", path.to_str().unwrap())], None);
 
-    #[test]
-    fn notify_messages_arrive() {
-        let _g = lock();
-        let dir = TempDir::new("notify");
-        let sock = notify_receiver(&dir);
-
-        notify_ready();
         assert_eq!(recv(&sock), "READY=1\nSTATUS=Running\n");
-
-        notify_reloading();
         let msg = recv(&sock);
         let lines: Vec<&str> = msg.lines().collect();
         assert_eq!(lines[0], "RELOADING=1");
-        let usec: i128 = lines[1]
+        let usec: u64 = lines[1]
             .strip_prefix("MONOTONIC_USEC=")
             .expect("MONOTONIC_USEC")
             .parse()
             .unwrap();
-        let now = monotonic_usec().unwrap();
-        assert!(
-            usec > 0 && usec <= now && now - usec < 5_000_000,
-            "{usec} vs {now}"
-        );
+        let now: u64 = NotifyState::monotonic_usec_now()
+            .unwrap()
+            .to_string()
+            .strip_prefix("MONOTONIC_USEC=")
+            .unwrap()
+            .parse()
+            .unwrap();
+        // One clock for every process: the child read it before this did.
+        assert!(usec > 0 && usec <= now, "{usec} vs {now}");
         assert_eq!(lines[2], "STATUS=Reloading configuration");
-
-        notify_stopping();
         assert_eq!(recv(&sock), "STOPPING=1\nSTATUS=Stopping\n");
-
-        notify_status("3 models, 0 jobs\nsecond line");
         assert_eq!(recv(&sock), "STATUS=3 models, 0 jobs second line\n");
-
-        notify_watchdog();
         assert_eq!(recv(&sock), "WATCHDOG=1\n");
-
-        unset("NOTIFY_SOCKET");
     }
 
     #[test]
     fn notify_abstract_socket() {
         use std::os::linux::net::SocketAddrExt;
         use std::os::unix::net::SocketAddr;
-        let _g = lock();
         let name = format!("visutility-sd-test-{}", std::process::id());
         let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
         let sock = UnixDatagram::bind_addr(&addr).unwrap();
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        set("NOTIFY_SOCKET", format!("@{name}"));
-        notify_watchdog();
-        assert_eq!(recv(&sock), "WATCHDOG=1\n");
-        unset("NOTIFY_SOCKET");
+        run_child("notify", &[("NOTIFY_SOCKET", &format!("@{name}"))], None);
+        assert_eq!(recv(&sock), "READY=1\nSTATUS=Running\n");
     }
 
     #[test]
     fn notify_is_a_noop_or_logs_but_never_panics() {
-        let _g = lock();
-        unset("NOTIFY_SOCKET");
-        notify_ready();
-        notify_reloading();
-        notify_stopping();
-        notify_status("x");
-        notify_watchdog();
-        // Nobody listening / garbage values: logged, not fatal.
+        // Unset, nobody listening, garbage values: logged, not fatal (the child exits 0).
+        run_child("notify", &[], None);
         for bad in ["/nonexistent/visutility/notify.sock", "relative", "", "@"] {
-            set("NOTIFY_SOCKET", bad);
-            notify_ready();
-            notify_watchdog();
+            run_child("notify", &[("NOTIFY_SOCKET", bad)], None);
         }
-        unset("NOTIFY_SOCKET");
     }
 
     #[test]
-    fn watchdog_interval_rules() {
-        let env = |pairs: &[(&str, &str)]| {
-            let m: HashMap<String, String> = pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            move |k: &str| m.get(k).cloned()
+    fn watchdog_interval_is_half_the_timeout_for_this_process_only() {
+        let interval = |env: &[(&str, &str)]| {
+            let out = run_child("watchdog", env, None);
+            out.lines()
+                .find_map(|l| l.split_once("watchdog_interval=").map(|(_, v)| v))
+                .unwrap_or_else(|| panic!("no interval printed:\n{out}"))
+                .to_owned()
         };
-        assert_eq!(watchdog_interval_from(env(&[]), 42), None);
+        assert_eq!(interval(&[]), "None");
+        assert_eq!(interval(&[("WATCHDOG_USEC", "30000000")]), "Some(15s)");
         assert_eq!(
-            watchdog_interval_from(env(&[("WATCHDOG_USEC", "30000000")]), 42),
-            Some(Duration::from_secs(15))
+            interval(&[("WATCHDOG_USEC", "2000000"), ("WATCHDOG_PID", "$$")]),
+            "Some(1s)"
         );
+        // Meant for another process (pid 1 is never a test binary).
         assert_eq!(
-            watchdog_interval_from(
-                env(&[("WATCHDOG_USEC", "30000000"), ("WATCHDOG_PID", "42")]),
-                42
-            ),
-            Some(Duration::from_secs(15))
+            interval(&[("WATCHDOG_USEC", "2000000"), ("WATCHDOG_PID", "1")]),
+            "None"
         );
-        assert_eq!(
-            watchdog_interval_from(
-                env(&[("WATCHDOG_USEC", "30000000"), ("WATCHDOG_PID", "7")]),
-                42
-            ),
-            None
-        );
-        assert_eq!(
-            watchdog_interval_from(env(&[("WATCHDOG_USEC", "0")]), 42),
-            None
-        );
-        assert_eq!(
-            watchdog_interval_from(env(&[("WATCHDOG_USEC", "x")]), 42),
-            None
-        );
-        assert_eq!(
-            watchdog_interval_from(
-                env(&[("WATCHDOG_USEC", "1000"), ("WATCHDOG_PID", "bad")]),
-                42
-            ),
-            None
-        );
+        assert_eq!(interval(&[("WATCHDOG_USEC", "0")]), "None");
+        assert_eq!(interval(&[("WATCHDOG_USEC", "x")]), "None");
     }
 
     #[test]
-    fn watchdog_interval_reads_env() {
-        let _g = lock();
-        set("WATCHDOG_USEC", "2000000");
-        set("WATCHDOG_PID", std::process::id().to_string());
-        assert_eq!(watchdog_interval(), Some(Duration::from_secs(1)));
-        set("WATCHDOG_PID", "1");
-        assert_eq!(watchdog_interval(), None);
-        unset("WATCHDOG_USEC");
-        unset("WATCHDOG_PID");
-        assert_eq!(watchdog_interval(), None);
+    fn journal_stream_is_recognised_by_device_and_inode() {
+        let dir = TempDir::new("journal");
+        let path = dir.0.join("stream");
+        std::fs::write(&path, b"").unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        assert!(is_journal_stream(&format!("{}:{}", m.dev(), m.ino()), &m));
+        assert!(!is_journal_stream(
+            &format!("{}:{}", m.dev(), m.ino() + 1),
+            &m
+        ));
+        assert!(!is_journal_stream(
+            &format!("{}:{}", m.dev() + 1, m.ino()),
+            &m
+        ));
+        for bad in ["", "8", "8:", ":9", "a:b", "8:9:10"] {
+            assert!(!is_journal_stream(bad, &m), "{bad:?}");
+        }
     }
 
     /// Finds `count` consecutive free fd numbers at or above 400 and dup2s the
     /// given fds onto them; returns the first number. The test owns them.
     fn place_fds(fds: &[RawFd]) -> RawFd {
+        // SAFETY: F_GETFD only reads a descriptor's flags; an unused number fails with EBADF.
         let is_free = |fd: RawFd| unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0;
         let mut start = 400;
         while !(start..start + fds.len() as RawFd).all(is_free) {
@@ -603,8 +641,7 @@ mod tests {
         }
         for (i, fd) in fds.iter().enumerate() {
             let target = start + i as RawFd;
-            // SAFETY: target is free (checked above); dup2 clears FD_CLOEXEC,
-            // which take_listener_from must set again.
+            // SAFETY: target is free (checked above).
             assert_eq!(unsafe { libc::dup2(*fd, target) }, target);
         }
         start
@@ -616,168 +653,31 @@ mod tests {
     }
 
     fn cloexec(fd: RawFd) -> bool {
+        // SAFETY: F_GETFD only reads a descriptor's flags.
         unsafe { libc::fcntl(fd, libc::F_GETFD) & libc::FD_CLOEXEC != 0 }
     }
 
-    fn env_of(pairs: Vec<(&'static str, String)>) -> impl Fn(&str) -> Option<String> {
-        move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone())
-    }
-
     #[test]
-    fn take_listener_by_name() {
-        let _g = lock(); // also serializes fd placement
-        let dir = TempDir::new("listen");
-        let path = dir.0.join("ingest.sock");
-        let listener = UnixListener::bind(&path).unwrap();
-        let other = UnixDatagram::unbound().unwrap();
-        let start = place_fds(&[other.as_raw_fd(), listener.as_raw_fd()]);
-        drop(listener); // only the dup'ed copy keeps the socket open now
-        assert!(!cloexec(start) && !cloexec(start + 1));
-        let env = env_of(vec![
-            ("LISTEN_PID", "4242".into()),
-            ("LISTEN_FDS", "2".into()),
-            ("LISTEN_FDNAMES", "control:ingest".into()),
-        ]);
-        let got = take_listener_from(&env, 4242, start, "ingest")
-            .unwrap()
-            .expect("listener");
-        assert_eq!(got.as_raw_fd(), start + 1);
-        assert!(
-            cloexec(start) && cloexec(start + 1),
-            "all passed fds get CLOEXEC"
-        );
+    fn the_fd_is_picked_by_name_or_as_the_only_one() {
+        let names = |s: &str| Some(s.to_owned());
+        assert_eq!(pick_fd(&[], names("ingest"), "ingest").unwrap(), None);
+        assert_eq!(pick_fd(&[], None, "ingest").unwrap(), None);
         assert_eq!(
-            got.local_addr().unwrap().as_pathname(),
-            Some(path.as_path())
+            pick_fd(&[3, 4], names("control:ingest"), "ingest").unwrap(),
+            Some(4)
         );
-
-        // It really is the listening socket.
-        let mut client = UnixStream::connect(&path).unwrap();
-        let (mut server, _) = got.accept().unwrap();
-        client.write_all(b"x").unwrap();
-        let mut b = [0u8; 1];
-        server.read_exact(&mut b).unwrap();
-        assert_eq!(&b, b"x");
-
+        assert_eq!(pick_fd(&[3], None, "ingest").unwrap(), Some(3));
+        // An empty LISTEN_FDNAMES is no names.
+        assert_eq!(pick_fd(&[3], names(""), "ingest").unwrap(), Some(3));
         // Asking for a name that was not passed is an error, not None.
-        let err = take_listener_from(&env, 4242, start, "nope").unwrap_err();
-        assert!(matches!(err, SystemdError::NameNotFound { .. }), "{err}");
-        // The other fd is a datagram socket: rejected.
-        let err = take_listener_from(&env, 4242, start, "control").unwrap_err();
+        let e = pick_fd(&[3, 4], names("control:other"), "ingest").unwrap_err();
         assert!(
-            matches!(err, SystemdError::NotUnixStreamListener { .. }),
-            "{err}"
+            matches!(&e, SystemdError::NameNotFound { available, .. } if available.len() == 2),
+            "{e}"
         );
-        close_fd(start);
-        drop(got); // closes start + 1
-    }
-
-    #[test]
-    fn take_listener_single_unnamed_fd() {
-        let _g = lock(); // also serializes fd placement
-        let dir = TempDir::new("single");
-        let listener = UnixListener::bind(dir.0.join("s.sock")).unwrap();
-        let start = place_fds(&[listener.as_raw_fd()]);
-        drop(listener);
-        let env = env_of(vec![("LISTEN_PID", "7".into()), ("LISTEN_FDS", "1".into())]);
-        let got = take_listener_from(&env, 7, start, "ingest")
-            .unwrap()
-            .expect("listener");
-        assert_eq!(got.as_raw_fd(), start);
-    }
-
-    #[test]
-    fn take_listener_not_activated() {
-        let none = |pairs: Vec<(&'static str, String)>, pid| {
-            take_listener_from(env_of(pairs), pid, 1000, "ingest")
-                .unwrap()
-                .is_none()
-        };
-        assert!(none(vec![], 1));
-        assert!(none(vec![("LISTEN_FDS", "1".into())], 1));
-        // For another process: ignored (fd 1000 is never touched).
-        assert!(none(
-            vec![("LISTEN_PID", "2".into()), ("LISTEN_FDS", "1".into())],
-            1
-        ));
-        assert!(none(vec![("LISTEN_PID", "1".into())], 1));
-        assert!(none(
-            vec![("LISTEN_PID", "1".into()), ("LISTEN_FDS", "0".into())],
-            1
-        ));
-    }
-
-    #[test]
-    fn take_listener_bad_env() {
-        let err = |pairs: Vec<(&'static str, String)>| {
-            take_listener_from(env_of(pairs), 1, 1000, "ingest").unwrap_err()
-        };
-        assert!(matches!(
-            err(vec![("LISTEN_PID", "x".into()), ("LISTEN_FDS", "1".into())]),
-            SystemdError::InvalidEnv {
-                var: "LISTEN_PID",
-                ..
-            }
-        ));
-        assert!(matches!(
-            err(vec![
-                ("LISTEN_PID", "1".into()),
-                ("LISTEN_FDS", "-1".into())
-            ]),
-            SystemdError::InvalidEnv {
-                var: "LISTEN_FDS",
-                ..
-            }
-        ));
-        // fd 1000 is not open: reported as an I/O error with its source.
-        let e = err(vec![("LISTEN_PID", "1".into()), ("LISTEN_FDS", "1".into())]);
-        assert!(matches!(e, SystemdError::Io { fd: 1000, .. }), "{e}");
-        assert!(std::error::Error::source(&e).is_some());
-    }
-
-    #[test]
-    fn take_listener_rejects_wrong_sockets() {
-        let _g = lock(); // also serializes fd placement
-        let dir = TempDir::new("wrong");
-        // Connected, not listening.
-        let (a, _b) = UnixStream::pair().unwrap();
-        // Listening, but TCP.
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        // A regular file.
-        let file = std::fs::File::create(dir.0.join("f")).unwrap();
-        for (fd, want) in [
-            (a.as_raw_fd(), "not listening"),
-            (tcp.as_raw_fd(), "address family"),
-            (file.as_raw_fd(), "not a socket"),
-        ] {
-            let start = place_fds(&[fd]);
-            let env = env_of(vec![
-                ("LISTEN_PID", "1".into()),
-                ("LISTEN_FDS", "1".into()),
-                ("LISTEN_FDNAMES", "ingest".into()),
-            ]);
-            let e = take_listener_from(&env, 1, start, "ingest").unwrap_err();
-            assert!(
-                matches!(e, SystemdError::NotUnixStreamListener { .. })
-                    && e.to_string().contains(want),
-                "{e}"
-            );
-            close_fd(start);
-        }
-    }
-
-    #[test]
-    fn take_listener_count_mismatch() {
-        let _g = lock(); // also serializes fd placement
-        let dir = TempDir::new("mismatch");
-        let l = UnixListener::bind(dir.0.join("s")).unwrap();
-        let start = place_fds(&[l.as_raw_fd()]);
-        let env = env_of(vec![
-            ("LISTEN_PID", "1".into()),
-            ("LISTEN_FDS", "1".into()),
-            ("LISTEN_FDNAMES", "a:ingest".into()),
-        ]);
-        let e = take_listener_from(&env, 1, start, "ingest").unwrap_err();
+        let e = pick_fd(&[3, 4], None, "ingest").unwrap_err();
+        assert!(matches!(e, SystemdError::NameNotFound { .. }), "{e}");
+        let e = pick_fd(&[3], names("a:ingest"), "ingest").unwrap_err();
         assert!(
             matches!(
                 e,
@@ -788,63 +688,83 @@ mod tests {
             ),
             "{e}"
         );
-        close_fd(start);
     }
 
-    const CHILD_ENV: &str = "VISUTILITY_SD_TEST_CHILD";
+    #[test]
+    fn a_passed_listening_unix_socket_is_taken() {
+        let _g = lock();
+        let dir = TempDir::new("listen");
+        let path = dir.0.join("ingest.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let start = place_fds(&[listener.as_raw_fd()]);
+        drop(listener); // only the dup'ed copy keeps the socket open now
+        let got = listener_at(start, "ingest").unwrap();
+        assert_eq!(got.as_raw_fd(), start);
+        assert_eq!(
+            got.local_addr().unwrap().as_pathname(),
+            Some(path.as_path())
+        );
+        // It really is the listening socket.
+        let mut client = UnixStream::connect(&path).unwrap();
+        let (mut server, _) = got.accept().unwrap();
+        client.write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        server.read_exact(&mut b).unwrap();
+        assert_eq!(&b, b"x");
+    }
 
-    /// End to end through the real environment and fd 3, the way systemd
-    /// passes it. Runs in a re-executed copy of this test binary, so fd 3 and
-    /// the environment of the harness running the other tests are untouched.
+    #[test]
+    fn a_passed_fd_that_is_no_listening_unix_stream_socket_is_refused() {
+        let _g = lock();
+        let dir = TempDir::new("wrong");
+        // Connected, not listening.
+        let (a, _b) = UnixStream::pair().unwrap();
+        // Listening, but TCP.
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        // A datagram socket.
+        let dgram = UnixDatagram::unbound().unwrap();
+        // A regular file.
+        let file = std::fs::File::create(dir.0.join("f")).unwrap();
+        for (fd, want) in [
+            (a.as_raw_fd(), "not listening"),
+            (tcp.as_raw_fd(), "address family"),
+            (dgram.as_raw_fd(), "not SOCK_STREAM"),
+            (file.as_raw_fd(), "not a socket"),
+        ] {
+            let start = place_fds(&[fd]);
+            let e = listener_at(start, "ingest").unwrap_err();
+            assert!(
+                matches!(e, SystemdError::NotUnixStreamListener { .. })
+                    && e.to_string().contains(want),
+                "{e}"
+            );
+            close_fd(start);
+        }
+        // A number that is not open: reported as an I/O error with its source.
+        let closed = place_fds(&[file.as_raw_fd()]);
+        close_fd(closed);
+        let e = listener_at(closed, "ingest").unwrap_err();
+        assert!(matches!(e, SystemdError::Io { .. }), "{e}");
+        assert!(std::error::Error::source(&e).is_some());
+    }
+
+    /// End to end through the real environment and fd 3, the way systemd passes it.
     #[test]
     fn take_listener_real_env_in_child() {
-        use std::os::unix::process::CommandExt;
-        if std::env::var_os(CHILD_ENV).is_some() {
-            return; // we are the child: the work is in child_take_listener
-        }
         let _g = lock();
         let dir = TempDir::new("child");
         let path = dir.0.join("ingest.sock");
         let listener = UnixListener::bind(&path).unwrap();
         // Queued in the backlog before the child starts; the child accepts it.
         let mut client = UnixStream::connect(&path).unwrap();
-        let fd = listener.as_raw_fd();
-        let test = format!(
-            "{}::child_take_listener",
-            module_path!().split_once("::").map_or("", |(_, rest)| rest)
-        );
-        let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
-        cmd.args([
-            "--exact",
-            test.trim_start_matches("::"),
-            "--test-threads=1",
-            "--nocapture",
-        ])
-        .env(CHILD_ENV, "1")
-        .env("LISTEN_FDNAMES", "ingest")
-        .env("LISTEN_FDS", "1")
-        .env_remove("LISTEN_PID"); // the child sets it to its own pid
-        // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                if fd == 3 {
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(io::Error::last_os_error());
-                    }
-                } else if libc::dup2(fd, 3) < 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let out = cmd.output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && stdout.contains("CHILD-OK") && stdout.contains("1 passed"),
-            "child failed: {}\n{stdout}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
+        run_child(
+            "listener",
+            &[
+                ("LISTEN_PID", "$$"),
+                ("LISTEN_FDS", "1"),
+                ("LISTEN_FDNAMES", "ingest"),
+            ],
+            Some(listener.as_raw_fd()),
         );
         let mut reply = String::new();
         client.read_to_string(&mut reply).unwrap();
@@ -852,24 +772,30 @@ mod tests {
     }
 
     #[test]
-    fn child_take_listener() {
-        if std::env::var_os(CHILD_ENV).is_none() {
-            return; // only meaningful inside take_listener_real_env_in_child
-        }
-        let _g = lock();
-        set("LISTEN_PID", std::process::id().to_string());
-        let l = take_listener("ingest").unwrap().expect("socket-activated");
-        assert_eq!(l.as_raw_fd(), 3);
-        assert!(cloexec(3));
-        // The environment is not edited (finding 11 of the security review: other threads
-        // may read it); hooks drop these variables when they are spawned.
-        for v in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-            assert!(std::env::var_os(v).is_some(), "{v} was removed");
-        }
-        // Second call: the fds are taken already.
-        assert!(take_listener("ingest").unwrap().is_none());
-        let (mut conn, _) = l.accept().unwrap();
-        conn.write_all(b"hello from fd 3").unwrap();
-        println!("CHILD-OK");
+    fn take_listener_without_activation_or_for_another_process_takes_nothing() {
+        let take = |env: &[(&str, &str)]| {
+            let out = run_child("take", env, None);
+            out.lines()
+                .find_map(|l| l.split_once("take_listener=").map(|(_, v)| v))
+                .unwrap_or_else(|| panic!("no outcome printed:\n{out}"))
+                .to_owned()
+        };
+        assert_eq!(take(&[]), "Ok(false)");
+        assert_eq!(take(&[("LISTEN_FDS", "1")]), "Ok(false)");
+        // For another process: ignored (its fd 3 is never touched).
+        assert_eq!(
+            take(&[("LISTEN_PID", "1"), ("LISTEN_FDS", "1")]),
+            "Ok(false)"
+        );
+        assert_eq!(take(&[("LISTEN_PID", "$$")]), "Ok(false)");
+        assert_eq!(
+            take(&[("LISTEN_PID", "$$"), ("LISTEN_FDS", "0")]),
+            "Ok(false)"
+        );
+        // Unparsable values are errors, not silence.
+        let invalid =
+            "Err(invalid socket activation environment (LISTEN_PID, LISTEN_FDS) or passed fds)";
+        assert_eq!(take(&[("LISTEN_PID", "x"), ("LISTEN_FDS", "1")]), invalid);
+        assert_eq!(take(&[("LISTEN_PID", "$$"), ("LISTEN_FDS", "-1")]), invalid);
     }
 }

@@ -33,7 +33,7 @@ pub fn init(config_level: Option<&str>) {
         .with_env_filter(filter)
         .fmt_fields(EscapedFields)
         .with_writer(std::io::stderr);
-    if stderr_is_journal() {
+    if crate::systemd::stderr_is_journal() {
         builder.event_format(JournalFormat).init();
     } else {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
@@ -41,20 +41,6 @@ pub fn init(config_level: Option<&str>) {
     if let Some(error) = bad_rust_log {
         tracing::warn!(error = %error, "ignoring RUST_LOG; using the configured log level");
     }
-}
-
-/// systemd sets `JOURNAL_STREAM=DEV:INODE` for the stream it connects stderr to; a child
-/// whose stderr was redirected inherits the variable, so the numbers must match our stderr.
-fn stderr_is_journal() -> bool {
-    let Some((dev, ino)) = std::env::var("JOURNAL_STREAM").ok().and_then(|v| {
-        let (d, i) = v.split_once(':')?;
-        Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?))
-    }) else {
-        return false;
-    };
-    // SAFETY: fstat writes only into `st`, which lives across the call.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    (unsafe { libc::fstat(2, &mut st) } == 0) && st.st_dev as u64 == dev && st.st_ino as u64 == ino
 }
 
 /// Field values as the default formatter writes them (`message` first, then `key=value`), but

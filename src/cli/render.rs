@@ -151,6 +151,14 @@ pub fn status(out: &mut impl Write, s: &Status) -> Result<()> {
     for (k, v) in rows {
         writeln!(out, "{k:<width$}  {}", crate::escape::escape(&v))?;
     }
+    // Only when there are any: models whose stored state does not decode.
+    if !s.undecodable_models.is_empty() {
+        writeln!(
+            out,
+            "undecodable models: {} (`visutility reset` or `forget` them)",
+            crate::escape::escape(&s.undecodable_models.join(", "))
+        )?;
+    }
     Ok(())
 }
 

@@ -180,6 +180,9 @@ pub struct Status {
     /// Wall clock jumps seen while running.
     #[serde(default)]
     pub clock: crate::clock::WatchView,
+    /// Models whose stored state does not decode (also in `store`): `reset` or `forget` them.
+    #[serde(default)]
+    pub undecodable_models: Vec<String>,
 }
 
 /// One model of `models`.
@@ -590,6 +593,7 @@ mod tests {
                 last_jump_s: Some(-2_592_000.0),
                 last_jump_at: Some(1_700_000_000.0),
             },
+            undecodable_models: vec!["broken".into()],
         };
         let cases = [
             (Request::Status, Data::Status(Box::new(status))),

@@ -411,6 +411,12 @@ pub fn render(s: &Snapshot) -> String {
             "Bytes after the last whole frame of the observation log at the last start (a write torn by a power cut; never acknowledged).",
             st.recovery.torn_bytes as f64,
         ),
+        (
+            "visutility_store_undecodable_models",
+            "gauge",
+            "Models whose stored state does not decode: they cannot load until `visutility reset` or `visutility forget` replaces it (`visutility status` names them).",
+            st.undecodable_models.len() as f64,
+        ),
     ] {
         out.family(name, kind, help);
         out.sample(name, &[], v);

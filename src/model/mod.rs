@@ -741,7 +741,18 @@ impl Handler<ResetPolicies> for ModelActor {
     type Result = Result<(), ModelError>;
 
     fn handle(&mut self, msg: ResetPolicies, ctx: &mut Context<Self>) -> Self::Result {
-        self.ensure_loaded()?;
+        match self.ensure_loaded() {
+            Ok(()) => {}
+            // A stored state that does not decode is what this reset replaces: it starts from
+            // nothing (the counters cannot be carried over), without reading it.
+            Err(error) if error.is_undecodable() => {
+                self.store.discard_model_state(&self.id)?;
+                tracing::warn!(model_id = %self.id, error = %error, "the model's stored state does not decode; the reset starts it afresh");
+                self.record = ModelRecord::default();
+                self.loaded = true;
+            }
+            Err(error) => return Err(error.into()),
+        }
         self.schedule_unload_check(ctx);
         let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
         self.record.policies = specs.iter().map(PolicyState::new).collect();

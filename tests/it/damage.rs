@@ -1,4 +1,5 @@
-//! A damaged store is refused loudly, never opened as a new empty one.
+//! A damaged store is refused loudly, never opened as a new empty one; a damaged record of
+//! one model leaves the others working and the model recoverable.
 //!
 //! sled starts a new, empty database, silently, when its configuration file is missing or
 //! empty, or its data file is gone. Once `state_dir/schema_version` says a store was created
@@ -6,6 +7,10 @@
 //! the state directory aside), and changes none of it. A write torn by a power cut at the end
 //! of the observation log is not damage: what follows the last whole frame is dropped and
 //! reported.
+//!
+//! A model whose stored state does not decode cannot load, but takes no other model with it:
+//! `status` names it, a metric counts it, and `reset` or `forget` (which do not read it) make it
+//! usable again.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -221,5 +226,166 @@ fn a_torn_log_tail_is_recovered_up_to_the_last_whole_frame_and_reported() {
     assert_eq!(
         d.status_json()["store"]["recovery"]["torn_bytes"],
         serde_json::json!(0)
+    );
+}
+
+/// A drift window that does not fire, so a model's state shows in its `fill`.
+const WINDOW_BODY: &str = r#"
+[hooks]
+cooldown_s = 0
+retries = 0
+full = { command = ["/bin/true"], timeout_s = 60 }
+fine_tune = { command = ["/bin/true"], timeout_s = 60 }
+
+[[models]]
+match = "*"
+
+[[models.policies]]
+kind = "drift_window"
+window = 50
+threshold = 1000000.0
+"#;
+
+/// The fill of the model's drift window, per `models --json`.
+fn window_fill(d: &Daemon, model: &str) -> f64 {
+    let m = d
+        .model(model)
+        .unwrap_or_else(|| d.fail(format!("{model} is not listed")));
+    m["policies"][0]["state"]["fill"]
+        .as_f64()
+        .unwrap_or_else(|| d.fail(format!("no window fill in {m}")))
+}
+
+/// `visutility_store_undecodable_models` in the exposition.
+fn undecodable_metric(d: &Daemon) -> f64 {
+    let text = d.cli_ok(&["metrics"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix("visutility_store_undecodable_models "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| d.fail(format!("no undecodable-models metric in:\n{text}")))
+}
+
+/// Waits until `status --json` names exactly `models` as undecodable.
+fn wait_undecodable(d: &Daemon, models: &[&str]) {
+    let want = serde_json::json!(models);
+    d.wait_for(&format!("status to name {want} as undecodable"), || {
+        (d.status_json()["store"]["undecodable_models"] == want).then_some(())
+    });
+}
+
+/// A stopped daemon whose store holds `good` and `bad` (20 events each, in checkpoints; `bad`
+/// paused), with the checkpoint of `bad` then cut short in sled, opened directly: its version
+/// byte and the first bytes of its payload are left, so the record is there and no longer
+/// decodes.
+fn daemon_with_an_undecodable_model() -> Daemon {
+    let mut d = Daemon::builder().body(WINDOW_BODY).start();
+    for m in ["good", "bad"] {
+        let events: Vec<String> = (0..20).map(|i| drift_event(m, 0.1, i)).collect();
+        d.push_events(&events);
+    }
+    d.cli_ok(&["pause", "bad"]);
+    // At the next start the models whose events are logged load and fold them into
+    // checkpoints; the stop after it leaves nothing else of them.
+    d.sigterm();
+    assert!(d.wait_exit().success(), "{}", d.logs());
+    d.restart();
+    for m in ["good", "bad"] {
+        assert_eq!(events_at_least(&d, m, 20), 20);
+    }
+    d.sigterm();
+    assert!(d.wait_exit().success(), "{}", d.logs());
+
+    let db = sled::open(d.state_dir.join("db")).unwrap();
+    let models = db.open_tree("models").unwrap();
+    let stored = models
+        .get(b"bad")
+        .unwrap()
+        .unwrap_or_else(|| d.fail("bad has no checkpoint to damage"));
+    assert_eq!(stored[0], 1, "not a record of version 1");
+    assert!(stored.len() > 8);
+    models.insert(b"bad", &stored[..4]).unwrap();
+    db.flush().unwrap();
+    drop((models, db));
+    d
+}
+
+#[test]
+fn a_model_whose_state_does_not_decode_is_named_and_a_reset_starts_it_afresh() {
+    let mut d = daemon_with_an_undecodable_model();
+    d.restart();
+    // The other model works.
+    assert_eq!(events_at_least(&d, "good", 20), 20);
+    d.push_events(&[drift_event("good", 0.1, 20)]);
+    assert_eq!(d.events_of("good"), 21);
+    // The damaged one is named, counted and logged.
+    wait_undecodable(&d, &["bad"]);
+    assert_eq!(undecodable_metric(&d), 1.0);
+    let table = d.cli_ok(&["status"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("undecodable models: bad ")),
+        "the status table does not name the damaged model:\n{table}"
+    );
+    assert!(
+        d.log_lines()
+            .iter()
+            .any(|l| l.contains("does not decode") && l.contains("model_id=bad")),
+        "the damaged model was not logged:\n{}",
+        d.logs()
+    );
+
+    // A reset does not read the damaged state: it starts the model afresh and keeps its pause.
+    d.cli_ok(&["reset", "bad"]);
+    wait_undecodable(&d, &[]);
+    assert_eq!(undecodable_metric(&d), 0.0);
+    assert!(!d.cli_ok(&["status"]).contains("undecodable"));
+    assert_eq!(d.events_of("bad"), 0);
+    assert_eq!(window_fill(&d, "bad"), 0.0);
+    assert_eq!(d.status_json()["paused"], serde_json::json!(["bad"]));
+    let events: Vec<String> = (0..3).map(|i| drift_event("bad", 0.2, i)).collect();
+    d.push_events(&events);
+    assert_eq!(d.events_of("bad"), 3);
+    assert_eq!(window_fill(&d, "bad"), 3.0);
+
+    // The fresh state is the stored one: it loads after a restart, nothing undecodable left.
+    d.sigterm();
+    assert!(d.wait_exit().success(), "{}", d.logs());
+    d.restart();
+    assert_eq!(events_at_least(&d, "bad", 3), 3);
+    assert_eq!(window_fill(&d, "bad"), 3.0);
+    assert_eq!(d.events_of("good"), 21);
+    assert_eq!(
+        d.status_json()["store"]["undecodable_models"],
+        serde_json::json!([])
+    );
+}
+
+#[test]
+fn a_model_whose_state_does_not_decode_can_be_forgotten() {
+    let mut d = daemon_with_an_undecodable_model();
+    d.restart();
+    assert_eq!(events_at_least(&d, "good", 20), 20);
+    wait_undecodable(&d, &["bad"]);
+
+    d.cli_ok(&["forget", "bad"]);
+    wait_undecodable(&d, &[]);
+    assert_eq!(undecodable_metric(&d), 0.0);
+    assert!(d.model("bad").is_none(), "{}", d.models_json());
+    assert_eq!(d.status_json()["paused"], serde_json::json!([]));
+    // Its id is new again.
+    let events: Vec<String> = (0..2).map(|i| drift_event("bad", 0.2, i)).collect();
+    d.push_events(&events);
+    assert_eq!(d.events_of("bad"), 2);
+    assert_eq!(window_fill(&d, "bad"), 2.0);
+
+    d.sigterm();
+    assert!(d.wait_exit().success(), "{}", d.logs());
+    d.restart();
+    assert_eq!(events_at_least(&d, "bad", 2), 2);
+    assert_eq!(d.events_of("good"), 20);
+    assert_eq!(
+        d.status_json()["store"]["undecodable_models"],
+        serde_json::json!([])
     );
 }

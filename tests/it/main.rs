@@ -14,6 +14,7 @@ mod detectors;
 mod detectors_binary;
 mod faults;
 mod fleet;
+mod golden;
 mod hooks;
 mod hostile;
 mod jobs;

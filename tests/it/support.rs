@@ -5,8 +5,6 @@
 //! captured stdout/stderr.  When a test panics while a `Daemon` is alive, its logs
 //! are printed (the test harness shows them with the failure).
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -381,7 +379,6 @@ env > "$tmp/env_all"
 for a in "$@"; do printf '%s\n' "$a"; done > "$tmp/args"
 printf '%s' "$#" > "$tmp/argc"
 cat > "$tmp/stdin"
-echo "$$" > "$tmp/pid"
 touch "$runs/started.$id"
 while [ -e "$gate" ]; do sleep 0.02; done
 rmdir "$runs/lock.${{VISUTILITY_MODEL_ID:-none}}" 2>/dev/null
@@ -416,14 +413,12 @@ pub struct Hook {
 /// One finished run of a recording hook.
 #[derive(Clone, Debug)]
 pub struct HookRun {
-    pub id: String,
     pub env: BTreeMap<String, String>,
     pub args: Vec<String>,
     pub argc: usize,
     pub stdin: String,
     /// stdin parsed as JSON (Null when it does not parse)
     pub input: Value,
-    pub pid: i32,
 }
 
 impl HookRun {
@@ -492,13 +487,11 @@ impl Hook {
                 let args_text = read("args");
                 let args = args_text.lines().map(|s| s.to_string()).collect();
                 HookRun {
-                    id,
                     env,
                     args,
                     argc: read("argc").trim().parse().unwrap_or(usize::MAX),
                     stdin,
                     input,
-                    pid: read("pid").trim().parse().unwrap_or(-1),
                 }
             })
             .collect()
@@ -823,9 +816,6 @@ impl Daemon {
     pub fn sigterm(&self) {
         self.signal(libc::SIGTERM)
     }
-    pub fn sigint(&self) {
-        self.signal(libc::SIGINT)
-    }
     pub fn sigkill(&self) {
         self.signal(libc::SIGKILL)
     }
@@ -1121,10 +1111,6 @@ impl Client {
     fn fail(&self, msg: impl AsRef<str>) -> ! {
         let logs = fs::read_to_string(&self.log_path).unwrap_or_default();
         panic!("{}\n--- daemon stderr ---\n{logs}", msg.as_ref())
-    }
-
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
     }
 
     /// Write raw bytes.
