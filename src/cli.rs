@@ -80,6 +80,11 @@ pub enum Command {
         /// (repeatable: the variants of every --sweep in turn).
         #[arg(long, value_name = "KIND.PARAM=V1,V2,...")]
         sweep: Vec<String>,
+        /// Write one self-contained HTML page: a summary table, and per model and policy the
+        /// metric, the statistic against its threshold, a mark per signal and per job the
+        /// simulation would have started (--retrain-s applies); no signal lines are printed.
+        #[arg(long, value_name = "OUT.html", conflicts_with = "sweep")]
+        report: Option<PathBuf>,
     },
     /// Validate a config file: every error and warning with its key path, and a summary.
     CheckConfig {

@@ -84,6 +84,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             detail,
             skip_invalid,
             sweep,
+            report,
         } => {
             if !(retrain_s.is_finite() && retrain_s >= 0.0) {
                 bail!("--retrain-s must be a finite number >= 0, got {retrain_s}");
@@ -134,7 +135,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                             .with_context(|| format!("cannot open {}", events.display()))?,
                     ),
                 };
-                let s = backtest::run(config, std::io::BufReader::new(input), &mut out, &opts)?;
+                let input = std::io::BufReader::new(input);
+                let s = match &report {
+                    Some(path) => {
+                        let labels = backtest::report::Options {
+                            events: &events,
+                            retrain_s,
+                        };
+                        backtest::report::write(config, input, path, &labels)?
+                    }
+                    None => backtest::run(config, input, &mut out, &opts)?,
+                };
                 replayed += s.events;
                 rejected = s.rejected;
                 rows.extend(s.rows.into_iter().map(|r| (label.clone(), r)));
@@ -145,6 +156,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 "backtest done"
             );
             if opts.quiet {
+                let simulate = simulate || report.is_some();
                 print_backtest_rows(&mut out, &rows, !sweep.is_empty(), simulate, json)?;
             }
             if skip_invalid {
