@@ -811,7 +811,7 @@ fn panel(h: &mut String, row: &super::Row, p: &Panel) {
         h,
         "<figure class=\"policy\" data-policy=\"{policy}\"><figcaption><b>{policy}</b> \
          {kind} on {metrics} · {events} · {signals} · {warnings} · {jobs}</figcaption>\n\
-         <svg class=\"panel\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {WIDTH} {height}\" \
+         <svg class=\"panel\" viewBox=\"0 0 {WIDTH} {height}\" \
          width=\"{WIDTH}\" height=\"{height}\" role=\"img\">",
         kind = p.kind,
         metrics = metric_names.join(" and "),
