@@ -533,7 +533,7 @@ p.meta,p.how{color:#555;margin:4px 0}code{font-size:13px}\
 table.summary{border-collapse:collapse;font-size:13px;margin:14px 0}\
 table.summary th,table.summary td{padding:3px 8px;border-bottom:1px solid #e4e4e4;text-align:left;\
 vertical-align:top}\
-table.summary th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}\
+table.summary th{background:#f3f3f3;white-space:nowrap}td.n{text-align:right;font-variant-numeric:tabular-nums}td.first_signal{white-space:nowrap}\
 figure{margin:10px 0 18px}figcaption{font-size:13px;color:#333;margin-bottom:2px}\
 svg{display:block;max-width:100%;height:auto}\
 svg text{font:10px system-ui,sans-serif;fill:#555}\
@@ -565,8 +565,8 @@ fn render(config: &Config, summary: &Summary, seen: &Collector, opts: &Options<'
          <title>visutility backtest: {title}</title><style>{STYLE}</style></head><body>\n\
          <h1>Backtest report</h1>\n\
          <p class=\"meta\">events <code>{events}</code> · config <code>{config}</code> · \
-         {n} events, {models} model{s} · jobs simulated with a retrain of {retrain} s · \
-         visutility {version}</p>\n",
+         {n} events, {models} model{s} · jobs simulated with a retrain of {retrain} s · times \
+         UTC · visutility {version}</p>\n",
         title = html(&events),
         events = html(&events),
         config = html(&config_name),
@@ -1006,7 +1006,7 @@ fn num(v: f64) -> String {
     }
 }
 
-/// An event's time: UTC date and time when `ts` reads as one (2001 to 2100), else the number
+/// An event's time: its UTC date and time (the page says UTC once) when `ts` reads as one (2001 to 2100), else the number
 /// (an event without `ts` takes its line index).
 fn when(ts: f64) -> String {
     if !(1e9..4.1e9).contains(&ts) {
@@ -1025,7 +1025,7 @@ fn when(ts: f64) -> String {
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
     format!(
-        "{y}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        "{y}-{m:02}-{d:02} {:02}:{:02}:{:02}",
         rem / 3600,
         rem / 60 % 60,
         rem % 60
@@ -1096,7 +1096,7 @@ mod tests {
 
     #[test]
     fn times_and_numbers_read_as_people_write_them() {
-        assert_eq!(when(1_800_000_000.0), "2027-01-15 08:00:00 UTC");
+        assert_eq!(when(1_800_000_000.0), "2027-01-15 08:00:00");
         assert_eq!(when(12.0), "12");
         assert_eq!(num(0.123456), "0.1235");
         assert_eq!(num(1234.6), "1235");
