@@ -468,3 +468,49 @@ threshold = 0.5
         "{dom}"
     );
 }
+
+/// Standard input is read once, and spooled for the simulation's pass: the page is the one
+/// the file gives (but for the name of the events).
+#[test]
+fn a_report_from_standard_input_is_the_report_from_the_file() {
+    let sb = Sandbox::new();
+    let (events, config) = fixture(&sb);
+    let (ev, cfg) = (events.to_str().unwrap(), config.to_str().unwrap());
+    let (file_page, stdin_page) = (sb.path("file.html"), sb.path("stdin.html"));
+    let args = |page: &Path, input: &str| -> Vec<String> {
+        [
+            "backtest",
+            "--config",
+            cfg,
+            "--retrain-s",
+            "600",
+            "--report",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([page.display().to_string(), input.to_owned()])
+        .collect()
+    };
+    let file_args = args(&file_page, ev);
+    run_ok(
+        &sb,
+        &file_args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let stdin_args = args(&stdin_page, "-");
+    let o = run_with_timeout(
+        sb.command(&stdin_args.iter().map(String::as_str).collect::<Vec<_>>()),
+        Some(std::fs::read(&events).unwrap()),
+        Duration::from_secs(120),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(o.status.success(), "{}", out_text(&o));
+    let from_file = std::fs::read_to_string(&file_page)
+        .unwrap()
+        .replace(ev, "-");
+    let from_stdin = std::fs::read_to_string(&stdin_page).unwrap();
+    assert!(
+        from_stdin.matches("data-job-index=").count() > 10,
+        "{from_stdin}"
+    );
+    assert!(from_file == from_stdin, "the pages differ");
+}
