@@ -17,7 +17,7 @@
 //! and is drawn as at most two points per pixel column, so a one-event spike stays visible and
 //! 100,000 events make a path of a few kilobytes. Decisions never see the decimated values. Every
 //! signal and every job gets its own mark (an element with `data-signal-index`, the signal
-//! line's `index`, or `data-job-index`, the job line's `job`): the file grows by about 45 bytes
+//! line's `index`, or `data-job-index`, the job line's `job`): the file grows by about 50 bytes
 //! a signal, and the marks of a policy with more than [`TITLED`] of them carry no title.
 //!
 //! Every text that comes from the events or the config (model ids, policy and metric names,
