@@ -840,10 +840,12 @@ fn panel(h: &mut String, row: &super::Row, p: &Panel) {
             .filter_map(|(_, l)| l.range())
             .chain(p.bounds.iter().map(|&(_, v)| (v, v))),
     );
-    let label = if p.single {
-        format!("{} against its bounds", metric_names.join(", "))
-    } else {
-        metric_names.join(", ")
+    let label = match (p.single, metric_names.as_slice()) {
+        (true, [one]) => format!("{one} against its bounds"),
+        (true, [first, second]) => {
+            format!("{first} (green) and {second} (purple) against their bounds")
+        }
+        _ => metric_names.join(", "),
     };
     plot_frame(h, metric_scale, &label);
     for (k, (_, line)) in p.metrics.iter().enumerate() {
