@@ -11,7 +11,9 @@
 //!   budget) at the events' `ts`, a job absorbing decisions while it runs (`retrain_s`), and,
 //!   after a job assumed to succeed, its cooldown, the loop guard's memory and
 //!   `reset_on_retrain`; it prints the jobs that would have started;
-//! - every run returns one [`Row`] per model and policy for `--summary` and `--sweep`.
+//! - every run returns one [`Row`] per model and policy for `--summary` and `--sweep`;
+//! - [`run_observed`] shows each policy's every step and each job to an [`Observer`]: the
+//!   [`report`] draws them.
 
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
@@ -22,9 +24,14 @@ use crate::command::rules::{self, Verdict};
 use crate::config::{Config, ModelRule};
 use crate::model::advance;
 use crate::policy::detect::Signal;
-use crate::policy::{Action, Obs, PolicyState, StateKind, bind_states};
+use crate::policy::{
+    Action, Fire, NamedNumbers, Obs, PolicyKind, PolicySpec, PolicyState, Reason, StateKind,
+    bind_states,
+};
 use crate::protocol::{self, Line};
 use crate::store::ModelRecord;
+
+pub mod report;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
@@ -134,6 +141,81 @@ impl Row {
     }
 }
 
+/// Sees a replay step by step, for those who draw it ([`report`]). Both methods do nothing by
+/// default; [`run`] replays with `()`, which sees nothing.
+pub trait Observer {
+    /// A policy has taken one event (the plain replay, without `simulate`).
+    fn step(&mut self, _step: &Step<'_>) {}
+    /// A job would have started (with `simulate`).
+    fn job(&mut self, _job: &Job<'_>) {}
+}
+
+impl Observer for () {}
+
+/// One policy after one event of the plain replay.
+pub struct Step<'a> {
+    /// The policy's row in [`Summary::rows`].
+    pub row: usize,
+    /// The event's 0-based line in the input (the signal lines' `index`).
+    pub index: u64,
+    /// The event's 0-based place among its model's events.
+    pub nth: u64,
+    pub obs: &'a Obs,
+    pub spec: &'a PolicySpec,
+    /// The policy's state after the event.
+    pub state: &'a PolicyState,
+    pub fire: Option<&'a Fire<'a>>,
+    /// A drift signal line was written for it (or would have been, when quiet).
+    pub drift: bool,
+    /// A warning signal line was written for it (or would have been).
+    pub warning: bool,
+}
+
+/// A job the simulation would have started (one `--simulate` line).
+pub struct Job<'a> {
+    /// The row of the policy whose decision started it.
+    pub row: usize,
+    pub index: u64,
+    /// The event's 0-based place among its model's events.
+    pub nth: u64,
+    pub ts: f64,
+    /// 1-based, over the whole replay (the lines' `job`).
+    pub number: u64,
+    pub action: Action,
+    pub reason: &'a str,
+}
+
+/// The number a policy compared after an event and what it compared it with: a signal line's
+/// `statistic` and `threshold`. From the reason when the policy fired (a window's mean and
+/// threshold, the value past a static bound), else from the state: a window's mean and
+/// threshold, a detector's `statistic` and `threshold` where it has that pair (Page-Hinkley,
+/// CUSUM, KSWIN, DDM, EDDM; ADWIN and HDDM have none), a static threshold's metric and bound
+/// (`max_drift` before `min_accuracy`, `max` before `min`).
+pub fn statistic(
+    spec: &PolicySpec,
+    reason: Option<&Reason<'_>>,
+    now: &NamedNumbers,
+    obs: &Obs,
+) -> (Option<f64>, Option<f64>) {
+    if let Some((s, t)) = reason.and_then(Reason::statistic) {
+        return (Some(s), Some(t));
+    }
+    match &spec.kind {
+        PolicyKind::StaticThreshold {
+            max_drift,
+            min_accuracy,
+            max,
+            min,
+        } => match (max.or(*min), max_drift) {
+            (Some(bound), _) => (obs.metric(&spec.metric), Some(bound)),
+            (None, Some(m)) => (obs.drift_score, Some(*m)),
+            (None, None) => (obs.accuracy, *min_accuracy),
+        },
+        PolicyKind::DriftWindow { .. } => (now.get("mean"), now.get("threshold")),
+        PolicyKind::Detector(_) => (now.get("statistic"), now.get("threshold")),
+    }
+}
+
 /// A model's replay state.
 struct ModelRun {
     /// Index of its first row in `Summary::rows` (one per policy, in the rule's order).
@@ -156,8 +238,19 @@ struct SimState {
 pub fn run(
     config: &Config,
     input: impl BufRead,
+    out: impl Write,
+    opts: &Options,
+) -> Result<Summary, BacktestError> {
+    run_observed(config, input, out, opts, &mut ())
+}
+
+/// [`run`], showing every step to `observer`.
+pub fn run_observed(
+    config: &Config,
+    input: impl BufRead,
     mut out: impl Write,
     opts: &Options,
+    observer: &mut impl Observer,
 ) -> Result<Summary, BacktestError> {
     let mut models: HashMap<String, ModelRun> = HashMap::new();
     let mut summary = Summary::default();
@@ -224,17 +317,19 @@ pub fn run(
                 retrain_s: sim_opts.retrain_s,
                 model_id: ev.model_id,
                 index,
+                first_row: run.first_row,
                 quiet: opts.quiet,
             };
-            let signals = simulate(&ctx, sim, &obs, rows, &mut jobs, &mut w)?;
+            let signals = simulate(&ctx, sim, &obs, rows, &mut jobs, &mut w, observer)?;
             summary.signals += signals;
             continue;
         }
-        for ((spec, state), row) in rule
+        for (i, ((spec, state), row)) in rule
             .policies
             .iter()
             .zip(run.states.iter_mut())
             .zip(rows.iter_mut())
+            .enumerate()
         {
             let before = (opts.detail && matches!(state.kind, StateKind::Detector(_)))
                 .then(|| state.state(spec));
@@ -254,6 +349,17 @@ pub fn run(
             if warned {
                 row.warnings += 1;
             }
+            observer.step(&Step {
+                row: run.first_row + i,
+                index,
+                nth: row.events - 1,
+                obs: &obs,
+                spec,
+                state,
+                fire: fire.as_ref(),
+                drift: drift.is_some(),
+                warning: warned,
+            });
             if opts.quiet {
                 summary.signals += u64::from(drift.is_some()) + u64::from(warned);
                 continue;
@@ -274,16 +380,13 @@ pub fn run(
                     let now = state.state(spec);
                     let reason = match fire.as_ref().filter(|f| f.signal == signal) {
                         Some(f) => f.reason,
-                        None => crate::policy::Reason::Detector {
+                        None => Reason::Detector {
                             kind: spec.kind.kind_name(),
                             signal,
                             metric: &spec.metric,
                         },
                     };
-                    let (statistic, threshold) = match reason.statistic() {
-                        Some((s, t)) => (Some(s), Some(t)),
-                        None => (now.get("statistic"), now.get("threshold")),
-                    };
+                    let (statistic, threshold) = statistic(spec, Some(&reason), &now, &obs);
                     v["ts"] = obs.ts.into();
                     v["statistic"] = statistic.into();
                     v["threshold"] = threshold.into();
@@ -317,6 +420,8 @@ struct SimCtx<'a> {
     retrain_s: f64,
     model_id: &'a str,
     index: u64,
+    /// The model's first row in [`Summary::rows`].
+    first_row: usize,
     quiet: bool,
 }
 
@@ -330,6 +435,7 @@ fn simulate(
     rows: &mut [Row],
     jobs: &mut u64,
     w: &mut impl Write,
+    observer: &mut impl Observer,
 ) -> Result<u64, BacktestError> {
     let hooks = &ctx.config.hooks;
     // A job that ended before this event: assumed to have succeeded at its end.
@@ -425,6 +531,15 @@ fn simulate(
             *j += 1;
         }
         sim.busy = Some((obs.ts + ctx.retrain_s, job_action, spec.name.clone()));
+        observer.job(&Job {
+            row: ctx.first_row + i,
+            index: ctx.index,
+            nth: rows[i].events - 1,
+            ts: obs.ts,
+            number: *jobs,
+            action: job_action,
+            reason: &job_reason,
+        });
         if ctx.quiet {
             continue;
         }

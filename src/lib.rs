@@ -47,7 +47,8 @@
 //! - [`escape`]: non-printable characters made visible in every table and log line.
 //! - [`shutdown`]: Unix signals mapped to a closed enum.
 //! - [`systemd`]: readiness notification and socket activation.
-//! - [`backtest`]: offline replay of recorded events through the same policy code.
+//! - [`backtest`]: offline replay of recorded events through the same policy code; its
+//!   [`backtest::report`] draws a replay as one self-contained HTML page (`--report`).
 //!
 //! # Dependencies and their audit
 //!

@@ -201,4 +201,9 @@ pub struct BacktestArgs {
     /// (repeatable: the variants of every --sweep in turn).
     #[arg(long, value_name = "KIND.PARAM=V1,V2,...")]
     pub sweep: Vec<String>,
+    /// Write one self-contained HTML page: a summary table, and per model and policy the
+    /// metric, the statistic against its threshold, a mark per signal and per job the
+    /// simulation would have started (--retrain-s applies); no signal lines are printed.
+    #[arg(long, value_name = "OUT.html", conflicts_with = "sweep")]
+    pub report: Option<PathBuf>,
 }

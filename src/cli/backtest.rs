@@ -23,6 +23,7 @@ pub fn run(args: BacktestArgs, config_path: Option<&Path>, env: &Env) -> Result<
         detail,
         skip_invalid,
         sweep,
+        report,
     } = args;
     if !(retrain_s.is_finite() && retrain_s >= 0.0) {
         bail!("--retrain-s must be a finite number >= 0, got {retrain_s}");
@@ -73,7 +74,17 @@ pub fn run(args: BacktestArgs, config_path: Option<&Path>, env: &Env) -> Result<
                     .with_context(|| format!("cannot open {}", events.display()))?,
             ),
         };
-        let s = backtest::run(config, std::io::BufReader::new(input), &mut out, &opts)?;
+        let input = std::io::BufReader::new(input);
+        let s = match &report {
+            Some(path) => {
+                let labels = backtest::report::Options {
+                    events: &events,
+                    retrain_s,
+                };
+                backtest::report::write(config, input, path, &labels)?
+            }
+            None => backtest::run(config, input, &mut out, &opts)?,
+        };
         replayed += s.events;
         rejected = s.rejected;
         rows.extend(s.rows.into_iter().map(|r| (label.clone(), r)));
@@ -84,6 +95,7 @@ pub fn run(args: BacktestArgs, config_path: Option<&Path>, env: &Env) -> Result<
         "backtest done"
     );
     if opts.quiet {
+        let simulate = simulate || report.is_some();
         render::backtest_rows(&mut out, &rows, !sweep.is_empty(), simulate, json)?;
     }
     if skip_invalid {

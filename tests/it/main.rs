@@ -27,6 +27,7 @@ mod powerfs_selftest;
 mod powerloss;
 mod protocol;
 mod replay;
+mod report;
 mod security_dos;
 mod security_files;
 mod security_peers;
