@@ -1,0 +1,197 @@
+//! The error codes sent on the wire, and [`LineError`], the reason one line was rejected.
+//!
+//! Invariants:
+//! * A wire name never changes once released (clients and alerts match on it).
+//! * A [`LineError`]'s detail is at most [`DETAIL_MAX`] bytes, and quotes client text only as
+//!   a short, escaped prefix (`quoted`), so a hostile line cannot make a long or confusing
+//!   reply.
+
+use std::fmt;
+
+use super::reply::write_error_reply;
+
+/// Longest `detail` in a reply, in bytes before JSON escaping (so a reply is always small).
+pub const DETAIL_MAX: usize = 200;
+/// How much of a hostile name or value is quoted back in a detail.
+pub(super) const QUOTE_MAX: usize = 64;
+
+/// Error codes sent to clients (`"error": "<code>"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// Not one UTF-8 JSON object (syntax, encoding, trailing bytes, not an object).
+    BadJson,
+    /// Unknown/duplicate key, wrong type, invalid metric, non-finite number, bad op line shape.
+    BadField,
+    /// `model_id` breaks the id rules.
+    BadModelId,
+    /// Line longer than the connection's limit (produced by the daemon from
+    /// [`Frame::TooLong`](super::Frame::TooLong)).
+    LineTooLong,
+    /// The daemon tracks too many models already (produced by the daemon).
+    TooManyModels,
+    /// `op` names no known op.
+    UnknownOp,
+    /// The daemon failed internally, e.g. the store could not persist (flush error replies).
+    Internal,
+    /// The daemon serves `max_connections` already; sent once, then the connection closes.
+    TooManyConnections,
+    /// Nothing arrived for `idle_timeout_s`; sent once, then the connection closes.
+    IdleTimeout,
+    /// A line stayed unfinished for `partial_line_timeout_s`; sent once, then the connection
+    /// closes.
+    PartialLineTimeout,
+    /// Unfinished lines of all connections hold more than `partial_line_budget_bytes`; the
+    /// connection whose line went over is told once and closed.
+    Overloaded,
+}
+
+impl ErrorCode {
+    /// Every code, for tests and docs.
+    pub const ALL: [ErrorCode; 11] = [
+        ErrorCode::BadJson,
+        ErrorCode::BadField,
+        ErrorCode::BadModelId,
+        ErrorCode::LineTooLong,
+        ErrorCode::TooManyModels,
+        ErrorCode::UnknownOp,
+        ErrorCode::Internal,
+        ErrorCode::TooManyConnections,
+        ErrorCode::IdleTimeout,
+        ErrorCode::PartialLineTimeout,
+        ErrorCode::Overloaded,
+    ];
+
+    /// The code as sent on the wire.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorCode::BadJson => "bad_json",
+            ErrorCode::BadField => "bad_field",
+            ErrorCode::BadModelId => "bad_model_id",
+            ErrorCode::LineTooLong => "line_too_long",
+            ErrorCode::TooManyModels => "too_many_models",
+            ErrorCode::UnknownOp => "unknown_op",
+            ErrorCode::Internal => "internal",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::IdleTimeout => "idle_timeout",
+            ErrorCode::PartialLineTimeout => "partial_line_timeout",
+            ErrorCode::Overloaded => "overloaded",
+        }
+    }
+}
+
+impl fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why one line was rejected. `detail` is human-readable, bounded to [`DETAIL_MAX`] bytes and
+/// quotes at most a short, escaped prefix of any client-supplied text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {detail}")]
+pub struct LineError {
+    pub code: ErrorCode,
+    pub detail: String,
+}
+
+impl LineError {
+    /// Builds an error; the detail is cut to [`DETAIL_MAX`] bytes at a char boundary.
+    pub fn new(code: ErrorCode, detail: impl Into<String>) -> Self {
+        let mut detail = detail.into();
+        if detail.len() > DETAIL_MAX {
+            let (kept, _) = bounded_detail(&detail);
+            let cut = kept.len();
+            detail.truncate(cut);
+            detail.push_str("...");
+        }
+        LineError { code, detail }
+    }
+
+    /// The `line_too_long` error for a [`Frame::TooLong`](super::Frame::TooLong).
+    pub fn too_long(max_line_bytes: usize) -> Self {
+        LineError::new(
+            ErrorCode::LineTooLong,
+            format!("line longer than {max_line_bytes} bytes"),
+        )
+    }
+
+    /// Appends this error's reply line to `out`.
+    pub fn write_reply(&self, line: u64, out: &mut Vec<u8>) {
+        write_error_reply(out, self.code, line, &self.detail);
+    }
+}
+
+pub(super) fn bad_field(detail: impl Into<String>) -> LineError {
+    LineError::new(ErrorCode::BadField, detail)
+}
+
+pub(super) fn bad_json(detail: impl Into<String>) -> LineError {
+    LineError::new(ErrorCode::BadJson, detail)
+}
+
+pub(super) fn bad_model_id(detail: impl Into<String>) -> LineError {
+    LineError::new(ErrorCode::BadModelId, detail)
+}
+
+/// Longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+pub(super) fn truncate_str(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}
+
+/// The part of a detail that fits in [`DETAIL_MAX`] bytes together with a "..." marker, and
+/// whether it was cut.
+pub(super) fn bounded_detail(detail: &str) -> (&str, bool) {
+    if detail.len() <= DETAIL_MAX {
+        (detail, false)
+    } else {
+        (truncate_str(detail, DETAIL_MAX - 3), true)
+    }
+}
+
+/// Client text for a detail: a short prefix, Rust-escaped and quoted so that control characters
+/// and quotes cannot confuse a reader of the log or reply.
+pub(super) fn quoted(s: &str) -> String {
+    let t = truncate_str(s, QUOTE_MAX);
+    if t.len() < s.len() {
+        format!("{t:?}...")
+    } else {
+        format!("{t:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_codes() {
+        let names: Vec<&str> = ErrorCode::ALL.iter().map(ErrorCode::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "bad_json",
+                "bad_field",
+                "bad_model_id",
+                "line_too_long",
+                "too_many_models",
+                "unknown_op",
+                "internal",
+                "too_many_connections",
+                "idle_timeout",
+                "partial_line_timeout",
+                "overloaded",
+            ]
+        );
+        assert_eq!(ErrorCode::BadJson.to_string(), "bad_json");
+        let e = LineError::new(ErrorCode::BadField, "x");
+        assert_eq!(e.to_string(), "bad_field: x");
+        assert_eq!(LineError::too_long(10).detail, "line longer than 10 bytes");
+    }
+}
