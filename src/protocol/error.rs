@@ -1,6 +1,10 @@
 //! The error codes sent on the wire, and [`LineError`], the reason one line was rejected.
 //!
 //! Invariants:
+//! * [`ErrorCode`], [`ErrorCode::ALL`] and the wire names come from one list (the
+//!   `error_codes!` macro below), so `ALL` holds every code exactly once, in declaration
+//!   order: `ALL[code as usize] == code`. Per-code counters are arrays of
+//!   [`ErrorCode::COUNT`] indexed by `code as usize`, and follow the enum by construction.
 //! * A wire name never changes once released (clients and alerts match on it).
 //! * A [`LineError`]'s detail is at most [`DETAIL_MAX`] bytes, and quotes client text only as
 //!   a short, escaped prefix (`quoted`), so a hostile line cannot make a long or confusing
@@ -15,69 +19,73 @@ pub const DETAIL_MAX: usize = 200;
 /// How much of a hostile name or value is quoted back in a detail.
 pub(super) const QUOTE_MAX: usize = 64;
 
-/// Error codes sent to clients (`"error": "<code>"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorCode {
+/// Declares [`ErrorCode`] with its wire names, and [`ErrorCode::ALL`] from the same list.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $code:ident => $wire:literal,)+) => {
+        /// Error codes sent to clients (`"error": "<code>"`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $code,)+
+        }
+
+        impl ErrorCode {
+            /// Every code, in declaration order (`ALL[code as usize] == code`).
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$code,)+];
+
+            /// The code as sent on the wire.
+            pub fn as_str(&self) -> &'static str {
+                match self {
+                    $(ErrorCode::$code => $wire,)+
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
     /// Not one UTF-8 JSON object (syntax, encoding, trailing bytes, not an object).
-    BadJson,
+    BadJson => "bad_json",
     /// Unknown/duplicate key, wrong type, invalid metric, non-finite number, bad op line shape.
-    BadField,
+    BadField => "bad_field",
     /// `model_id` breaks the id rules.
-    BadModelId,
+    BadModelId => "bad_model_id",
     /// Line longer than the connection's limit (produced by the daemon from
     /// [`Frame::TooLong`](super::Frame::TooLong)).
-    LineTooLong,
+    LineTooLong => "line_too_long",
     /// The daemon tracks too many models already (produced by the daemon).
-    TooManyModels,
+    TooManyModels => "too_many_models",
     /// `op` names no known op.
-    UnknownOp,
+    UnknownOp => "unknown_op",
     /// The daemon failed internally, e.g. the store could not persist (flush error replies).
-    Internal,
+    Internal => "internal",
     /// The daemon serves `max_connections` already; sent once, then the connection closes.
-    TooManyConnections,
+    TooManyConnections => "too_many_connections",
     /// Nothing arrived for `idle_timeout_s`; sent once, then the connection closes.
-    IdleTimeout,
+    IdleTimeout => "idle_timeout",
     /// A line stayed unfinished for `partial_line_timeout_s`; sent once, then the connection
     /// closes.
-    PartialLineTimeout,
+    PartialLineTimeout => "partial_line_timeout",
     /// Unfinished lines of all connections hold more than `partial_line_budget_bytes`; the
     /// connection whose line went over is told once and closed.
-    Overloaded,
+    Overloaded => "overloaded",
+    /// The peer is not admitted by `daemon.ingest_allow`; sent once (with line 0), then the
+    /// connection closes.
+    PermissionDenied => "permission_denied",
 }
 
 impl ErrorCode {
-    /// Every code, for tests and docs.
-    pub const ALL: [ErrorCode; 11] = [
-        ErrorCode::BadJson,
-        ErrorCode::BadField,
-        ErrorCode::BadModelId,
-        ErrorCode::LineTooLong,
-        ErrorCode::TooManyModels,
-        ErrorCode::UnknownOp,
-        ErrorCode::Internal,
-        ErrorCode::TooManyConnections,
-        ErrorCode::IdleTimeout,
-        ErrorCode::PartialLineTimeout,
-        ErrorCode::Overloaded,
-    ];
-
-    /// The code as sent on the wire.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            ErrorCode::BadJson => "bad_json",
-            ErrorCode::BadField => "bad_field",
-            ErrorCode::BadModelId => "bad_model_id",
-            ErrorCode::LineTooLong => "line_too_long",
-            ErrorCode::TooManyModels => "too_many_models",
-            ErrorCode::UnknownOp => "unknown_op",
-            ErrorCode::Internal => "internal",
-            ErrorCode::TooManyConnections => "too_many_connections",
-            ErrorCode::IdleTimeout => "idle_timeout",
-            ErrorCode::PartialLineTimeout => "partial_line_timeout",
-            ErrorCode::Overloaded => "overloaded",
-        }
-    }
+    /// How many codes there are: the length of an array indexed by `code as usize`.
+    pub const COUNT: usize = ErrorCode::ALL.len();
 }
+
+// `code as usize` indexes `ALL` (and every per-code array): no explicit discriminants.
+const _: () = {
+    let mut i = 0;
+    while i < ErrorCode::COUNT {
+        assert!(ErrorCode::ALL[i] as usize == i);
+        i += 1;
+    }
+};
 
 impl fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -187,11 +195,24 @@ mod tests {
                 "idle_timeout",
                 "partial_line_timeout",
                 "overloaded",
+                "permission_denied",
             ]
         );
         assert_eq!(ErrorCode::BadJson.to_string(), "bad_json");
         let e = LineError::new(ErrorCode::BadField, "x");
         assert_eq!(e.to_string(), "bad_field: x");
         assert_eq!(LineError::too_long(10).detail, "line longer than 10 bytes");
+    }
+
+    /// Per-code counters are indexed by `code as usize` into arrays of `COUNT`.
+    #[test]
+    fn codes_index_their_counters() {
+        assert_eq!(ErrorCode::COUNT, ErrorCode::ALL.len());
+        for (i, code) in ErrorCode::ALL.iter().enumerate() {
+            assert_eq!(*code as usize, i, "{code}");
+        }
+        let names: std::collections::HashSet<&str> =
+            ErrorCode::ALL.iter().map(ErrorCode::as_str).collect();
+        assert_eq!(names.len(), ErrorCode::COUNT, "a wire name is used twice");
     }
 }
