@@ -26,30 +26,6 @@ pub enum Frame<'a> {
     TooLong,
 }
 
-/// Position of the first `\n`: a word at a time (std has no public memchr), since this scan
-/// touches every byte received.
-fn find_newline(h: &[u8]) -> Option<usize> {
-    const LO: u64 = 0x0101_0101_0101_0101;
-    const HI: u64 = 0x8080_8080_8080_8080;
-    const NL: u64 = LO * b'\n' as u64;
-    let mut chunks = h.chunks_exact(8);
-    let mut base = 0;
-    for c in &mut chunks {
-        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]) ^ NL;
-        // Classic "has zero byte": exact for the lowest flagged byte, which is the first '\n'.
-        let z = w.wrapping_sub(LO) & !w & HI;
-        if z != 0 {
-            return Some(base + (z.trailing_zeros() / 8) as usize);
-        }
-        base += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == b'\n')
-        .map(|p| base + p)
-}
-
 /// A frame as positions in the buffer (no borrow, so the reader can keep it across an await).
 #[derive(Debug, Clone, Copy)]
 enum RawFrame {
@@ -93,7 +69,7 @@ impl Cursor {
             return Some(f);
         }
         if self.discarding {
-            match find_newline(&buf[self.start..self.end]) {
+            match memchr::memchr(b'\n', &buf[self.start..self.end]) {
                 Some(i) => {
                     self.start += i + 1;
                     self.scan = self.start;
@@ -106,7 +82,7 @@ impl Cursor {
                 }
             }
         }
-        if let Some(i) = find_newline(&buf[self.scan..self.end]) {
+        if let Some(i) = memchr::memchr(b'\n', &buf[self.scan..self.end]) {
             let nl = self.scan + i;
             let s = self.start;
             self.start = nl + 1;
@@ -341,30 +317,6 @@ mod tests {
     use std::pin::Pin;
     use std::task::{Context, Poll};
     use tokio::io::{AsyncWriteExt, ReadBuf};
-
-    #[test]
-    fn find_newline_matches_naive() {
-        for len in 0..40 {
-            for pos in 0..=len {
-                let mut v = vec![b'a'; len];
-                // Bytes that trip naive SWAR variants: 0x0b ('\n' + 1), 0x8a, 0x09.
-                for (i, b) in v.iter_mut().enumerate() {
-                    *b = [b'a', 0x0b, 0x8a, 0x09, 0x00, 0xff][i % 6];
-                }
-                if pos < len {
-                    v[pos] = b'\n';
-                    if pos + 3 < len {
-                        v[pos + 3] = b'\n';
-                    }
-                }
-                assert_eq!(
-                    find_newline(&v),
-                    v.iter().position(|&b| b == b'\n'),
-                    "{v:?}"
-                );
-            }
-        }
-    }
 
     /// Returns data in chunks of the given sizes (cycling), to split lines across reads.
     struct Chunked {
