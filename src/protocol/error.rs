@@ -12,8 +12,6 @@
 
 use std::fmt;
 
-use super::reply::write_error_reply;
-
 /// Longest `detail` in a reply, in bytes before JSON escaping (so a reply is always small).
 pub const DETAIL_MAX: usize = 200;
 /// How much of a hostile name or value is quoted back in a detail.
@@ -114,19 +112,6 @@ impl LineError {
         }
         LineError { code, detail }
     }
-
-    /// The `line_too_long` error for a [`Frame::TooLong`](super::Frame::TooLong).
-    pub fn too_long(max_line_bytes: usize) -> Self {
-        LineError::new(
-            ErrorCode::LineTooLong,
-            format!("line longer than {max_line_bytes} bytes"),
-        )
-    }
-
-    /// Appends this error's reply line to `out`.
-    pub fn write_reply(&self, line: u64, out: &mut Vec<u8>) {
-        write_error_reply(out, self.code, line, &self.detail);
-    }
 }
 
 pub(super) fn bad_field(detail: impl Into<String>) -> LineError {
@@ -201,7 +186,6 @@ mod tests {
         assert_eq!(ErrorCode::BadJson.to_string(), "bad_json");
         let e = LineError::new(ErrorCode::BadField, "x");
         assert_eq!(e.to_string(), "bad_field: x");
-        assert_eq!(LineError::too_long(10).detail, "line longer than 10 bytes");
     }
 
     /// Per-code counters are indexed by `code as usize` into arrays of `COUNT`.

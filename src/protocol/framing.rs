@@ -128,7 +128,7 @@ impl RawFrame {
 ///         line_no += 1;
 ///         match frame {
 ///             Frame::Line(bytes) => match decode_line(bytes) { /* ... */ },
-///             Frame::TooLong => LineError::too_long(64 * 1024).write_reply(line_no, &mut out),
+///             Frame::TooLong => write_error_reply(&mut out, ErrorCode::LineTooLong, line_no, "..."),
 ///         }
 ///     }
 ///     // commit the batch, write `out`
@@ -204,15 +204,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
         }
     }
 
-    /// Next frame; `Ok(None)` at clean EOF. A final line without newline counts as a line.
-    /// Cancel-safe, like [`LineReader::fill`] (so it can sit under `timeout` or `select!`).
-    pub async fn next_frame(&mut self) -> io::Result<Option<Frame<'_>>> {
-        if !self.fill().await? {
-            return Ok(None);
-        }
-        Ok(self.try_next_buffered())
-    }
-
     /// One step of [`LineReader::fill`]: reads at most once. `Ok(Some(true))`: a frame is
     /// ready; `Ok(Some(false))`: EOF with every line handed out; `Ok(None)`: bytes arrived but
     /// no line is complete yet (see [`LineReader::partial_len`]). Cancel-safe.
@@ -281,29 +272,6 @@ impl<R: AsyncRead + Unpin> LineReader<R> {
             c.end += n;
         }
         Ok(())
-    }
-
-    /// The line limit given to [`LineReader::new`].
-    pub fn max_line_bytes(&self) -> usize {
-        self.cur.max
-    }
-
-    /// Bytes currently allocated for the buffer (≤ `max_line_bytes + 2 + READ_CHUNK`).
-    pub fn buffer_capacity(&self) -> usize {
-        self.buf.len()
-    }
-
-    pub fn get_ref(&self) -> &R {
-        &self.inner
-    }
-
-    pub fn get_mut(&mut self) -> &mut R {
-        &mut self.inner
-    }
-
-    /// The reader; bytes still buffered are lost.
-    pub fn into_inner(self) -> R {
-        self.inner
     }
 }
 
@@ -454,7 +422,7 @@ mod tests {
         let mut got = Vec::new();
         let mut peak = 0;
         while r.fill().await.unwrap() {
-            peak = peak.max(r.buffer_capacity());
+            peak = peak.max(r.buf.len());
             for f in r.batch() {
                 got.push(match f {
                     Frame::Line(l) => match decode_line(l).unwrap() {
@@ -466,7 +434,7 @@ mod tests {
             }
         }
         writer.await.unwrap();
-        peak = peak.max(r.buffer_capacity());
+        peak = peak.max(r.buf.len());
         assert_eq!(got, vec![Some("before".into()), None, Some("after".into())]);
         assert!(peak <= max + 2 + READ_CHUNK, "buffer grew to {peak}");
     }
@@ -476,7 +444,7 @@ mod tests {
         let data = format!("a\n{}\nb", "y".repeat(300_000));
         let mut r = LineReader::new(Chunked::new(data, &[1, 7, 65536]), 1000);
         assert_eq!(frames(&mut r).await, vec![some("a"), None, some("b")]);
-        assert!(r.buffer_capacity() <= 1000 + 2 + READ_CHUNK);
+        assert!(r.buf.len() <= 1000 + 2 + READ_CHUNK);
     }
 
     #[tokio::test]
@@ -515,17 +483,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn next_frame_and_try_next_buffered() {
+    async fn fill_then_try_next_buffered() {
         let mut r = LineReader::new(Chunked::new("a\nb\nc", &[4]), 10);
-        assert_eq!(r.next_frame().await.unwrap(), Some(Frame::Line(b"a")));
+        assert!(r.fill().await.unwrap());
+        assert_eq!(r.try_next_buffered(), Some(Frame::Line(b"a")));
         assert_eq!(r.try_next_buffered(), Some(Frame::Line(b"b")));
         assert_eq!(r.try_next_buffered(), None); // "c" needs another read (to see EOF)
-        assert_eq!(r.next_frame().await.unwrap(), Some(Frame::Line(b"c")));
-        assert_eq!(r.next_frame().await.unwrap(), None);
-        assert_eq!(r.max_line_bytes(), 10);
-        assert_eq!(r.get_ref().pos, 5);
-        let _ = r.get_mut();
-        let _ = r.into_inner();
+        assert!(r.fill().await.unwrap());
+        assert_eq!(r.try_next_buffered(), Some(Frame::Line(b"c")));
+        assert!(!r.fill().await.unwrap());
+        assert_eq!(r.inner.pos, 5);
     }
 
     #[tokio::test]
@@ -546,8 +513,9 @@ mod tests {
             }
         }
         let mut r = LineReader::new(Failing(false), 100);
-        assert_eq!(r.next_frame().await.unwrap(), Some(Frame::Line(b"ok")));
-        assert_eq!(r.next_frame().await.unwrap_err().to_string(), "boom");
+        assert!(r.fill().await.unwrap());
+        assert_eq!(r.try_next_buffered(), Some(Frame::Line(b"ok")));
+        assert_eq!(r.fill().await.unwrap_err().to_string(), "boom");
     }
 
     fn rt() -> tokio::runtime::Runtime {
