@@ -198,7 +198,7 @@ impl SocketFile {
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
     };
     let (f, t) = (c(from)?, c(to)?);
     // SAFETY: both paths are NUL-terminated strings that outlive the call.
