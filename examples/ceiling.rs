@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{UnixListener, UnixStream};
-use visutility::protocol::{self, Frame, Line, LineReader, Op};
+use visutility::protocol::{self, ErrorCode, Frame, Line, LineReader, Op};
 
 fn main() -> std::io::Result<()> {
     let Some(path) = std::env::args_os().nth(1).map(PathBuf::from) else {
@@ -56,7 +56,12 @@ async fn serve(stream: UnixStream) {
                 Frame::Line(l) => l,
                 Frame::TooLong => {
                     rejected += 1;
-                    protocol::LineError::too_long(64 * 1024).write_reply(line_no, &mut out);
+                    protocol::write_error_reply(
+                        &mut out,
+                        ErrorCode::LineTooLong,
+                        line_no,
+                        "line longer than max_line_bytes (65536)",
+                    );
                     continue;
                 }
             };
@@ -77,7 +82,7 @@ async fn serve(stream: UnixStream) {
                 Ok(Line::Empty) => {}
                 Err(e) => {
                     rejected += 1;
-                    e.write_reply(line_no, &mut out);
+                    protocol::write_error_reply(&mut out, e.code, line_no, &e.detail);
                 }
             }
         }

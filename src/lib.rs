@@ -13,6 +13,9 @@
 //!   `directories` crate ([`config::Env`], `env.rs`), which also finds the sockets for the
 //!   operator commands when the config does not validate.
 //! - [`protocol`]: the ingest wire format (newline-delimited JSON) and its framing, nothing else.
+//!   [`protocol::decode_line`] tries a fast scanner ([`protocol::scan`]) before the serde
+//!   reference decoder ([`protocol::fallback`]); codes in [`protocol::error`], decoded lines
+//!   and the id rules in [`protocol::event`], [`protocol::reply`], [`protocol::framing`].
 //! - [`ingest`]: the Unix socket listener and one task per connection. Lines are decoded,
 //!   grouped per model and sent to model actors in batches.
 //! - [`model`]: one supervised actor per `model_id`, wrapping the model's policy state (dropped

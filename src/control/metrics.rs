@@ -126,9 +126,15 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
         uptime_s: ctx.started.elapsed().as_secs_f64(),
         clock_jumps: ctx.clock.view().jumps,
         events_accepted: stats.accepted.load(Ordering::Relaxed),
+        // Refused connections are counted by `connections_refused`, not as lines.
         rejected: ErrorCode::ALL
             .iter()
-            .filter(|c| !matches!(c, ErrorCode::TooManyConnections))
+            .filter(|c| {
+                !matches!(
+                    c,
+                    ErrorCode::TooManyConnections | ErrorCode::PermissionDenied
+                )
+            })
             .map(|c| {
                 (
                     c.as_str(),
@@ -143,7 +149,7 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
         connections_total: stats.connections_total.load(Ordering::Relaxed),
         connections_refused: vec![
             (
-                "too_many_connections",
+                ErrorCode::TooManyConnections.as_str(),
                 stats.connections_refused.load(Ordering::Relaxed),
             ),
             (
@@ -151,7 +157,7 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
                 stats.connections_refused_uid.load(Ordering::Relaxed),
             ),
             (
-                "permission_denied",
+                ErrorCode::PermissionDenied.as_str(),
                 stats.connections_denied.load(Ordering::Relaxed),
             ),
         ],

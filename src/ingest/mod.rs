@@ -21,6 +21,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::model::registry::Registry;
+use crate::protocol::ErrorCode;
 use crate::store::Store;
 
 pub use connection::ConnSettings;
@@ -77,8 +78,8 @@ pub struct IngestStats {
     pub connections_refused_uid: AtomicU64,
     /// Error replies dropped because the client did not read them.
     pub replies_dropped: AtomicU64,
-    /// Rejections by error code, indexed like `protocol::ErrorCode::ALL`.
-    pub rejected_by_code: [AtomicU64; 11],
+    /// Rejections by error code, indexed by `code as usize` (the order of `ErrorCode::ALL`).
+    pub rejected_by_code: [AtomicU64; ErrorCode::COUNT],
 }
 
 /// A bound Unix socket whose file is removed on drop (when we created it).
@@ -197,7 +198,7 @@ impl SocketFile {
 fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     let c = |p: &Path| {
         std::ffi::CString::new(p.as_os_str().as_bytes())
-            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
     };
     let (f, t) = (c(from)?, c(to)?);
     // SAFETY: both paths are NUL-terminated strings that outlive the call.
@@ -431,13 +432,9 @@ fn refusal(
             "cannot read the peer's credentials".to_owned()
         }
     };
-    let mut line = serde_json::json!({
-        "error": "permission_denied",
-        "line": 0,
-        "detail": detail,
-    })
-    .to_string()
-    .into_bytes();
-    line.push(b'\n');
-    Some(line)
+    Some(crate::protocol::error_reply(
+        ErrorCode::PermissionDenied,
+        0,
+        &detail,
+    ))
 }
