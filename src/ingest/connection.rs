@@ -5,10 +5,12 @@
 //! waiting, [`DISPATCH_EVENTS`] are pending, the oldest has waited [`DISPATCH_DELAY_S`], or an
 //! op arrives. Then the array is sorted by
 //! model (stably, so each model's events keep their order) and shared: each model gets one
-//! `ApplyBatch` naming its range of it. A dispatch costs one message per model, however many
-//! events each model got, and no allocation: the array comes back to the connection when the
-//! last model is done with it and is reused. Order per model is preserved because an actor's
-//! mailbox is FIFO and dispatches leave in read order.
+//! `ApplyBatch` naming its range of it. A dispatch is one task handed to the models' thread
+//! (one wake-up of it), which puts one message per model in the actors' mailboxes there,
+//! however many events each model got; the array comes back to the connection when the last
+//! model is done with it and is reused. Order per model is preserved because the models'
+//! thread runs its tasks in order, an actor's mailbox is FIFO, and dispatches leave in read
+//! order.
 //!
 //! Backpressure: at most [`MAX_IN_FLIGHT`] dispatches of a connection are being applied at a
 //! time; beyond that the connection stops reading until the models catch up, so a client that
@@ -654,6 +656,7 @@ impl Conn<'_> {
         self.dispatches += 1;
         self.messages += active.len() as u64;
         let mut start = 0;
+        let mut batches = Vec::with_capacity(active.len());
         for s in active.drain(..) {
             let slot = &mut slots[s as usize];
             // `count` is now the end of this model's range, which starts where the last ended.
@@ -663,12 +666,21 @@ impl Conn<'_> {
                 slot.touched = Some(slot.handle.epoch.load(Ordering::SeqCst));
                 touched.push(s);
             }
-            slot.handle.addr.do_send(ApplyBatch {
-                events: events.clone(),
-                range: start..end,
-            });
+            batches.push((slot.handle.addr.clone(), start..end));
             start = end;
         }
+        // One task for the models' thread, which puts each batch in its actor's mailbox there:
+        // one wake-up of that thread per dispatch, where a message per model from this thread
+        // could wake it once per model. The arbiter runs its tasks in order, so a barrier sent
+        // after a task queued behind this one (see `barrier`) meets every batch before it.
+        self.ctx.registry.arbiter().spawn_fn(move || {
+            for (addr, range) in batches {
+                addr.do_send(ApplyBatch {
+                    events: events.clone(),
+                    range,
+                });
+            }
+        });
         self.ctx
             .stats
             .accepted
@@ -695,6 +707,17 @@ impl Conn<'_> {
     /// The flush barrier; appends the reply line to `replies`.
     async fn barrier(&mut self) {
         self.dispatch();
+        // The batches go through the models' thread's task queue (see `dispatch`): a task
+        // queued behind them has run only once every one is in its actor's mailbox, so each
+        // barrier below arrives after this connection's events.
+        if !self.touched.is_empty() {
+            let (done, ran) = tokio::sync::oneshot::channel();
+            if self.ctx.registry.arbiter().spawn_fn(move || {
+                let _ = done.send(());
+            }) {
+                let _ = ran.await;
+            }
+        }
         // Every barrier is in its model's mailbox before the first is awaited, so the models
         // write their state in parallel with the waiting rather than one round trip each.
         let requests: Vec<_> = self

@@ -97,6 +97,12 @@ impl Registry {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The models' thread: a connection hands it one dispatch as one task, which fans the
+    /// batches out to the actors there (one wake-up of the thread, not one per model).
+    pub fn arbiter(&self) -> &ArbiterHandle {
+        &self.arbiter
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.lock().config.clone()
     }
