@@ -201,6 +201,11 @@ pub struct BacktestArgs {
     /// (repeatable: the variants of every --sweep in turn).
     #[arg(long, value_name = "KIND.PARAM=V1,V2,...")]
     pub sweep: Vec<String>,
+    /// Also run the events through this config, as one more variant beside --config's, and
+    /// print one summary row per config side by side (repeatable; the variant is named by
+    /// the file).
+    #[arg(long, value_name = "FILE", conflicts_with = "report")]
+    pub compare: Vec<PathBuf>,
     /// Write one self-contained HTML page: a summary table, and per model and policy the
     /// metric, the statistic against its threshold, a mark per signal and per job the
     /// simulation would have started (--retrain-s applies); no signal lines are printed.

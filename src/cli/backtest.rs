@@ -24,6 +24,7 @@ pub fn run(args: BacktestArgs, config_path: Option<&Path>, env: &Env) -> Result<
         skip_invalid,
         sweep,
         report,
+        compare,
     } = args;
     if !(retrain_s.is_finite() && retrain_s >= 0.0) {
         bail!("--retrain-s must be a finite number >= 0, got {retrain_s}");
@@ -46,6 +47,23 @@ pub fn run(args: BacktestArgs, config_path: Option<&Path>, env: &Env) -> Result<
             }
         }
     }
+    if !compare.is_empty() {
+        // The main config is a variant too, named by its file.
+        if variants.len() == 1 && variants[0].0.is_empty() {
+            variants[0].0 = config_path
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| "default".into());
+        }
+        for path in &compare {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let config = Config::from_toml(&text, env)
+                .map_err(config_error)
+                .with_context(|| format!("--compare {}", path.display()))?;
+            variants.push((path.display().to_string(), config));
+        }
+    }
+    let several = !sweep.is_empty() || !compare.is_empty();
     // Several variants read the events several times: from stdin, keep them.
     let stdin_events = if events.as_os_str() == "-" && variants.len() > 1 {
         let mut buf = Vec::new();
@@ -58,7 +76,7 @@ pub fn run(args: BacktestArgs, config_path: Option<&Path>, env: &Env) -> Result<
     let opts = backtest::Options {
         detail,
         simulate: simulate.then_some(backtest::Simulate { retrain_s }),
-        quiet: summary || !sweep.is_empty(),
+        quiet: summary || several,
     };
     let mut out = std::io::stdout().lock();
     let mut rows = Vec::new();
@@ -96,7 +114,7 @@ pub fn run(args: BacktestArgs, config_path: Option<&Path>, env: &Env) -> Result<
     );
     if opts.quiet {
         let simulate = simulate || report.is_some();
-        render::backtest_rows(&mut out, &rows, !sweep.is_empty(), simulate, json)?;
+        render::backtest_rows(&mut out, &rows, several, simulate, json)?;
     }
     if skip_invalid {
         if !rejected.is_empty() {

@@ -428,3 +428,79 @@ fn recipes_check_and_backtest_over_the_conformance_streams() {
         }
     }
 }
+
+#[test]
+fn compare_runs_several_configs_side_by_side() {
+    let sb = Sandbox::new();
+    let policy = |threshold: f64| {
+        format!(
+            "[[models]]\nmatch = \"*\"\n[[models.policies]]\nkind = \"drift_window\"\nwindow = 2\nthreshold = {threshold}\n"
+        )
+    };
+    let low = sb.write("low.toml", &policy(0.5));
+    let high = sb.write("high.toml", &policy(0.8));
+    let lines: Vec<String> = [0.2, 0.7, 0.7, 0.9, 0.9]
+        .iter()
+        .map(|d| json!({"model_id": "m", "drift_score": d}).to_string())
+        .collect();
+    let ev = sb.write("events.jsonl", &(lines.join("\n") + "\n"));
+    let rows: Value = serde_json::from_str(&run_ok(
+        &sb,
+        &[
+            "backtest",
+            "--config",
+            low.to_str().unwrap(),
+            "--compare",
+            high.to_str().unwrap(),
+            "--json",
+            ev.to_str().unwrap(),
+        ],
+    ))
+    .unwrap();
+    let got: Vec<(String, u64)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["variant"].as_str().unwrap().to_owned(),
+                r["signals"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (low.display().to_string(), 3),
+            (high.display().to_string(), 1)
+        ]
+    );
+    // The table names each config in a column of its own.
+    let table = run_ok(
+        &sb,
+        &[
+            "backtest",
+            "--config",
+            low.to_str().unwrap(),
+            "--compare",
+            high.to_str().unwrap(),
+            ev.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        table.contains("high.toml") && table.contains("low.toml"),
+        "{table}"
+    );
+    // A broken config is named.
+    let broken = sb.write("broken.toml", "[[models]]\nmatch = 3\n");
+    let o = sb.run(&[
+        "backtest",
+        "--config",
+        low.to_str().unwrap(),
+        "--compare",
+        broken.to_str().unwrap(),
+        ev.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(out_text(&o).contains("broken.toml"), "{}", out_text(&o));
+}
