@@ -19,8 +19,8 @@ pub enum RegistryError {
     TooManyModels(usize),
     #[error("cannot load the model's state")]
     Store(#[from] StoreError),
-    #[error("invalid model id: {0}")]
-    BadId(String),
+    #[error("invalid model id: {}", .0.detail)]
+    BadId(#[source] crate::protocol::LineError),
 }
 
 /// Shared by every connection and the control socket; cheap to clone.
@@ -120,7 +120,7 @@ impl Registry {
     pub fn get_or_create(&self, model_id: &str) -> Result<ModelHandle, RegistryError> {
         // Every entry point checks ids already; this is the last line before an actor and a
         // store record exist for one.
-        crate::protocol::validate_model_id(model_id).map_err(|e| RegistryError::BadId(e.detail))?;
+        crate::protocol::validate_model_id(model_id).map_err(RegistryError::BadId)?;
         if let Some(h) = self.lock().actors.get(model_id) {
             return Ok(h.clone());
         }
