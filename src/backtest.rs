@@ -280,10 +280,7 @@ pub fn run(
                             metric: &spec.metric,
                         },
                     };
-                    let (statistic, threshold) = match reason.statistic() {
-                        Some((s, t)) => (Some(s), Some(t)),
-                        None => (now.get("statistic"), now.get("threshold")),
-                    };
+                    let (statistic, threshold) = reason.compared(|| now.clone());
                     v["ts"] = obs.ts.into();
                     v["statistic"] = statistic.into();
                     v["threshold"] = threshold.into();
@@ -355,6 +352,10 @@ fn simulate(
         Some(ctx.rule),
         std::slice::from_ref(obs),
         |fired| {
+            // The warm-up decides nothing, as in the daemon.
+            if fired.warmup {
+                return;
+            }
             let Some(i) = ctx
                 .rule
                 .policies

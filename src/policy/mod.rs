@@ -604,6 +604,20 @@ impl Reason<'_> {
             Reason::Detector { .. } => None,
         }
     }
+
+    /// The statistic and threshold a fire compared, as `backtest --detail` and `explain`
+    /// show them: the reason's own numbers, or for a detector (whose reason names none) the
+    /// `statistic` and `threshold` of its state after the update, asked of `state` only then
+    /// (`None` for a detector that has no such number).
+    pub fn compared(&self, state: impl FnOnce() -> NamedNumbers) -> (Option<f64>, Option<f64>) {
+        match self.statistic() {
+            Some((s, t)) => (Some(s), Some(t)),
+            None => {
+                let now = state();
+                (now.get("statistic"), now.get("threshold"))
+            }
+        }
+    }
 }
 
 impl PolicyState {
