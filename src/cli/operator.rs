@@ -1,6 +1,6 @@
 //! The operator commands (`status`, `models`, `history`, `explain`, `trigger`, `reset`,
-//! `pause`, `resume`, `forget`, `metrics`): one request on the control socket, the reply as a table
-//! or a line for people, or as JSON with `--json`.
+//! `pause`, `resume`, `forget`, `metrics`): one request on the control socket, the reply as a
+//! table or a line for people, or as JSON with `--json`.
 
 use std::io::Write;
 use std::path::PathBuf;
