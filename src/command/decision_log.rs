@@ -12,6 +12,11 @@
 //! when a different entry replaces it or the daemon stops. A crash loses at most one
 //! interval's count of a running entry, never an entry.
 //!
+//! Memory: a running entry that no decision joined for [`IDLE_S`] (its policy stopped firing)
+//! leaves memory once written, and a model with none left is forgotten here until its next
+//! decision, which reads its last number from the store again; so only models that decided
+//! lately are held, whatever the fleet's size. A decision after that starts a new entry.
+//!
 //! Each model's entries are numbered from 1 on (the numbers go on from the stored log after a
 //! restart, and start again after `forget`); entries are shown by number, never by time (the
 //! wall clock may have jumped), and only the last [`KEEP`] of a model are kept: each new
@@ -26,6 +31,9 @@ use crate::store::{DecisionEntry, ExplainEntry};
 
 /// Entries kept per model.
 pub const KEEP: u64 = 100;
+
+/// Seconds without a decision joining it after which a running entry leaves memory.
+pub const IDLE_S: f64 = 600.0;
 
 /// What to write to the store: entry `seq` of the model's log, then delete its entries
 /// numbered below `prune_below`.
@@ -62,6 +70,8 @@ struct Running {
     dirty: bool,
     /// When it was last written (boot clock).
     written: f64,
+    /// When a decision last joined it, or started it (boot clock).
+    joined: f64,
 }
 
 impl Running {
@@ -109,6 +119,7 @@ impl DecisionLog {
             r.entry.count += entry.count;
             r.entry.at = entry.at;
             r.dirty = true;
+            r.joined = now;
             return Vec::new();
         }
         let mut writes = Vec::new();
@@ -130,6 +141,7 @@ impl DecisionLog {
             entry,
             dirty: false,
             written: now,
+            joined: now,
         };
         let mut write = new.write(model_id, now);
         write.prune_below = prune_below;
@@ -139,7 +151,7 @@ impl DecisionLog {
     }
 
     /// The running entries whose new count has waited an interval by `now`, or all of them
-    /// with `all` (the daemon stops).
+    /// with `all` (the daemon stops). Running entries idle for [`IDLE_S`] leave memory.
     pub fn take_due(&mut self, now: f64, all: bool) -> Vec<LogWrite> {
         let mut writes = Vec::new();
         for (model_id, log) in &mut self.models {
@@ -148,17 +160,25 @@ impl DecisionLog {
                     writes.push(r.write(model_id, now));
                 }
             }
+            log.running.retain(|r| r.dirty || now < r.joined + IDLE_S);
         }
+        self.models.retain(|_, log| !log.running.is_empty());
         writes
     }
 
-    /// When the next running entry is due to be written (boot clock), if one waits.
+    /// When [`DecisionLog::take_due`] has something to do next (boot clock): a running
+    /// entry's count to write, or an idle one to let go.
     pub fn next_due(&self) -> Option<f64> {
         self.models
             .values()
             .flat_map(|log| &log.running)
-            .filter(|r| r.dirty)
-            .map(|r| r.written + self.interval)
+            .map(|r| {
+                if r.dirty {
+                    r.written + self.interval
+                } else {
+                    r.joined + IDLE_S
+                }
+            })
             .reduce(f64::min)
     }
 
@@ -254,8 +274,23 @@ mod tests {
         assert_eq!((held.count, held.first_at, held.at), (11, 11.0, 21.0));
         assert_eq!(held.outcome, DecisionOutcome::Cooldown);
         assert_eq!(store[&1].count, 1);
-        assert_eq!(log.next_due(), None, "nothing waits");
-        assert!(log.take_due(100.0, true).is_empty());
+        assert!(log.take_due(100.0, true).is_empty(), "nothing waits");
+        // Idle (the cooldown's entry replaced the job's as the running one of its policy and
+        // action): it leaves memory, and so does the model.
+        assert_eq!(log.next_due(), Some(IDLE_S + 0.2));
+        assert!(log.take_due(IDLE_S, false).is_empty());
+        assert!(log.knows("m"));
+        log.take_due(IDLE_S + 0.2, false);
+        assert!(!log.knows("m"));
+        assert_eq!(log.next_due(), None, "no timer for an idle log");
+        // Its next decision, the numbers read from the store again, is a new entry.
+        log.load("m", 2);
+        let w = log.record(
+            "m",
+            decision("p", Action::Full, DecisionOutcome::Cooldown, 700.0),
+            700.0,
+        );
+        assert_eq!((w[0].seq, w[0].entry.count), (3, 1));
     }
 
     #[test]
