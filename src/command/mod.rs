@@ -320,7 +320,9 @@ impl CommandActor {
             match self.store.last_explain_seq(model) {
                 Ok(seq) => self.log.load(model, seq),
                 Err(error) => {
-                    tracing::error!(model_id = model, error = %error, "cannot read the model's decision log; not recording the decision");
+                    // Only with a failing store, which logs its error itself and shows it in
+                    // `status`: one line per decision would bury the journal.
+                    tracing::debug!(model_id = model, error = %error, "cannot read the model's decision log; not recording the decision");
                     return;
                 }
             }
@@ -354,7 +356,8 @@ impl CommandActor {
                     None => Ok(()),
                 });
             if let Err(error) = written {
-                tracing::warn!(model_id = model, seq = w.seq, error = %error, "cannot write the model's decision log");
+                // As above: the failing store has said so already.
+                tracing::debug!(model_id = model, seq = w.seq, error = %error, "cannot write the model's decision log");
             }
         }
     }
