@@ -38,7 +38,8 @@ use visutility::policy::detect::page_hinkley::{PageHinkleyParams, PhMode};
 use visutility::policy::{Action, Direction, Obs, PolicyKind, PolicySpec, PolicyState, StateKind};
 use visutility::store::wal::Wal;
 use visutility::store::{
-    DecisionRecord, GroupLeader, Job, JobState, ModelRecord, RunnerRecord, Store,
+    DecisionEntry, DecisionOutcome, DecisionRecord, ExplainEntry, GroupLeader, Job, JobState,
+    ModelRecord, RunnerRecord, Store,
 };
 
 /// 2025-11-26T16:00:00Z: the time every record is built around.
@@ -60,6 +61,7 @@ fn main() -> Result<()> {
     let checkpoints = checkpoints();
     let jobs = jobs();
     let runners = runners();
+    let explained = explain_entries();
     {
         let store = Store::open(&state, 100)?;
         for (name, rec) in &checkpoints {
@@ -70,6 +72,9 @@ fn main() -> Result<()> {
         }
         for (name, rec) in &runners {
             store.save_runner(name, rec)?;
+        }
+        for (seq, (_, entry)) in (1u64..).zip(&explained) {
+            store.put_explain_entry("fraud-v3", seq, entry)?;
         }
         store.flush_sync()?;
     }
@@ -94,6 +99,16 @@ fn main() -> Result<()> {
             .get(name.as_bytes())?
             .ok_or("runner record not stored")?;
         write_record(&out, &format!("runner-{name}.v1"), &bytes, rec)?;
+    }
+    let explain_tree = db.open_tree("explain")?;
+    for (seq, (name, entry)) in (1u64..).zip(&explained) {
+        // The key: the model id, a zero byte, the entry's number big-endian.
+        let mut key = b"fraud-v3\0".to_vec();
+        key.extend_from_slice(&seq.to_be_bytes());
+        let bytes = explain_tree
+            .get(&key)?
+            .ok_or("decision log entry not stored")?;
+        write_record(&out, &format!("explain-{name}.v1"), &bytes, entry)?;
     }
     let meta = db.open_tree("meta")?;
     let version = meta.get(b"schema_version")?.ok_or("no schema version")?;
@@ -533,6 +548,70 @@ fn runners() -> Vec<(String, RunnerRecord)> {
             },
         ),
     ]
+}
+
+/// A decision log entry for each outcome, between them every field set and unset: a trigger
+/// (no statistic, no event), decisions coalesced, an event with `meta`, notes.
+fn explain_entries() -> Vec<(String, ExplainEntry)> {
+    let base = |outcome: DecisionOutcome| {
+        DecisionEntry {
+        first_at: T0,
+        at: T0,
+        count: 1,
+        policy: "window".into(),
+        action: Action::Full,
+        statistic: Some(0.412),
+        threshold: Some(0.3),
+        reason: "mean of the last 20 drift_score values 0.412000 > threshold 0.3".into(),
+        event: Some(
+            r#"{"drift_score":0.55,"meta":{"batch":"2025-11-26/17","region":"eu"},"model_id":"fraud-v3","ts":1764172800.0}"#
+                .into(),
+        ),
+        outcome,
+        note: String::new(),
+    }
+    };
+    let trigger = DecisionEntry {
+        policy: "manual".into(),
+        action: Action::FineTune,
+        statistic: None,
+        threshold: None,
+        reason: "triggered by an operator".into(),
+        event: None,
+        ..base(DecisionOutcome::Job(42))
+    };
+    let cooldown = DecisionEntry {
+        first_at: T0 + 1.5,
+        at: T0 + 3599.75,
+        count: 1_999,
+        ..base(DecisionOutcome::Cooldown)
+    };
+    let loop_guard = DecisionEntry {
+        note: "the policy fired again 120 s after its retrain succeeded (job 41); escalated already in this window".into(),
+        // A detector's statistic is negative zero here, its threshold a 17-digit float.
+        statistic: Some(-0.0),
+        threshold: Some(0.1 + 0.2),
+        ..base(DecisionOutcome::LoopGuard)
+    };
+    let error = DecisionEntry {
+        note: "cannot record the job: state store i/o failed".into(),
+        ..base(DecisionOutcome::Error)
+    };
+    vec![
+        ("job".into(), trigger),
+        ("absorbed".into(), base(DecisionOutcome::Absorbed(u64::MAX))),
+        ("paused".into(), base(DecisionOutcome::Paused)),
+        ("cooldown".into(), cooldown),
+        ("loop_guard".into(), loop_guard),
+        ("no_hook".into(), base(DecisionOutcome::NoHook)),
+        ("budget".into(), base(DecisionOutcome::Budget)),
+        ("warmup".into(), base(DecisionOutcome::Warmup)),
+        ("trigger_limit".into(), base(DecisionOutcome::TriggerLimit)),
+        ("error".into(), error),
+    ]
+    .into_iter()
+    .map(|(name, e)| (name, ExplainEntry::Decision(e)))
+    .collect()
 }
 
 /// The events of the log fixture: together they set every bit of an event's mask, and numbers

@@ -24,10 +24,7 @@ use crate::command::rules::{self, Verdict};
 use crate::config::{Config, ModelRule};
 use crate::model::advance;
 use crate::policy::detect::Signal;
-use crate::policy::{
-    Action, Fire, NamedNumbers, Obs, PolicyKind, PolicySpec, PolicyState, Reason, StateKind,
-    bind_states,
-};
+use crate::policy::{Action, Fire, Obs, PolicySpec, PolicyState, Reason, StateKind, bind_states};
 use crate::protocol::{self, Line};
 use crate::store::ModelRecord;
 
@@ -183,37 +180,6 @@ pub struct Job<'a> {
     pub number: u64,
     pub action: Action,
     pub reason: &'a str,
-}
-
-/// The number a policy compared after an event and what it compared it with: a signal line's
-/// `statistic` and `threshold`. From the reason when the policy fired (a window's mean and
-/// threshold, the value past a static bound), else from the state: a window's mean and
-/// threshold, a detector's `statistic` and `threshold` where it has that pair (Page-Hinkley,
-/// CUSUM, KSWIN, DDM, EDDM; ADWIN and HDDM have none), a static threshold's metric and bound
-/// (`max_drift` before `min_accuracy`, `max` before `min`).
-pub fn statistic(
-    spec: &PolicySpec,
-    reason: Option<&Reason<'_>>,
-    now: &NamedNumbers,
-    obs: &Obs,
-) -> (Option<f64>, Option<f64>) {
-    if let Some((s, t)) = reason.and_then(Reason::statistic) {
-        return (Some(s), Some(t));
-    }
-    match &spec.kind {
-        PolicyKind::StaticThreshold {
-            max_drift,
-            min_accuracy,
-            max,
-            min,
-        } => match (max.or(*min), max_drift) {
-            (Some(bound), _) => (obs.metric(&spec.metric), Some(bound)),
-            (None, Some(m)) => (obs.drift_score, Some(*m)),
-            (None, None) => (obs.accuracy, *min_accuracy),
-        },
-        PolicyKind::DriftWindow { .. } => (now.get("mean"), now.get("threshold")),
-        PolicyKind::Detector(_) => (now.get("statistic"), now.get("threshold")),
-    }
 }
 
 /// A model's replay state.
@@ -386,7 +352,8 @@ pub fn run_observed(
                             metric: &spec.metric,
                         },
                     };
-                    let (statistic, threshold) = statistic(spec, Some(&reason), &now, &obs);
+                    let (statistic, threshold) =
+                        crate::policy::compared(spec, Some(&reason), || now.clone(), &obs);
                     v["ts"] = obs.ts.into();
                     v["statistic"] = statistic.into();
                     v["threshold"] = threshold.into();
@@ -461,6 +428,10 @@ fn simulate(
         Some(ctx.rule),
         std::slice::from_ref(obs),
         |fired| {
+            // The warm-up decides nothing, as in the daemon.
+            if fired.warmup {
+                return;
+            }
             let Some(i) = ctx
                 .rule
                 .policies

@@ -29,9 +29,11 @@
 //!   with the time passed in: one decision's (pause, cooldown, loop guard, budget) in
 //!   [`command::rules`], shared with `backtest --simulate`; the jobs around it (one per model,
 //!   queue, retries, trigger limit) in [`command::scheduler`]; the hook's stdin typed in
-//!   [`command::input`]. It knows nothing of model actors: the daemon wires a callback for
-//!   "retrain succeeded" and the registry's models send it [`command::Decision`]s, so the
-//!   module graph has no cycle (`model` uses `command`, never the reverse).
+//!   [`command::input`]; each model's decision log (what `explain` shows, coalesced against
+//!   flash wear) in [`command::decision_log`]. It knows nothing of model actors: the daemon
+//!   wires a callback for "retrain succeeded" and the registry's models send it
+//!   [`command::Decision`]s, so the module graph has no cycle (`model` uses `command`, never
+//!   the reverse).
 //! - [`clock`]: the wall clock (dates) and the boot clock (every duration), and the rule that
 //!   a persisted deadline is clamped to its configured length at load.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
@@ -73,8 +75,8 @@
 //!
 //! - Only `store` touches sled and bincode.
 //! - `policy` does no I/O and reads no clock (an event's time is in the event).
-//! - `command::rules`, `command::scheduler` and `model::decide` do no I/O and read no clock:
-//!   time is their `now` argument.
+//! - `command::rules`, `command::scheduler`, `command::decision_log` and `model::decide` do
+//!   no I/O and read no clock: time is their `now` argument.
 //! - Each actor's messages are a closed set in one file (`messages.rs` beside it).
 //! - The control socket speaks only [`control::api`]'s types, on both sides: no `json!`
 //!   objects on one and string keys on the other.

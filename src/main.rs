@@ -86,6 +86,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::History { model, limit, json } => {
             operator::run(&ops, &env, Request::History { model, limit }, json)
         }
+        Command::Explain { model, limit, json } => {
+            operator::run(&ops, &env, Request::Explain { model, limit }, json)
+        }
         Command::Trigger {
             model,
             action,

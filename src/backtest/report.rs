@@ -449,7 +449,7 @@ impl Observer for Collector {
         let (mut statistic, mut threshold) = (None, None);
         if !p.single {
             let now = s.state.state(s.spec);
-            (statistic, threshold) = super::statistic(s.spec, reason, &now, s.obs);
+            (statistic, threshold) = crate::policy::compared(s.spec, reason, || now.clone(), s.obs);
             if statistic.is_none()
                 && let Some((label, v)) = estimate(&now)
             {

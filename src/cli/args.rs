@@ -88,6 +88,20 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Why a model was (or was not) retrained: its recent decisions, newest first, each
+    /// with what the policy compared and what became of it (a job, or why none ran).
+    Explain {
+        /// The model id.
+        model: String,
+        /// At most this many entries (the daemon keeps the last 100 per model).
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Print a JSON array of entries: `seq`, `kind`, `at`, `first_at`, `count`,
+        /// `policy`, `action`, `statistic`, `threshold`, `reason`, `outcome` (a job id, or
+        /// why no job ran), `job_id`, `note`, `event`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run a model's hook now (bypasses cooldown and budget, not pause).
     Trigger {
         /// The model id.

@@ -1,6 +1,6 @@
-//! The operator commands (`status`, `models`, `history`, `trigger`, `reset`, `pause`,
-//! `resume`, `forget`, `metrics`): one request on the control socket, the reply as a table
-//! or a line for people, or as JSON with `--json`.
+//! The operator commands (`status`, `models`, `history`, `explain`, `trigger`, `reset`,
+//! `pause`, `resume`, `forget`, `metrics`): one request on the control socket, the reply as a
+//! table or a line for people, or as JSON with `--json`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -50,6 +50,7 @@ pub fn run(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCode> {
         (Data::Status(status), _) => render::status(&mut out, &status)?,
         (Data::Models(models), _) => render::models(&mut out, &models, ops.spark_width)?,
         (Data::History(jobs), _) => render::history(&mut out, &jobs)?,
+        (Data::Explain(entries), _) => render::explain(&mut out, &entries)?,
         (Data::Triggered(t), Request::Trigger { model, action, .. }) => writeln!(
             out,
             "job {} queued: {} for {}",

@@ -1,6 +1,6 @@
 //! How the CLI shows things to people: aligned tables, sparklines, durations and sizes as a
 //! person would write them, and the tables of `status`, `models`, `history` and
-//! `backtest --summary`. Every cell is escaped: what the daemon sends never reaches the
+//! `backtest --summary`, `explain`. Every cell is escaped: what the daemon sends never reaches the
 //! terminal raw.
 
 use std::io::Write;
@@ -9,7 +9,7 @@ use anyhow::Result;
 use serde_json::Value;
 
 use crate::backtest;
-use crate::control::api::{JobInfo, ModelInfo, Status};
+use crate::control::api::{ExplainInfo, JobInfo, ModelInfo, Outcome, Status};
 
 /// Lines of a table whose columns are as wide as their widest cell; `right` marks the
 /// columns aligned right (numbers). The last column is not padded.
@@ -388,9 +388,129 @@ pub fn history(out: &mut impl Write, jobs: &[JobInfo]) -> Result<()> {
     Ok(())
 }
 
+/// A statistic or threshold: four decimals at most, a power of ten for the very large and the
+/// very small, `-` for none.
+fn number(v: Option<f64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(v) if v != 0.0 && v.is_finite() && !(1e-3..1e6).contains(&v.abs()) => {
+            format!("{v:.3e}")
+        }
+        Some(v) => {
+            let s = format!("{v:.4}");
+            let s = s.trim_end_matches('0').trim_end_matches('.');
+            if s == "-0" { "0".into() } else { s.to_owned() }
+        }
+    }
+}
+
+/// `explain`: one row per entry of the model's decision log, newest first.
+pub fn explain(out: &mut impl Write, entries: &[ExplainInfo]) -> Result<()> {
+    if entries.is_empty() {
+        writeln!(out, "no decisions")?;
+        return Ok(());
+    }
+    let rows: Vec<Vec<String>> = entries
+        .iter()
+        .map(|e| {
+            let outcome = match (&e.outcome, e.job_id) {
+                (Outcome::Job(id), _) => format!("job {id}"),
+                (Outcome::NoJob(why), Some(id)) => format!("{why} (job {id})"),
+                (Outcome::NoJob(why), None) => why.clone(),
+            };
+            // As in `history`: a detector's reason or the loop guard's why can be long.
+            let reason: String = e.reason.chars().take(60).collect();
+            vec![
+                ago(Some(e.at)),
+                e.policy.clone(),
+                e.action.clone(),
+                number(e.statistic),
+                number(e.threshold),
+                outcome,
+                e.count.to_string(),
+                reason,
+                e.note.clone(),
+            ]
+        })
+        .collect();
+    for line in table(
+        &[
+            "AT",
+            "POLICY",
+            "ACTION",
+            "STATISTIC",
+            "THRESHOLD",
+            "OUTCOME",
+            "COUNT",
+            "REASON",
+            "NOTE",
+        ],
+        &[false, false, false, true, true, false, true],
+        &rows,
+    ) {
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explain_shows_each_outcome_and_escapes_what_the_daemon_sent() {
+        let entry = |outcome: Outcome, job_id: Option<u64>, count: u64| ExplainInfo {
+            seq: 1,
+            kind: "decision".into(),
+            at: 0.0,
+            first_at: 0.0,
+            count,
+            policy: "mean\x1b[2J".into(),
+            action: "full".into(),
+            statistic: Some(0.712345),
+            threshold: Some(0.5),
+            reason: "mean of the last 10 drift_score values 0.712345 > threshold 0.5".into(),
+            outcome,
+            job_id,
+            note: String::new(),
+            event: None,
+        };
+        let mut out = Vec::new();
+        explain(
+            &mut out,
+            &[
+                entry(Outcome::NoJob("cooldown".into()), None, 1999),
+                entry(Outcome::NoJob("absorbed".into()), Some(7), 2),
+                entry(Outcome::Job(7), Some(7), 1),
+            ],
+        )
+        .unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("AT  POLICY"), "{text}");
+        assert!(
+            lines[1].contains("0.7123") && lines[1].contains("cooldown"),
+            "{text}"
+        );
+        assert!(lines[1].contains(" 1999 "), "{text}");
+        assert!(lines[2].contains("absorbed (job 7)"), "{text}");
+        assert!(lines[3].contains("job 7"), "{text}");
+        assert!(!text.contains('\x1b'), "{text}");
+        let mut out = Vec::new();
+        explain(&mut out, &[]).unwrap();
+        assert_eq!(out, b"no decisions\n");
+    }
+
+    #[test]
+    fn statistics_read_as_numbers() {
+        assert_eq!(number(None), "-");
+        assert_eq!(number(Some(0.5)), "0.5");
+        assert_eq!(number(Some(0.712345)), "0.7123");
+        assert_eq!(number(Some(-0.0)), "0");
+        assert_eq!(number(Some(12.0)), "12");
+        assert_eq!(number(Some(1e-9)), "1.000e-9");
+        assert_eq!(number(Some(2.5e7)), "2.500e7");
+    }
 
     /// Issue 13.4: on the fixed [0, 1] scale a steady model looks steady (the old min-max
     /// scale drew 0.50 and 0.51 as the lowest and highest bars); `--width` keeps the latest.

@@ -6,6 +6,7 @@ use actix::Message;
 
 use crate::config::HooksConfig;
 use crate::policy::Action;
+use crate::store::ExplainEntry;
 
 use super::{CommandError, HookOutcome, RunnerStatus};
 
@@ -27,6 +28,12 @@ pub struct Decision {
     /// The model's rule's `loop_window_s` (0: no loop guard), carried so that the runner
     /// needs no lookup of the model's rule.
     pub loop_window_s: u64,
+    /// What the policy compared, for the model's decision log (`None` where it has no such
+    /// number, and for a trigger).
+    pub statistic: Option<f64>,
+    pub threshold: Option<f64>,
+    /// Made during the model's warm-up: recorded in its decision log, nothing runs.
+    pub warmup: bool,
 }
 
 impl Decision {
@@ -41,6 +48,9 @@ impl Decision {
             at: crate::clock::wall(),
             manual: true,
             loop_window_s: 0,
+            statistic: None,
+            threshold: None,
+            warmup: false,
         }
     }
 }
@@ -72,6 +82,15 @@ pub struct SetPaused {
 #[rtype(result = "Result<(), CommandError>")]
 pub struct ForgetRunner {
     pub model_id: String,
+}
+
+/// `explain`: the model's decision log, newest entry first, at most `limit` entries, each
+/// with its number (running entries with the count they have now).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<(u64, ExplainEntry)>, CommandError>")]
+pub struct GetExplain {
+    pub model_id: String,
+    pub limit: usize,
 }
 
 /// Counts and per-model runner state, for `status` and `models`.

@@ -32,6 +32,7 @@
 //! job waits until the group is gone, so two runs never overlap), and a new job redoes the
 //! work, or none, by `hooks.on_interrupted`.
 
+pub mod decision_log;
 pub mod hook;
 pub mod input;
 mod journal;
@@ -50,7 +51,9 @@ use serde::Serialize;
 use crate::clock::Now;
 use crate::config::HooksConfig;
 use crate::policy::Action;
-use crate::store::{Job, JobState, Store, StoreError};
+use crate::store::{
+    DecisionEntry, DecisionOutcome, ExplainEntry, Job, JobState, Store, StoreError,
+};
 
 pub use hook::{HookEnd, HookOutcome};
 pub use messages::*;
@@ -118,6 +121,10 @@ pub struct CommandActor {
     /// When the queue is already due to be looked at again (boot clock), so wake-ups do not
     /// pile up.
     wake_at: Option<f64>,
+    /// Each model's decision log: its running entries, written by interval.
+    log: decision_log::DecisionLog,
+    /// A write of the decision logs' running entries is scheduled.
+    log_wake: bool,
 }
 
 struct Lingering {
@@ -130,6 +137,7 @@ struct Lingering {
 
 impl CommandActor {
     pub fn new(hooks: Arc<HooksConfig>, store: Store, on_retrained: OnRetrained) -> CommandActor {
+        let log = decision_log::DecisionLog::new(store.flush_interval().as_secs_f64());
         CommandActor {
             store,
             sched: Scheduler::new(hooks),
@@ -138,6 +146,8 @@ impl CommandActor {
             hook_durations: stats::DurationHistogram::default(),
             lingering: Vec::new(),
             wake_at: None,
+            log,
+            log_wake: false,
         }
     }
 
@@ -169,14 +179,33 @@ impl CommandActor {
         }
     }
 
-    /// Accepts a decision: returns the job it created, if any.
+    /// Accepts a decision: returns the job it created (for an operator's trigger, also the
+    /// queued job that answers it), and records what became of it in the model's decision log.
     fn decide(
         &mut self,
         d: Decision,
         ctx: &mut Context<Self>,
     ) -> Result<Option<u64>, CommandError> {
         let now = Now::read();
-        let model: &str = &d.model_id.clone();
+        let (outcome, note, result) = if d.warmup {
+            tracing::debug!(model_id = %d.model_id, policy = %d.policy, action = %d.action, "decision during the warm-up: recorded, no hook run");
+            (DecisionOutcome::Warmup, String::new(), Ok(None))
+        } else {
+            self.act(&d, now, ctx)
+        };
+        self.record(&d, outcome, note, now, ctx);
+        result
+    }
+
+    /// What becomes of a decision: its outcome for the decision log, with more of it in words
+    /// (or nothing), and the job for the caller.
+    fn act(
+        &mut self,
+        d: &Decision,
+        now: Now,
+        ctx: &mut Context<Self>,
+    ) -> (DecisionOutcome, String, Result<Option<u64>, CommandError>) {
+        let model: &str = &d.model_id;
         self.ensure_runner(model, now);
         let ask = rules::Ask {
             policy: &d.policy,
@@ -186,10 +215,24 @@ impl CommandActor {
         };
         let (action, reason, cause) = match self.sched.plan(model, ask, d.loop_window_s, now) {
             Plan::Absorbed(job_id) => {
-                tracing::debug!(model_id = model, "decision absorbed by the model's job");
-                return Ok(job_id);
+                tracing::debug!(
+                    model_id = model,
+                    job_id,
+                    "decision absorbed by the model's job"
+                );
+                let answer = d.manual.then_some(job_id);
+                return (DecisionOutcome::Absorbed(job_id), String::new(), Ok(answer));
             }
-            Plan::Held(hold) => return self.held(&d, hold),
+            Plan::Held(hold) => {
+                let (outcome, note) = match &hold {
+                    rules::Hold::Paused => (DecisionOutcome::Paused, String::new()),
+                    rules::Hold::Cooldown { .. } => (DecisionOutcome::Cooldown, String::new()),
+                    rules::Hold::LoopGuard(why) => (DecisionOutcome::LoopGuard, why.clone()),
+                    rules::Hold::NoHook(_) => (DecisionOutcome::NoHook, String::new()),
+                    rules::Hold::Budget { .. } => (DecisionOutcome::Budget, String::new()),
+                };
+                return (outcome, note, self.held(d, hold));
+            }
             Plan::TriggerLimit { limit, retry_in_s } => {
                 tracing::warn!(
                     model_id = model,
@@ -197,11 +240,12 @@ impl CommandActor {
                     retry_in_s,
                     "trigger refused: hooks.max_triggers_per_hour reached"
                 );
-                return Err(CommandError::TriggerLimit {
+                let refused = CommandError::TriggerLimit {
                     model: model.into(),
                     limit,
                     retry_in_s,
-                });
+                };
+                return (DecisionOutcome::TriggerLimit, String::new(), Err(refused));
             }
             Plan::Job {
                 action,
@@ -222,7 +266,7 @@ impl CommandActor {
             }
         };
         let hooks = self.hooks();
-        let submitted = if let Some(cause) = cause {
+        let (submitted, note) = if let Some(cause) = cause {
             if cause == "budget" {
                 tracing::warn!(
                     model_id = model,
@@ -232,22 +276,108 @@ impl CommandActor {
             } else {
                 tracing::warn!(model_id = model, policy = %d.policy, why = %reason, "loop guard: calling the escalate hook instead of retraining again");
             }
-            self.escalate(&d, cause, reason, now, ctx)?
+            let note = format!("escalated ({cause}): {reason}");
+            (self.escalate(d, cause, reason, now, ctx), note)
         } else {
-            if action != d.action {
+            let note = if action != d.action {
                 tracing::warn!(model_id = model, policy = %d.policy, from = %d.action, to = %action, why = %reason, "loop guard: escalating the retrain");
-            }
-            let Some(spec) = hooks.hook(action) else {
-                // rules::decide checked it; a hook cannot vanish in between.
-                return Ok(None);
+                format!("raised to {action} (loop_guard): {reason}")
+            } else {
+                String::new()
             };
-            let job = self.new_job(&d, action, &reason, None, now)?;
-            self.submit(job, spec.command.clone(), now, ctx)?
+            let submitted = match hooks.hook(action) {
+                Some(spec) => self
+                    .new_job(d, action, &reason, None, now)
+                    .map_err(CommandError::from)
+                    .and_then(|job| self.submit(job, spec.command.clone(), now, ctx)),
+                // rules::decide checked it; a hook cannot vanish in between.
+                None => Ok(None),
+            };
+            (submitted, note)
         };
-        if d.manual {
+        if d.manual && matches!(submitted, Ok(Some(_))) {
             self.sched.note_trigger(model, now);
         }
-        Ok(submitted)
+        match submitted {
+            Ok(Some(job_id)) => (DecisionOutcome::Job(job_id), note, Ok(Some(job_id))),
+            Ok(None) => (DecisionOutcome::NoHook, note, Ok(None)),
+            Err(error) => (DecisionOutcome::Error, error_chain(&error), Err(error)),
+        }
+    }
+
+    /// Writes a decision to the model's log (see [`decision_log`]): a new entry at once, the
+    /// running one's count at most once per flush interval.
+    fn record(
+        &mut self,
+        d: &Decision,
+        outcome: DecisionOutcome,
+        note: String,
+        now: Now,
+        ctx: &mut Context<Self>,
+    ) {
+        let model: &str = &d.model_id;
+        if !self.log.knows(model) {
+            match self.store.last_explain_seq(model) {
+                Ok(seq) => self.log.load(model, seq),
+                Err(error) => {
+                    // Only with a failing store, which logs its error itself and shows it in
+                    // `status`: one line per decision would bury the journal.
+                    tracing::debug!(model_id = model, error = %error, "cannot read the model's decision log; not recording the decision");
+                    return;
+                }
+            }
+        }
+        let entry = DecisionEntry {
+            first_at: now.wall,
+            at: now.wall,
+            count: 1,
+            policy: d.policy.clone(),
+            action: d.action,
+            statistic: d.statistic,
+            threshold: d.threshold,
+            reason: d.reason.clone(),
+            event: d.event.as_ref().map(|e| e.get().to_owned()),
+            outcome,
+            note,
+        };
+        let writes = self.log.record(model, entry, now.boot);
+        self.write_log(writes);
+        self.schedule_log_write(ctx);
+    }
+
+    fn write_log(&self, writes: Vec<decision_log::LogWrite>) {
+        for w in writes {
+            let model = w.model_id.as_str();
+            let written = self
+                .store
+                .put_explain_entry(model, w.seq, &ExplainEntry::Decision(w.entry))
+                .and_then(|()| match w.prune_below {
+                    Some(below) => self.store.prune_explain(model, below).map(drop),
+                    None => Ok(()),
+                });
+            if let Err(error) = written {
+                // As above: the failing store has said so already.
+                tracing::debug!(model_id = model, seq = w.seq, error = %error, "cannot write the model's decision log");
+            }
+        }
+    }
+
+    /// Wakes up when the next running entry of a decision log is due to be written.
+    fn schedule_log_write(&mut self, ctx: &mut Context<Self>) {
+        if self.log_wake {
+            return;
+        }
+        let Some(due) = self.log.next_due() else {
+            return;
+        };
+        self.log_wake = true;
+        let wait = (due - crate::clock::boot()).max(0.0);
+        ctx.run_later(Duration::from_secs_f64(wait), |act, ctx| {
+            act.log_wake = false;
+            let writes = act.log.take_due(crate::clock::boot(), false);
+            act.write_log(writes);
+            act.schedule_log_write(ctx);
+        });
     }
 
     /// A decision the rules held: logged at the level it deserves; an operator's trigger gets
@@ -607,6 +737,18 @@ impl CommandActor {
     }
 }
 
+/// An error with its sources, for a decision log entry's note.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
 /// A command line as a person would type it (for logs and dry runs).
 pub fn shell_words(cmd: &[String]) -> String {
     cmd.iter()
@@ -686,7 +828,19 @@ impl Handler<ForgetRunner> for CommandActor {
                 job_id,
                 state,
             })?;
+        // The store's copy goes with the model's state (`Store::forget_model`).
+        self.log.forget(model);
         Ok(())
+    }
+}
+
+impl Handler<GetExplain> for CommandActor {
+    type Result = Result<Vec<(u64, ExplainEntry)>, CommandError>;
+
+    fn handle(&mut self, msg: GetExplain, _ctx: &mut Context<Self>) -> Self::Result {
+        let mut entries = self.store.explain_entries(&msg.model_id, msg.limit)?;
+        self.log.overlay(&msg.model_id, &mut entries);
+        Ok(entries)
     }
 }
 
@@ -738,6 +892,9 @@ impl Handler<Shutdown> for CommandActor {
 
     fn handle(&mut self, _msg: Shutdown, _ctx: &mut Context<Self>) {
         let now = Now::read();
+        // The decision logs' running counts, for the flush that follows.
+        let writes = self.log.take_due(now.boot, true);
+        self.write_log(writes);
         let jobs: Vec<Job> = self.sched.drain_running();
         // Every group gets SIGTERM at once and one grace period is shared, so a stop takes
         // the grace once however many hooks run.

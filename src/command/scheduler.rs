@@ -33,9 +33,9 @@ const TRIGGER_WINDOW_S: f64 = 3_600.0;
 /// What becomes of a decision.
 #[derive(Debug, PartialEq)]
 pub enum Plan {
-    /// The job queued or running for the model answers it too; an operator's trigger gets
-    /// the queued job's id.
-    Absorbed(Option<u64>),
+    /// The job queued or running for the model (this one) answers it too; an operator's
+    /// trigger gets the queued job's id.
+    Absorbed(u64),
     /// The rules held it: recorded, nothing runs.
     Held(Hold),
     /// An operator's trigger over `max_triggers_per_hour`.
@@ -129,12 +129,14 @@ impl Scheduler {
             if supersedes(queued, ask.action) {
                 supersede = Some(pos);
             } else {
-                return Plan::Absorbed(ask.manual.then_some(queued.job_id));
+                return Plan::Absorbed(queued.job_id);
             }
-        } else if self.running.contains_key(model_id) && !ask.manual {
+        } else if let Some(job) = self.running.get(model_id)
+            && !ask.manual
+        {
             // The running job answers this drift too; an operator's trigger instead queues
             // behind it.
-            return Plan::Absorbed(None);
+            return Plan::Absorbed(job.job_id);
         }
         let hooks = self.hooks.clone();
         let verdict = rules::decide(&hooks, loop_window_s, self.runner(model_id), ask, now);
@@ -413,14 +415,14 @@ mod tests {
             Plan::Job { .. }
         ));
         assert_eq!(s.next_to_start(t(0.0), |_| false), None, "no free slot");
-        // Another fine-tune is absorbed; a trigger gets the queued job's id.
+        // Another fine-tune, or a trigger, is absorbed by the queued job.
         assert_eq!(
             submit(&mut s, &mut id, "a", Action::FineTune, false, t(1.0)),
-            Plan::Absorbed(None)
+            Plan::Absorbed(2)
         );
         assert_eq!(
             submit(&mut s, &mut id, "a", Action::FineTune, true, t(1.0)),
-            Plan::Absorbed(Some(2))
+            Plan::Absorbed(2)
         );
         // A full retrain supersedes it.
         let Plan::Job {
@@ -436,7 +438,7 @@ mod tests {
         // A running job absorbs a policy's decision; a trigger queues behind it.
         assert_eq!(
             submit(&mut s, &mut id, "b", Action::Full, false, t(3.0)),
-            Plan::Absorbed(None)
+            Plan::Absorbed(1)
         );
         assert!(matches!(
             submit(&mut s, &mut id, "b", Action::Full, true, t(3.0)),

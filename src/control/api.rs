@@ -37,6 +37,13 @@ pub enum Request {
         #[serde(default = "default_limit")]
         limit: usize,
     },
+    /// A model's decision log, newest entry first (by its number, never by time).
+    /// Reply: [`Data::Explain`].
+    Explain {
+        model: String,
+        #[serde(default = "default_limit")]
+        limit: usize,
+    },
     /// Reply: [`Data::Triggered`].
     Trigger {
         model: String,
@@ -118,6 +125,7 @@ pub enum Data {
     Status(Box<Status>),
     Models(Vec<ModelInfo>),
     History(Vec<JobInfo>),
+    Explain(Vec<ExplainInfo>),
     Triggered(Triggered),
     Reset(ResetDone),
     Paused(PauseSet),
@@ -136,6 +144,7 @@ impl Data {
             Request::Status => Data::Status(from_value(data)?),
             Request::Models { .. } => Data::Models(from_value(data)?),
             Request::History { .. } => Data::History(from_value(data)?),
+            Request::Explain { .. } => Data::Explain(from_value(data)?),
             Request::Trigger { .. } => Data::Triggered(from_value(data)?),
             Request::Reset { .. } => Data::Reset(from_value(data)?),
             Request::Pause { .. } | Request::Resume { .. } => Data::Paused(from_value(data)?),
@@ -281,6 +290,62 @@ pub struct Transition {
     pub at: f64,
 }
 
+/// One entry of `explain`. Its `kind` says what it records: `decision` (a policy's, or an
+/// operator's trigger, and what became of it) is the only kind so far; another kind (a
+/// probation verdict) would join with fields of its own, which is why the decision's fields
+/// may be absent from an entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExplainInfo {
+    /// The entry's number in the model's log; entries come newest (highest) first.
+    pub seq: u64,
+    pub kind: String,
+    /// When the daemon made the last decision the entry stands for, and the first (Unix
+    /// seconds, wall clock).
+    pub at: f64,
+    #[serde(default)]
+    pub first_at: f64,
+    /// How many decisions in a row, of one policy and action, came to this outcome.
+    #[serde(default)]
+    pub count: u64,
+    #[serde(default)]
+    pub policy: String,
+    /// `full`, `fine_tune` (what the policy, or the trigger, asked for).
+    #[serde(default)]
+    pub action: String,
+    /// What the policy compared, for the first decision of the entry; `null` where there is
+    /// no such number (some detectors, a trigger).
+    #[serde(default)]
+    pub statistic: Option<f64>,
+    #[serde(default)]
+    pub threshold: Option<f64>,
+    /// In words, as the hook reads it.
+    #[serde(default)]
+    pub reason: String,
+    /// The job it made (its id), or why none ran.
+    pub outcome: Outcome,
+    /// The job it made or that answered it (`absorbed`: the model's job already queued or
+    /// running).
+    #[serde(default)]
+    pub job_id: Option<u64>,
+    /// More of the outcome in words (the loop guard's why, an escalation), or empty.
+    #[serde(default)]
+    pub note: String,
+    /// The event that tipped the first decision, as the hook read it (`meta` included);
+    /// `null` for a trigger.
+    #[serde(default)]
+    pub event: Option<serde_json::Value>,
+}
+
+/// What became of a decision: the id of the job it made, or a word for why none ran
+/// (`absorbed`, `cooldown`, `budget`, `paused`, `loop_guard`, `warmup`, `no_hook`,
+/// `trigger_limit`, `error`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Outcome {
+    Job(u64),
+    NoJob(String),
+}
+
 /// `trigger`: the job queued.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Triggered {
@@ -403,6 +468,45 @@ impl ModelInfo {
     }
 }
 
+impl ExplainInfo {
+    pub fn new(seq: u64, entry: &crate::store::ExplainEntry) -> ExplainInfo {
+        let crate::store::ExplainEntry::Decision(d) = entry;
+        let crate::store::DecisionEntry {
+            first_at,
+            at,
+            count,
+            policy,
+            action,
+            statistic,
+            threshold,
+            reason,
+            event,
+            outcome,
+            note,
+        } = d;
+        ExplainInfo {
+            seq,
+            kind: "decision".into(),
+            at: *at,
+            first_at: *first_at,
+            count: *count,
+            policy: policy.clone(),
+            action: action.as_str().to_owned(),
+            statistic: *statistic,
+            threshold: *threshold,
+            reason: reason.clone(),
+            outcome: match outcome {
+                crate::store::DecisionOutcome::Job(id) => Outcome::Job(*id),
+                other => Outcome::NoJob(other.as_str().to_owned()),
+            },
+            job_id: outcome.job_id(),
+            note: note.clone(),
+            // Written by the daemon from a valid event; a damaged one is left out.
+            event: event.as_deref().and_then(|e| serde_json::from_str(e).ok()),
+        }
+    }
+}
+
 impl From<&crate::store::Job> for JobInfo {
     fn from(j: &crate::store::Job) -> JobInfo {
         let crate::store::Job {
@@ -517,6 +621,36 @@ mod tests {
         j
     }
 
+    fn explained() -> Vec<ExplainInfo> {
+        use crate::store::{DecisionEntry, DecisionOutcome, ExplainEntry};
+        let entry = |outcome, count, event: Option<&str>| {
+            ExplainEntry::Decision(DecisionEntry {
+                first_at: 1_764_172_700.5,
+                at: 1_764_172_760.25,
+                count,
+                policy: "mean".into(),
+                action: Action::Full,
+                statistic: Some(0.75),
+                threshold: Some(0.5),
+                reason: "mean above".into(),
+                event: event.map(str::to_owned),
+                outcome,
+                note: String::new(),
+            })
+        };
+        vec![
+            ExplainInfo::new(3, &entry(DecisionOutcome::Cooldown, 41, None)),
+            ExplainInfo::new(
+                2,
+                &entry(
+                    DecisionOutcome::Job(7),
+                    1,
+                    Some(r#"{"meta":{"batch":"b-17"},"ts":1764172700.5}"#),
+                ),
+            ),
+        ]
+    }
+
     /// What the daemon writes: the reply through a `Value`, as `write_reply` does.
     fn wire(reply: &Reply<Data>) -> String {
         serde_json::to_string(&serde_json::to_value(reply).unwrap()).unwrap()
@@ -536,6 +670,11 @@ mod tests {
         assert_eq!(
             wire(&history),
             r#"{"data":[{"action":"fine_tune","attempts":1,"command":["/bin/false"],"created":100.5,"ended":102.0,"exit_code":3,"job_id":7,"model_id":"fraud-v3","note":"","policy":"errors","reason":"drift","retry_of":null,"signal":null,"started":101.0,"state":"failed","stderr_tail":"","stdout_tail":"","transitions":[{"at":100.5,"state":"queued"},{"at":102.0,"state":"failed"}]}],"ok":true}"#
+        );
+        // `explain` (new with it): `outcome` is a job id or a word.
+        assert_eq!(
+            wire(&Reply::served(Data::Explain(explained()))),
+            r#"{"data":[{"action":"full","at":1764172760.25,"count":41,"event":null,"first_at":1764172700.5,"job_id":null,"kind":"decision","note":"","outcome":"cooldown","policy":"mean","reason":"mean above","seq":3,"statistic":0.75,"threshold":0.5},{"action":"full","at":1764172760.25,"count":1,"event":{"meta":{"batch":"b-17"},"ts":1764172700.5},"first_at":1764172700.5,"job_id":7,"kind":"decision","note":"","outcome":7,"policy":"mean","reason":"mean above","seq":2,"statistic":0.75,"threshold":0.5}],"ok":true}"#
         );
         let paused = Reply::served(Data::Paused(PauseSet {
             model_id: "m".into(),
@@ -607,6 +746,13 @@ mod tests {
                     limit: 5,
                 },
                 Data::History(vec![JobInfo::from(&job())]),
+            ),
+            (
+                Request::Explain {
+                    model: "m".into(),
+                    limit: 20,
+                },
+                Data::Explain(explained()),
             ),
             (
                 Request::Trigger {

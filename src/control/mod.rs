@@ -1,5 +1,5 @@
 //! The control socket: the operator's view and levers (`status`, `models`, `history`,
-//! `trigger`, `reset`, `pause`, `resume`, `metrics`).
+//! `explain`, `trigger`, `reset`, `pause`, `resume`, `forget`, `metrics`).
 //!
 //! Framing: one JSON request line, one JSON reply line, then the server closes.
 //!
@@ -34,7 +34,7 @@ use tokio::net::UnixStream;
 use tokio::sync::watch;
 
 use crate::command::{
-    CommandActor, CommandError, Decision, ForgetRunner, GetStatus, SetPaused, Trigger,
+    CommandActor, CommandError, Decision, ForgetRunner, GetExplain, GetStatus, SetPaused, Trigger,
 };
 use crate::ingest::{IngestStats, SocketFile};
 use crate::model::registry::{Registry, RegistryError};
@@ -78,6 +78,11 @@ pub enum Refusal {
         crate::escape::escape(.0)
     )]
     UnknownModel(String),
+    #[error(
+        "unknown model {}: the daemon has never seen it and has no decision of it (check the id with `visutility models`)",
+        crate::escape::escape(.0)
+    )]
+    NoDecisions(String),
     #[error("unknown action {0:?}; expected full or fine_tune")]
     UnknownAction(String),
     #[error("fault injection is disabled (VISUTILITY_FAULT_INJECTION=1 enables it)")]
@@ -349,6 +354,26 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
             }
             let jobs = ctx.store.jobs(model.as_deref(), limit)?;
             Data::History(jobs.iter().map(api::JobInfo::from).collect())
+        }
+        Request::Explain { model, limit } => {
+            crate::protocol::validate_model_id(&model).map_err(Refusal::BadModelId)?;
+            let entries = ctx
+                .commander
+                .send(GetExplain {
+                    model_id: model.clone(),
+                    limit,
+                })
+                .await??;
+            // A typo must not read as "no decisions yet".
+            if entries.is_empty() && !ctx.registry.knows(&model) {
+                return Err(Refusal::NoDecisions(model));
+            }
+            Data::Explain(
+                entries
+                    .iter()
+                    .map(|(seq, e)| api::ExplainInfo::new(*seq, e))
+                    .collect(),
+            )
         }
         Request::Trigger {
             model,

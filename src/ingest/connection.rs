@@ -5,12 +5,13 @@
 //! waiting, [`DISPATCH_EVENTS`] are pending, the oldest has waited [`DISPATCH_DELAY_S`], or an
 //! op arrives. Then the array is sorted by
 //! model (stably, so each model's events keep their order) and shared: each model gets one
-//! `ApplyBatch` naming its range of it. A dispatch is one task handed to the models' thread
-//! (one wake-up of it), which puts one message per model in the actors' mailboxes there,
-//! however many events each model got; the array comes back to the connection when the last
-//! model is done with it and is reused. Order per model is preserved because the models'
-//! thread runs its tasks in order, an actor's mailbox is FIFO, and dispatches leave in read
-//! order.
+//! `ApplyBatch` naming its range of it, however many events each model got: for a few models
+//! the messages go as one task handed to the models' thread (one wake-up of it, however many
+//! models), for one model or very many they are sent from the connection's thread. The array
+//! comes back to the connection when the last model is done with it and is reused. Order per
+//! model is preserved because the models' thread runs its tasks in order, a direct send is
+//! taken only while none of the connection's tasks waits, an actor's mailbox is FIFO, and
+//! dispatches leave in read order.
 //!
 //! Backpressure: at most [`MAX_IN_FLIGHT`] dispatches of a connection are being applied at a
 //! time; beyond that the connection stops reading until the models catch up, so a client that
@@ -24,7 +25,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -56,6 +57,10 @@ pub const DISPATCH_DELAY_S: f64 = 0.002;
 /// (the client's writes block once the socket buffer is full) and the events queued in
 /// mailboxes stay bounded, instead of growing without limit while models fall behind.
 pub const MAX_IN_FLIGHT: usize = 4;
+
+/// A dispatch to more models than this sends their batches from the connection's thread
+/// rather than as one task on the models' thread (see `Conn::dispatch`).
+pub const FANOUT_MAX_MODELS: usize = 64;
 
 /// Returned dispatch arrays a connection keeps for reuse, so that under load it never
 /// allocates (and page-faults in) a fresh one.
@@ -233,6 +238,9 @@ struct Conn<'a> {
     returned: mpsc::UnboundedReceiver<Vec<Obs>>,
     /// Dispatches whose array has not come back yet.
     in_flight: usize,
+    /// Dispatches handed to the models' thread as a task that has not run yet (see
+    /// `dispatch`).
+    fanouts: Arc<AtomicUsize>,
     /// Slots with events in `pending`, in first-seen order (dispatch scratch).
     active: Vec<u32>,
     /// Slots touched since the last barrier.
@@ -273,6 +281,7 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         home,
         returned,
         in_flight: 0,
+        fanouts: Arc::new(AtomicUsize::new(0)),
         active: Vec::new(),
         touched: Vec::new(),
         replies: Vec::new(),
@@ -655,8 +664,18 @@ impl Conn<'_> {
         self.in_flight += 1;
         self.dispatches += 1;
         self.messages += active.len() as u64;
+        // A few models' batches go to the models' thread as one task, which puts each in its
+        // actor's mailbox there: one wake-up of that thread per dispatch, where a message per
+        // model from this thread could wake it once per model (a paced load of a few models).
+        // Many models' batches (a bulk load) are sent from here, so this thread, not the
+        // models' thread, spends the time on the mailboxes; so is a single batch. Per-model
+        // order holds either way: a direct send is taken only while no task of this
+        // connection is waiting to run (the thread runs its tasks in order), and a barrier
+        // (see `barrier`) waits for a task queued behind the dispatches first.
+        let direct = (active.len() <= 1 || active.len() > FANOUT_MAX_MODELS)
+            && self.fanouts.load(Ordering::Acquire) == 0;
         let mut start = 0;
-        let mut batches = Vec::with_capacity(active.len());
+        let mut batches = Vec::with_capacity(if direct { 0 } else { active.len() });
         for s in active.drain(..) {
             let slot = &mut slots[s as usize];
             // `count` is now the end of this model's range, which starts where the last ended.
@@ -666,21 +685,33 @@ impl Conn<'_> {
                 slot.touched = Some(slot.handle.epoch.load(Ordering::SeqCst));
                 touched.push(s);
             }
-            batches.push((slot.handle.addr.clone(), start..end));
+            if direct {
+                slot.handle.addr.do_send(ApplyBatch {
+                    events: events.clone(),
+                    range: start..end,
+                });
+            } else {
+                batches.push((slot.handle.addr.clone(), start..end));
+            }
             start = end;
         }
-        // One task for the models' thread, which puts each batch in its actor's mailbox there:
-        // one wake-up of that thread per dispatch, where a message per model from this thread
-        // could wake it once per model. The arbiter runs its tasks in order, so a barrier sent
-        // after a task queued behind this one (see `barrier`) meets every batch before it.
-        self.ctx.registry.arbiter().spawn_fn(move || {
-            for (addr, range) in batches {
-                addr.do_send(ApplyBatch {
-                    events: events.clone(),
-                    range,
-                });
+        if !direct {
+            let fanouts = self.fanouts.clone();
+            fanouts.fetch_add(1, Ordering::AcqRel);
+            let queued = self.ctx.registry.arbiter().spawn_fn(move || {
+                for (addr, range) in batches {
+                    addr.do_send(ApplyBatch {
+                        events: events.clone(),
+                        range,
+                    });
+                }
+                fanouts.fetch_sub(1, Ordering::AcqRel);
+            });
+            if !queued {
+                // The models' thread is gone (shutdown): nothing will run the task.
+                self.fanouts.fetch_sub(1, Ordering::AcqRel);
             }
-        });
+        }
         self.ctx
             .stats
             .accepted
@@ -710,7 +741,7 @@ impl Conn<'_> {
         // The batches go through the models' thread's task queue (see `dispatch`): a task
         // queued behind them has run only once every one is in its actor's mailbox, so each
         // barrier below arrives after this connection's events.
-        if !self.touched.is_empty() {
+        if !self.touched.is_empty() && self.fanouts.load(Ordering::Acquire) > 0 {
             let (done, ran) = tokio::sync::oneshot::channel();
             if self.ctx.registry.arbiter().spawn_fn(move || {
                 let _ = done.send(());

@@ -2,6 +2,8 @@
 //! through [`super::advance`] (warm-up included), at most one decision per action per batch
 //! for the runner (a flapping metric must not flood it; every fire is still counted), the
 //! per-policy decision counts, and when a threshold or window policy starts and stops firing.
+//! A drift during the warm-up decides nothing, but goes to the runner all the same (one per
+//! action per batch, marked `warmup`), so that the model's decision log can say why no job ran.
 //!
 //! Architecture invariant: no I/O, no actor, no clock: [`Decider::apply`] returns what to
 //! send and what to log, and the [`super::ModelActor`] sends and logs it.
@@ -19,6 +21,10 @@ pub struct Outgoing<'a> {
     pub action: Action,
     pub reason: String,
     pub obs: &'a Obs,
+    /// Made during the warm-up: the runner records it, and runs nothing.
+    pub warmup: bool,
+    /// The statistic and threshold it compared.
+    pub compared: (Option<f64>, Option<f64>),
 }
 
 /// Something worth a log line.
@@ -86,6 +92,8 @@ impl Decider {
                 action,
                 reason,
                 obs,
+                warmup,
+                compared,
             } = fired;
             let Some(i) = specs.iter().position(|s| std::ptr::eq(s, spec)) else {
                 return;
@@ -97,6 +105,20 @@ impl Decider {
                 });
                 return;
             };
+            if warmup {
+                // Not counted, not a firing streak: only the runner's record of it.
+                if !out.iter().any(|d| d.action == action && d.warmup) {
+                    out.push(Outgoing {
+                        spec,
+                        action,
+                        reason: reason.to_string(),
+                        obs,
+                        warmup,
+                        compared,
+                    });
+                }
+                return;
+            }
             let reason = reason.to_string();
             if matches!(spec.kind, PolicyKind::Detector(_)) {
                 notes.push(Note::Drift {
@@ -131,12 +153,14 @@ impl Decider {
                     count: 1,
                 }),
             }
-            if !out.iter().any(|d| d.action == action) {
+            if !out.iter().any(|d| d.action == action && !d.warmup) {
                 out.push(Outgoing {
                     spec,
                     action,
                     reason,
                     obs,
+                    warmup,
+                    compared,
                 });
             }
         });
@@ -204,17 +228,26 @@ action = "full"
     fn warm_up_then_one_decision_per_action_per_batch_every_fire_counted() {
         let (rule, mut record) = setup();
         let mut d = Decider::default();
-        // The first two events are the warm-up: policies learn, nothing is decided.
+        // The first two events are the warm-up: policies learn, nothing is decided. What
+        // fired goes to the runner marked as such (one per action), to be logged as held.
         let warm = [obs(0.9, 0.1), obs(0.9, 0.1)];
-        let (out, _) = d.apply(&mut record, Some(&rule), &warm);
-        assert!(out.is_empty(), "{out:?}");
+        let (out, notes) = d.apply(&mut record, Some(&rule), &warm);
+        let held: Vec<(&str, Action, bool)> = out
+            .iter()
+            .map(|o| (o.spec.name.as_str(), o.action, o.warmup))
+            .collect();
+        assert_eq!(held, vec![("limits", Action::Full, true)], "{out:?}");
+        assert_eq!(out[0].compared, (Some(0.9), Some(0.5)));
+        assert!(notes.is_empty(), "{notes:?}");
         assert_eq!(record.decisions, 0);
+        assert!(d.counts.is_empty(), "{:?}", d.counts);
+        assert!(record.last_decision.is_none());
         // Three drifting, inaccurate events: "limits" fires full and fine_tune on each (the
         // static threshold says full for drift), "mean" fires full: one decision per action.
         let batch = [obs(0.9, 0.1), obs(0.9, 0.1), obs(0.9, 0.1)];
         let (out, notes) = d.apply(&mut record, Some(&rule), &batch);
-        let actions: Vec<Action> = out.iter().map(|o| o.action).collect();
-        assert_eq!(actions, vec![Action::Full], "{out:?}");
+        let actions: Vec<(Action, bool)> = out.iter().map(|o| (o.action, o.warmup)).collect();
+        assert_eq!(actions, vec![(Action::Full, false)], "{out:?}");
         assert!(
             std::ptr::eq(out[0].obs, &batch[0]),
             "the first event that fired"

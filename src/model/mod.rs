@@ -350,6 +350,9 @@ impl ModelActor {
                 at: d.obs.ts,
                 manual: false,
                 loop_window_s,
+                statistic: d.compared.0,
+                threshold: d.compared.1,
+                warmup: d.warmup,
             });
         }
         self.log(first_seq, batch);
@@ -428,6 +431,12 @@ pub struct Fired<'a> {
     pub action: Option<Action>,
     pub reason: Reason<'a>,
     pub obs: &'a Obs,
+    /// A drift during the model's warm-up: it decides nothing (it is neither counted nor the
+    /// model's last decision), and is reported so that `explain` can say why no job ran.
+    pub warmup: bool,
+    /// The statistic and threshold the drift compared ([`crate::policy::compared`]); `None` for a
+    /// warning.
+    pub compared: (Option<f64>, Option<f64>),
 }
 
 /// Applies events to a model's state: counters, sparklines, policies, warm-up and the record of
@@ -472,19 +481,28 @@ pub fn advance<'a>(
                     action: None,
                     reason: fire.reason,
                     obs,
+                    warmup: false,
+                    compared: (None, None),
                 });
                 continue;
             };
-            if record.warmup_left > 0 {
-                continue;
+            let warmup = record.warmup_left > 0;
+            if !warmup {
+                record.decisions += 1;
+                last = Some((obs.ts, spec, action, fire.reason));
             }
-            record.decisions += 1;
-            last = Some((obs.ts, spec, action, fire.reason));
             on_fire(Fired {
                 spec,
                 action: Some(action),
                 reason: fire.reason,
                 obs,
+                warmup,
+                compared: crate::policy::compared(
+                    spec,
+                    Some(&fire.reason),
+                    || state.state(spec),
+                    obs,
+                ),
             });
         }
         record.warmup_left = record.warmup_left.saturating_sub(1);

@@ -606,6 +606,44 @@ impl Reason<'_> {
     }
 }
 
+/// The number a policy compared after an event and what it compared it with: what a signal
+/// line of `backtest --detail`, the report and `explain` show as `statistic` and `threshold`.
+/// From the reason when the policy fired (a window's mean and threshold, the value past a
+/// static bound), else from its state (asked of `state` only then): a window's mean and
+/// threshold, a detector's `statistic` and `threshold` where it has that pair (Page-Hinkley,
+/// CUSUM, KSWIN, DDM, EDDM; ADWIN and HDDM have none), a static threshold's metric and bound
+/// (`max_drift` before `min_accuracy`, `max` before `min`).
+pub fn compared(
+    spec: &PolicySpec,
+    reason: Option<&Reason<'_>>,
+    state: impl FnOnce() -> NamedNumbers,
+    obs: &Obs,
+) -> (Option<f64>, Option<f64>) {
+    if let Some((s, t)) = reason.and_then(Reason::statistic) {
+        return (Some(s), Some(t));
+    }
+    match &spec.kind {
+        PolicyKind::StaticThreshold {
+            max_drift,
+            min_accuracy,
+            max,
+            min,
+        } => match (max.or(*min), max_drift) {
+            (Some(bound), _) => (obs.metric(&spec.metric), Some(bound)),
+            (None, Some(m)) => (obs.drift_score, Some(*m)),
+            (None, None) => (obs.accuracy, *min_accuracy),
+        },
+        PolicyKind::DriftWindow { .. } => {
+            let now = state();
+            (now.get("mean"), now.get("threshold"))
+        }
+        PolicyKind::Detector(_) => {
+            let now = state();
+            (now.get("statistic"), now.get("threshold"))
+        }
+    }
+}
+
 impl PolicyState {
     /// The state as named numbers (what `summary` says in words): a window's fill, mean and
     /// threshold; a detector's own numbers (ADWIN's width and estimate, Page-Hinkley's

@@ -24,6 +24,8 @@ pub(super) struct Handles {
     pub(super) models: sled::Tree,
     pub(super) jobs: sled::Tree,
     pub(super) runner: sled::Tree,
+    /// Every model's decision log (`explain`).
+    pub(super) explain: sled::Tree,
     /// sled's data file, fsync'ed after each of its flushes.
     data: Arc<File>,
 }
@@ -33,6 +35,7 @@ pub(super) enum TreeId {
     Models,
     Jobs,
     Runner,
+    Explain,
 }
 
 /// Timer slack for sled's I/O threads. sled 0.34.7 keeps seven pool threads that each wake
@@ -124,6 +127,7 @@ impl Handles {
             models: db.open_tree("models")?,
             jobs: db.open_tree("jobs")?,
             runner: db.open_tree("runner")?,
+            explain: db.open_tree("explain")?,
             db,
             config,
             data: Arc::new(data),
@@ -135,6 +139,7 @@ impl Handles {
             TreeId::Models => &self.models,
             TreeId::Jobs => &self.jobs,
             TreeId::Runner => &self.runner,
+            TreeId::Explain => &self.explain,
         }
     }
 

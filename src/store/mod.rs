@@ -11,6 +11,7 @@
 //! | `models` | model id (UTF-8)       | [`ModelRecord`]: the model's checkpoint |
 //! | `jobs`   | job id (u64 big-endian)| [`Job`]: the hook runner's journal      |
 //! | `runner` | model id (UTF-8)       | [`RunnerRecord`]: cooldown, pause        |
+//! | `explain`| model id, 0, u64 BE seq| [`ExplainEntry`]: the decision log       |
 //!
 //! Every value is a version byte followed by its bincode 2 payload (standard config, serde), so
 //! a record format can change without a flag day: readers dispatch on the byte. The schema
@@ -38,10 +39,12 @@
 //! - `codec`: the version byte and bincode payload of every value;
 //! - [`records`]: the record types; `models`: checkpoints plus the log ([`wal`]), folding,
 //!   forgetting; `jobs`: the job journal; `runner`: the hook runner's per-model records;
+//!   `explain`: the models' decision logs;
 //! - `flusher`: the flusher thread and its group commit, and the reopen after a failure;
 //! - `stats`: the counters behind `status` and the metrics.
 
 mod codec;
+mod explain;
 mod flusher;
 mod handles;
 mod jobs;
@@ -61,7 +64,10 @@ use std::time::{Duration, Instant};
 
 pub use codec::{decode_record, encode_record};
 pub use models::LoadedModel;
-pub use records::{DecisionRecord, GroupLeader, Job, JobState, ModelRecord, RunnerRecord};
+pub use records::{
+    DecisionEntry, DecisionOutcome, DecisionRecord, ExplainEntry, GroupLeader, Job, JobState,
+    ModelRecord, RunnerRecord,
+};
 pub use schema::SCHEMA_VERSION;
 pub use stats::StoreStats;
 pub use wal::Recovery;
@@ -232,6 +238,11 @@ type Pending = HashMap<(TreeId, Vec<u8>), (u64, Option<sled::IVec>)>;
 impl Store {
     pub fn path(&self) -> &Path {
         &self.shared.path
+    }
+
+    /// The background flush interval (`daemon.flush_interval_ms`).
+    pub fn flush_interval(&self) -> Duration {
+        self.shared.flush_every
     }
 
     /// Switches the injected write fault on or off (tests and the fault suite).

@@ -178,11 +178,12 @@ impl Store {
     }
 
     /// Removes everything the store holds of a model except its jobs: its checkpoint, its
-    /// runner record and its logged events. The log is rewritten without them (every other
+    /// runner record, its decision log and its logged events. The log is rewritten without them (every other
     /// tail goes to a new segment), so the next flush retires every segment that held them:
     /// after that flush, no crash brings the model back.
     pub fn forget_model(&self, model_id: &str) -> Result<(), StoreError> {
-        self.remove_model(model_id, &[TreeId::Models, TreeId::Runner])
+        self.remove_model(model_id, &[TreeId::Models, TreeId::Runner])?;
+        self.forget_explain(model_id).map(drop)
     }
 
     /// Removes the model's checkpoint and logged events without reading them, as

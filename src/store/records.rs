@@ -33,6 +33,86 @@ pub struct DecisionRecord {
     pub reason: String,
 }
 
+/// One entry of a model's decision log (what `explain` shows), in the `explain` tree. An
+/// enum so that other kinds of entry (probation verdicts) can join as new variants, added at
+/// the end: bincode stores the variant's index, so the entries written before stay readable.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ExplainEntry {
+    Decision(DecisionEntry),
+}
+
+/// Decisions of one policy and action that came to the same outcome, one after the other,
+/// as one entry: a policy over its threshold decides with every batch, and a cooldown holds
+/// each of those decisions (see `command::decision_log`). What it says of the decision
+/// (statistic, reason, event) is the first one's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DecisionEntry {
+    /// When the daemon made the first and the last of them (wall clock, Unix seconds).
+    pub first_at: f64,
+    pub at: f64,
+    /// How many decisions the entry stands for.
+    pub count: u64,
+    pub policy: String,
+    pub action: Action,
+    /// What the policy compared (`None` where it has no such number: some detectors, a
+    /// trigger).
+    pub statistic: Option<f64>,
+    pub threshold: Option<f64>,
+    /// In words, as the hook reads it.
+    pub reason: String,
+    /// The event that tipped it, as JSON, as the hook reads it (`None` for a trigger).
+    pub event: Option<String>,
+    pub outcome: DecisionOutcome,
+    /// More of the outcome in words (the loop guard's why, an escalation, an error), or empty.
+    pub note: String,
+}
+
+/// What became of a decision: a job, or why none ran. New variants go at the end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DecisionOutcome {
+    /// It made this job (a retrain, or an escalation).
+    Job(u64),
+    /// The model's job already queued or running answers it.
+    Absorbed(u64),
+    Paused,
+    Cooldown,
+    LoopGuard,
+    NoHook,
+    Budget,
+    /// The model was warming up after a reset or a retrain.
+    Warmup,
+    /// An operator's trigger over `hooks.max_triggers_per_hour`.
+    TriggerLimit,
+    /// The job could not be recorded (the store failed).
+    Error,
+}
+
+impl DecisionOutcome {
+    /// The word `explain` shows for it (a job's is `job`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DecisionOutcome::Job(_) => "job",
+            DecisionOutcome::Absorbed(_) => "absorbed",
+            DecisionOutcome::Paused => "paused",
+            DecisionOutcome::Cooldown => "cooldown",
+            DecisionOutcome::LoopGuard => "loop_guard",
+            DecisionOutcome::NoHook => "no_hook",
+            DecisionOutcome::Budget => "budget",
+            DecisionOutcome::Warmup => "warmup",
+            DecisionOutcome::TriggerLimit => "trigger_limit",
+            DecisionOutcome::Error => "error",
+        }
+    }
+
+    /// The job it made or was absorbed by.
+    pub fn job_id(self) -> Option<u64> {
+        match self {
+            DecisionOutcome::Job(id) | DecisionOutcome::Absorbed(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
 /// The hook runner's per-model state that must survive restarts.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct RunnerRecord {

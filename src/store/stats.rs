@@ -16,6 +16,7 @@ pub(super) struct Counters {
     pub(super) flushes: AtomicU64,
     pub(super) flush_errors: AtomicU64,
     pub(super) segments_deleted: AtomicU64,
+    pub(super) explain_records: AtomicU64,
 }
 
 /// What the store has written and holds, for `status` and the metrics (base units).
@@ -38,6 +39,8 @@ pub struct StoreStats {
     pub tail_events: u64,
     pub tail_bytes: u64,
     pub wal_segments_deleted: u64,
+    /// Decision log entries written (new ones, and running ones written again).
+    pub explain_records_written: u64,
     /// What the last start recovered from the log.
     pub recovery: Recovery,
     /// Models whose stored state does not decode (see [`Store::undecodable_models`]).
@@ -66,6 +69,7 @@ impl Store {
             tail_events: w.tails.values().map(|t| t.count).sum(),
             tail_bytes: w.tail_bytes,
             wal_segments_deleted: c.segments_deleted.load(Ordering::Relaxed),
+            explain_records_written: c.explain_records.load(Ordering::Relaxed),
             recovery: self.shared.recovery.clone(),
             undecodable_models: self.undecodable_models(),
         }

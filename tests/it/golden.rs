@@ -13,7 +13,8 @@ use visutility::policy::detect::{Detector, KINDS};
 use visutility::policy::{Action, StateKind};
 use visutility::store::wal::{Wal, decode_events};
 use visutility::store::{
-    Job, JobState, ModelRecord, RunnerRecord, SCHEMA_VERSION, Store, decode_record, encode_record,
+    DecisionOutcome, ExplainEntry, Job, JobState, ModelRecord, RunnerRecord, SCHEMA_VERSION, Store,
+    decode_record, encode_record,
 };
 
 fn dir() -> PathBuf {
@@ -185,6 +186,58 @@ fn runner_records_decode_field_by_field_and_encode_to_the_same_bytes() {
     );
 }
 
+/// The fixture of each decision outcome. Exhaustive on purpose, like [`detector_fixture`]:
+/// an outcome added does not compile here until it has a fixture.
+fn explain_fixture(o: DecisionOutcome) -> &'static str {
+    match o {
+        DecisionOutcome::Job(_) => "job",
+        DecisionOutcome::Absorbed(_) => "absorbed",
+        DecisionOutcome::Paused => "paused",
+        DecisionOutcome::Cooldown => "cooldown",
+        DecisionOutcome::LoopGuard => "loop_guard",
+        DecisionOutcome::NoHook => "no_hook",
+        DecisionOutcome::Budget => "budget",
+        DecisionOutcome::Warmup => "warmup",
+        DecisionOutcome::TriggerLimit => "trigger_limit",
+        DecisionOutcome::Error => "error",
+    }
+}
+
+#[test]
+fn a_decision_log_entry_of_every_outcome_decodes_field_by_field_and_encodes_to_the_same_bytes() {
+    let outcomes = [
+        DecisionOutcome::Job(42),
+        DecisionOutcome::Absorbed(u64::MAX),
+        DecisionOutcome::Paused,
+        DecisionOutcome::Cooldown,
+        DecisionOutcome::LoopGuard,
+        DecisionOutcome::NoHook,
+        DecisionOutcome::Budget,
+        DecisionOutcome::Warmup,
+        DecisionOutcome::TriggerLimit,
+        DecisionOutcome::Error,
+    ];
+    for outcome in outcomes {
+        let name = explain_fixture(outcome);
+        let ExplainEntry::Decision(d) = check::<ExplainEntry>(&format!("explain-{name}.v1"));
+        assert_eq!(d.outcome, outcome, "{name}");
+        assert_eq!(d.outcome.as_str(), name);
+    }
+    // A trigger: no statistic, no event.
+    let ExplainEntry::Decision(trigger) = check::<ExplainEntry>("explain-job.v1");
+    assert_eq!((trigger.statistic, trigger.event), (None, None));
+    assert_eq!(trigger.action, Action::FineTune);
+    // Decisions coalesced, with the event that tipped the first (its `meta` kept).
+    let ExplainEntry::Decision(held) = check::<ExplainEntry>("explain-cooldown.v1");
+    assert_eq!(held.count, 1_999);
+    assert_eq!(held.at - held.first_at, 3_598.25);
+    let event: serde_json::Value = serde_json::from_str(held.event.as_deref().unwrap()).unwrap();
+    assert_eq!(event["meta"]["batch"], "2025-11-26/17");
+    let ExplainEntry::Decision(guard) = check::<ExplainEntry>("explain-loop_guard.v1");
+    assert!(guard.statistic.unwrap().is_sign_negative());
+    assert!(!guard.note.is_empty());
+}
+
 #[test]
 fn the_observation_log_segment_is_read_back_event_by_event_and_written_again_the_same() {
     let bytes = read("wal-segment.v1.wal");
@@ -246,12 +299,14 @@ fn the_schema_version_is_written_as_the_fixtures_say_and_records_go_in_as_they_a
     let checkpoint: ModelRecord = check("checkpoint-full.v1");
     let job: Job = check("job-succeeded.v1");
     let runner: RunnerRecord = check("runner-full.v1");
+    let entry: ExplainEntry = check("explain-cooldown.v1");
     {
         let store = Store::open(&state, 100).unwrap();
         assert_eq!(store.schema_version().unwrap(), SCHEMA_VERSION);
         store.checkpoint("fraud-v3", &checkpoint).unwrap();
         store.save_job(&job).unwrap();
         store.save_runner("fraud-v3", &runner).unwrap();
+        store.put_explain_entry("fraud-v3", 4, &entry).unwrap();
         store.flush_sync().unwrap();
     }
     assert_eq!(
@@ -282,6 +337,11 @@ fn the_schema_version_is_written_as_the_fixtures_say_and_records_go_in_as_they_a
         read("job-succeeded.v1.bin")
     );
     assert_eq!(get("runner", b"fraud-v3"), read("runner-full.v1.bin"));
+    // A decision log entry's key: the model id, a zero byte, its number big-endian.
+    assert_eq!(
+        get("explain", b"fraud-v3\0\0\0\0\0\0\0\0\x04"),
+        read("explain-cooldown.v1.bin")
+    );
 }
 
 /// sled's lock on a store just dropped can outlive it by a flush round of its flusher.

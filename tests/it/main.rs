@@ -12,6 +12,7 @@ mod crash;
 mod damage;
 mod detectors;
 mod detectors_binary;
+mod explain;
 mod faults;
 mod fleet;
 mod golden;

@@ -311,6 +311,12 @@ fn a_schema_1_store_is_migrated_in_place_and_keeps_every_model_job_and_cooldown(
         }
     }
 
+    // The decision log came after schema 1 (and 2), without a migration: every model has
+    // an empty one.
+    for id in ["alpha", "beta", "gamma"] {
+        assert_eq!(d.cli_json(&["explain", id]), json!([]), "{id}");
+    }
+
     // The same jobs.
     let jobs = d.history(None);
     let before = history_before.as_array().unwrap();
