@@ -119,6 +119,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             json,
             create,
         } => operator::run(&ops, &env, Request::Resume { model, create }, json),
+        Command::Rollback { model, json } => {
+            operator::run(&ops, &env, Request::Rollback { model }, json)
+        }
         Command::Forget { model, json } => {
             operator::run(&ops, &env, Request::Forget { model }, json)
         }

@@ -137,6 +137,8 @@ pub fn check_config(config: &Config, me: u32) -> Findings {
         &config.hooks.full,
         &config.hooks.fine_tune,
         &config.hooks.escalate,
+        &config.hooks.rollback,
+        &config.hooks.promote,
     ]
     .into_iter()
     .flatten()
@@ -171,6 +173,8 @@ pub fn check_hook_programs(hooks: &HooksConfig) -> HookPrograms {
         ("full", &hooks.full),
         ("fine_tune", &hooks.fine_tune),
         ("escalate", &hooks.escalate),
+        ("rollback", &hooks.rollback),
+        ("promote", &hooks.promote),
     ] {
         let Some(spec) = spec else { continue };
         let program = &spec.command[0];

@@ -117,6 +117,16 @@ pub enum Command {
         #[arg(long)]
         create: bool,
     },
+    /// Roll back the model's latest succeeded retrain that has a receipt: runs the
+    /// `[hooks] rollback` hook (with `rollback_of` and the receipt on its stdin), then the
+    /// escalate hook once; refused when there is nothing to roll back.
+    Rollback {
+        /// The model id.
+        model: String,
+        /// Print the daemon's reply as JSON (with the rollback job's `job_id`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a model's policies afresh.
     Reset {
         /// The model id.

@@ -58,6 +58,12 @@ pub fn run(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCode> {
             escape(&action),
             escape(&model)
         )?,
+        (Data::Triggered(t), Request::Rollback { model }) => writeln!(
+            out,
+            "job {} queued: rollback for {}",
+            t.job_id,
+            escape(&model)
+        )?,
         (Data::Reset(_), Request::Reset { model, .. }) => {
             writeln!(out, "{}: policies reset", escape(&model))?
         }

@@ -24,10 +24,35 @@ pub struct HookInput {
     pub manual: bool,
     pub model_id: String,
     pub policy: String,
+    /// A rollback's: why it runs (`cause`) and, after a probation, its figures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation: Option<ProbationInput>,
     pub reason: String,
+    /// A rollback's: the receipt the retrain it undoes wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<Box<RawValue>>,
     /// The interrupted job this one redoes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_of: Option<u64>,
+    /// A rollback's: the retrain job it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
+}
+
+/// What a rollback hook reads of the probation that led to it (contract section 7). An
+/// operator's rollback has only `cause = "manual"`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProbationInput {
+    /// `degraded`, `policy_fired`, `inconclusive` or `manual`.
+    pub cause: String,
+}
+
+impl ProbationInput {
+    pub fn manual() -> ProbationInput {
+        ProbationInput {
+            cause: "manual".into(),
+        }
+    }
 }
 
 /// Why a job runs another action than the one decided.
@@ -123,8 +148,11 @@ mod tests {
             manual: false,
             model_id: "m1".into(),
             policy: "p".into(),
+            probation: None,
             reason: "why".into(),
+            receipt: None,
             retry_of: None,
+            rollback_of: None,
         };
         let text = input.to_json();
         assert_eq!(

@@ -55,6 +55,14 @@ impl Decision {
     }
 }
 
+/// `visutility rollback MODEL`: roll back the model's latest succeeded retrain that has a
+/// receipt; answered with the rollback job's id.
+#[derive(Message)]
+#[rtype(result = "Result<u64, CommandError>")]
+pub struct RollBack {
+    pub model_id: String,
+}
+
 /// An operator's `trigger`: like a decision, answered with the job id it created.
 #[derive(Message)]
 #[rtype(result = "Result<u64, CommandError>")]

@@ -38,6 +38,7 @@ pub mod hook;
 pub mod input;
 mod journal;
 pub mod messages;
+pub mod rollback;
 pub mod rules;
 mod run;
 pub mod scheduler;
@@ -82,6 +83,14 @@ pub enum CommandError {
         limit: u32,
         retry_in_s: u64,
     },
+    #[error("model {model} has a job {state} (job {job_id}); roll back once it has ended")]
+    RollbackBusy {
+        model: String,
+        job_id: u64,
+        state: &'static str,
+    },
+    #[error("nothing to roll back for model {model}: {why}")]
+    NothingToRollBack { model: String, why: String },
     #[error("model {model} has a job {state} (job {job_id}); forget it once the job has ended")]
     JobActive {
         model: String,
@@ -448,8 +457,11 @@ impl CommandActor {
             manual: d.manual,
             model_id: d.model_id.to_string(),
             policy: d.policy.clone(),
+            probation: None,
             reason: reason.into(),
+            receipt: None,
             retry_of: None,
+            rollback_of: None,
         };
         Ok(Job::new(
             job_id,
@@ -578,6 +590,14 @@ impl Handler<Decision> for CommandActor {
         if let Err(error) = self.decide(msg, ctx) {
             tracing::error!(error = %error, "cannot act on a decision");
         }
+    }
+}
+
+impl Handler<RollBack> for CommandActor {
+    type Result = Result<u64, CommandError>;
+
+    fn handle(&mut self, msg: RollBack, ctx: &mut Context<Self>) -> Self::Result {
+        self.rollback(&msg.model_id, ctx)
     }
 }
 

@@ -264,11 +264,13 @@ fn loop_guard(window: u64, runner: &Runner, policy: &str, now: Now) -> LoopGuard
             why,
         },
         Action::Escalate => LoopGuard::Hold(format!("{why}, and the escalate hook was called")),
+        // Never remembered as a success (see `job_ended`).
+        Action::Rollback | Action::Promote => LoopGuard::Pass,
     }
 }
 
-/// A retrain (not an escalation) ended at `now`: the cooldown starts; when it succeeded, the
-/// loop guard remembers it for `policy`. An escalation's end changes nothing.
+/// A retrain or a rollback ended at `now`: the cooldown starts; when a retrain succeeded, the
+/// loop guard remembers it for `policy`. An escalation's or a promotion's end changes nothing.
 pub fn job_ended(
     hooks: &HooksConfig,
     runner: &mut Runner,
@@ -277,11 +279,11 @@ pub fn job_ended(
     succeeded: bool,
     now: Now,
 ) {
-    if action == Action::Escalate {
+    if matches!(action, Action::Escalate | Action::Promote) {
         return;
     }
     runner.cooldown_until = now.boot + hooks.cooldown_s as f64;
-    if succeeded {
+    if succeeded && action != Action::Rollback {
         runner.last_success = Some((now.boot, policy.to_owned(), action));
     }
 }
@@ -308,6 +310,8 @@ mod tests {
             full: spec.clone(),
             fine_tune: spec,
             escalate: None,
+            rollback: None,
+            promote: None,
             env: Vec::new(),
             pass_env: Vec::new(),
             allow_insecure_modes: true,

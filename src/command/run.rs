@@ -109,6 +109,11 @@ impl CommandActor {
         ] {
             env.insert(name.into(), value.into());
         }
+        if job.action.is_retrain()
+            && let Some(path) = self.receipt_path(job.job_id)
+        {
+            env.insert("VISUTILITY_RECEIPT".into(), path.into_os_string());
+        }
         let run = hook::HookRun {
             command: spec.command.clone(),
             env,
@@ -186,7 +191,11 @@ impl CommandActor {
         let succeeded = o.success();
         self.ensure_runner(&model, now);
         let retriable = !matches!(o.end, HookEnd::SpawnFailed(_));
-        match self.sched.job_ended(&job, succeeded, retriable, now) {
+        let job_id = job.job_id;
+        let after = self.sched.job_ended(&job, succeeded, retriable, now);
+        let job_done_rollback = job.action == Action::Rollback && matches!(after, AfterEnd::Ended);
+        let succeeded_for_good = succeeded;
+        match after {
             AfterEnd::Retry { backoff_s } => {
                 tracing::warn!(model_id = %model, job_id = job.job_id, attempt = job.attempts, note = %job.note, retry_in_s = backoff_s, "hook failed; will retry");
                 job.note = format!("{}; retry in {backoff_s:.1} s", job.note);
@@ -195,10 +204,13 @@ impl CommandActor {
                 self.sched.enqueue(job, now.boot + backoff_s);
             }
             AfterEnd::Ended if succeeded => {
+                if job.action.is_retrain() {
+                    self.keep_receipt(&mut job);
+                }
                 job.transition(JobState::Succeeded, now.wall);
                 self.count(&job);
                 tracing::info!(model_id = %model, job_id = job.job_id, action = %job.action, duration_ms = o.duration.as_millis() as u64, "hook succeeded");
-                if job.action != Action::Escalate {
+                if job.action.is_retrain() || job.action == Action::Rollback {
                     // The reset is queued to the model before the success is visible, so
                     // events sent after an operator sees it meet fresh policies.
                     (self.on_retrained)(&model);
@@ -214,6 +226,13 @@ impl CommandActor {
                 self.save_runner(&model, now);
                 self.journal_logged(&job);
             }
+        }
+        if let Some(path) = self.receipt_path(job_id) {
+            let _ = std::fs::remove_file(path);
+        }
+        // A rollback, done or failed for good, is for a person to hear of: once.
+        if job_done_rollback {
+            self.rollback_ended(job_id, succeeded_for_good, now, ctx);
         }
         if let Err(error) = self.store.prune_jobs(JOURNAL_KEEP) {
             tracing::warn!(error = %error, "cannot prune the job journal");

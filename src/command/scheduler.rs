@@ -307,6 +307,15 @@ impl Scheduler {
         Ok(())
     }
 
+    /// The model's job running or queued, if any, with its state.
+    pub fn active_job(&self, model_id: &str) -> Option<(u64, &'static str)> {
+        if let Some(job) = self.running.get(model_id) {
+            return Some((job.job_id, "running"));
+        }
+        self.queued_pos(model_id)
+            .map(|pos| (self.queue[pos].job.job_id, "queued"))
+    }
+
     pub fn running_count(&self) -> usize {
         self.running.len()
     }
@@ -357,6 +366,8 @@ mod tests {
             full: spec.clone(),
             fine_tune: spec.clone(),
             escalate: spec,
+            rollback: None,
+            promote: None,
             env: Vec::new(),
             pass_env: Vec::new(),
             allow_insecure_modes: true,

@@ -127,6 +127,10 @@ pub struct HooksConfig {
     pub full: Option<HookSpec>,
     pub fine_tune: Option<HookSpec>,
     pub escalate: Option<HookSpec>,
+    /// Undoes a retrain: `visutility rollback` (and, later, a failed probation).
+    pub rollback: Option<HookSpec>,
+    /// Confirms a retrain after its probation.
+    pub promote: Option<HookSpec>,
     /// `[hooks] env`: variables every hook gets, beyond the minimal environment.
     pub env: Vec<(String, String)>,
     /// `[hooks] pass_env`: names of the daemon's own variables passed on to hooks.
@@ -155,6 +159,8 @@ impl HooksConfig {
             Action::Full => self.full.as_ref(),
             Action::FineTune => self.fine_tune.as_ref(),
             Action::Escalate => self.escalate.as_ref(),
+            Action::Rollback => self.rollback.as_ref(),
+            Action::Promote => self.promote.as_ref(),
         }
     }
 }

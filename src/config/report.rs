@@ -11,6 +11,12 @@ impl Config {
     pub fn warnings(&self) -> Vec<KeyError> {
         // Deprecated forms found while loading come first.
         let mut out = self.warnings.clone();
+        if self.hooks.promote.is_some() {
+            out.push(KeyError::new(
+                "hooks.promote".to_owned(),
+                "this build runs no probation yet, so the promote hook never runs (it is kept for when it does; `visutility rollback` works without it)".to_owned(),
+            ));
+        }
         for (j, rule) in self.models.iter().enumerate() {
             let earlier = self.models[..j].iter().enumerate();
             if let Some((i, first)) = earlier
@@ -93,6 +99,8 @@ impl Config {
             ("full", &self.hooks.full),
             ("fine_tune", &self.hooks.fine_tune),
             ("escalate", &self.hooks.escalate),
+            ("rollback", &self.hooks.rollback),
+            ("promote", &self.hooks.promote),
         ] {
             match hook {
                 Some(h) => s.push_str(&format!(
@@ -163,6 +171,8 @@ impl Config {
                 "full": hook(&self.hooks.full),
                 "fine_tune": hook(&self.hooks.fine_tune),
                 "escalate": hook(&self.hooks.escalate),
+                "rollback": hook(&self.hooks.rollback),
+                "promote": hook(&self.hooks.promote),
             },
             "models": models,
         })

@@ -105,6 +105,8 @@ impl Config {
             let full = hook(&mut w, "full");
             let fine_tune = hook(&mut w, "fine_tune");
             let escalate = hook(&mut w, "escalate");
+            let rollback = hook(&mut w, "rollback");
+            let promote = hook(&mut w, "promote");
             let h = HooksConfig {
                 max_concurrent: w.int("max_concurrent", 1, 1024).unwrap_or(1) as usize,
                 cooldown_s: w.int("cooldown_s", 0, 86_400 * 365).unwrap_or(3600),
@@ -118,6 +120,8 @@ impl Config {
                 full,
                 fine_tune,
                 escalate,
+                rollback,
+                promote,
                 env: w.env_table("env"),
                 pass_env: w.env_names("pass_env"),
                 allow_insecure_modes: daemon.allow_insecure_modes,

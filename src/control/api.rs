@@ -52,6 +52,9 @@ pub enum Request {
         #[serde(default)]
         create: bool,
     },
+    /// Rolls back the model's latest succeeded retrain that has a receipt.
+    /// Reply: [`Data::Triggered`] (the rollback job).
+    Rollback { model: String },
     /// Removes a model's state, counters and runner record (its jobs stay in the journal).
     /// Reply: [`Data::Forgotten`].
     Forget { model: String },
@@ -145,7 +148,9 @@ impl Data {
             Request::Models { .. } => Data::Models(from_value(data)?),
             Request::History { .. } => Data::History(from_value(data)?),
             Request::Explain { .. } => Data::Explain(from_value(data)?),
-            Request::Trigger { .. } => Data::Triggered(from_value(data)?),
+            Request::Trigger { .. } | Request::Rollback { .. } => {
+                Data::Triggered(from_value(data)?)
+            }
             Request::Reset { .. } => Data::Reset(from_value(data)?),
             Request::Pause { .. } | Request::Resume { .. } => Data::Paused(from_value(data)?),
             Request::Forget { .. } => Data::Forgotten(from_value(data)?),
@@ -282,6 +287,12 @@ pub struct JobInfo {
     pub retry_of: Option<u64>,
     /// Every state the job went through, oldest first.
     pub transitions: Vec<Transition>,
+    /// The receipt a retrain hook wrote (`VISUTILITY_RECEIPT`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<serde_json::Value>,
+    /// A rollback's: the retrain job it undoes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -516,7 +527,7 @@ impl From<&crate::store::Job> for JobInfo {
             policy,
             reason,
             // The hook's stdin, and the runner's own bookkeeping: not shown.
-            decision: _,
+            decision,
             state,
             attempts,
             created,
@@ -558,6 +569,12 @@ impl From<&crate::store::Job> for JobInfo {
                     at: *at,
                 })
                 .collect(),
+            receipt: None,
+            // A rollback's stdin names the retrain it undoes.
+            rollback_of: (*action == crate::policy::Action::Rollback)
+                .then(|| serde_json::from_str::<crate::command::input::HookInput>(decision).ok())
+                .flatten()
+                .and_then(|i| i.rollback_of),
         }
     }
 }

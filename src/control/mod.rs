@@ -353,7 +353,18 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
                 crate::protocol::validate_model_id(m).map_err(Refusal::BadModelId)?;
             }
             let jobs = ctx.store.jobs(model.as_deref(), limit)?;
-            Data::History(jobs.iter().map(api::JobInfo::from).collect())
+            let mut infos = Vec::with_capacity(jobs.len());
+            for job in &jobs {
+                let mut info = api::JobInfo::from(job);
+                if job.action.is_retrain() {
+                    info.receipt = ctx
+                        .store
+                        .receipt(job.job_id)?
+                        .and_then(|r| serde_json::from_str(&r).ok());
+                }
+                infos.push(info);
+            }
+            Data::History(infos)
         }
         Request::Explain { model, limit } => {
             crate::protocol::validate_model_id(&model).map_err(Refusal::BadModelId)?;
@@ -385,6 +396,16 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
             let job_id = ctx
                 .commander
                 .send(Trigger(Decision::manual(&model, action)))
+                .await??;
+            Data::Triggered(api::Triggered { job_id })
+        }
+        Request::Rollback { model } => {
+            known_or_create(ctx, &model, false)?;
+            let job_id = ctx
+                .commander
+                .send(crate::command::RollBack {
+                    model_id: model.clone(),
+                })
                 .await??;
             Data::Triggered(api::Triggered { job_id })
         }

@@ -29,6 +29,10 @@ pub enum Action {
     FineTune,
     /// Appended last: the store encodes variants by index.
     Escalate,
+    /// Undoes a retrain (the `rollback` hook): an operator's `visutility rollback`.
+    Rollback,
+    /// Confirms a retrain (the `promote` hook).
+    Promote,
 }
 
 impl Action {
@@ -37,7 +41,14 @@ impl Action {
             Action::Full => "full",
             Action::FineTune => "fine_tune",
             Action::Escalate => "escalate",
+            Action::Rollback => "rollback",
+            Action::Promote => "promote",
         }
+    }
+
+    /// A retrain: `full` or `fine_tune`.
+    pub fn is_retrain(self) -> bool {
+        matches!(self, Action::Full | Action::FineTune)
     }
 
     /// A policy's `action` or an operator's `trigger`: `full` or `fine_tune`, never

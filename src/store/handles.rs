@@ -26,6 +26,8 @@ pub(super) struct Handles {
     pub(super) runner: sled::Tree,
     /// Every model's decision log (`explain`).
     pub(super) explain: sled::Tree,
+    /// Retrain hooks' receipts, by job id.
+    pub(super) receipts: sled::Tree,
     /// sled's data file, fsync'ed after each of its flushes.
     data: Arc<File>,
 }
@@ -36,6 +38,7 @@ pub(super) enum TreeId {
     Jobs,
     Runner,
     Explain,
+    Receipts,
 }
 
 /// Timer slack for sled's I/O threads. sled 0.34.7 keeps seven pool threads that each wake
@@ -128,6 +131,7 @@ impl Handles {
             jobs: db.open_tree("jobs")?,
             runner: db.open_tree("runner")?,
             explain: db.open_tree("explain")?,
+            receipts: db.open_tree("receipts")?,
             db,
             config,
             data: Arc::new(data),
@@ -140,6 +144,7 @@ impl Handles {
             TreeId::Jobs => &self.jobs,
             TreeId::Runner => &self.runner,
             TreeId::Explain => &self.explain,
+            TreeId::Receipts => &self.receipts,
         }
     }
 

@@ -1,5 +1,8 @@
 //! The job journal: the `jobs` tree, keyed by job id (u64 big-endian, so sled's order is the
-//! jobs' order), newest first when read, pruned to a bound.
+//! jobs' order), newest first when read, pruned to a bound; and the `receipts` tree beside it
+//! (same keys), the receipts retrain hooks wrote, pruned with their jobs. The receipts tree came
+//! without a schema version bump: an older store opens with no receipts, and the build before
+//! ignores the tree.
 
 use super::codec::decode;
 use super::handles::TreeId;
@@ -22,6 +25,20 @@ impl Store {
         Ok(self
             .get(TreeId::Jobs, &job_id.to_be_bytes())?
             .map(|(j, _)| j))
+    }
+
+    /// Stores a retrain hook's receipt (one JSON object, checked by the caller) with its job;
+    /// it goes when the job is pruned from the journal.
+    pub fn save_receipt(&self, job_id: u64, receipt: &str) -> Result<(), StoreError> {
+        self.put(TreeId::Receipts, &job_id.to_be_bytes(), &receipt.to_owned())
+            .map(drop)
+    }
+
+    /// The receipt a job's retrain hook wrote, if any.
+    pub fn receipt(&self, job_id: u64) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .get::<String>(TreeId::Receipts, &job_id.to_be_bytes())?
+            .map(|(r, _)| r))
     }
 
     /// Jobs, newest first, optionally for one model, at most `limit`.
@@ -58,6 +75,9 @@ impl Store {
                 let (k, _) = self.sled(kv)?;
                 self.sled(h.jobs.remove(&k))?;
                 self.remember(TreeId::Jobs, &k, None);
+                if self.sled(h.receipts.remove(&k))?.is_some() {
+                    self.remember(TreeId::Receipts, &k, None);
+                }
                 removed += 1;
             }
         }

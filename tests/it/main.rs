@@ -29,6 +29,7 @@ mod powerloss;
 mod protocol;
 mod replay;
 mod report;
+mod rollback;
 mod security_dos;
 mod security_files;
 mod security_peers;
