@@ -8,21 +8,22 @@
 #   [hooks]
 #   fine_tune = { command = ["/etc/visutility/hooks/fine-tune-local.sh"], timeout_s = 900 }
 #
-# What it does: runs $VISUTILITY_TRAIN (your training program) on the model's
-# directory under $VISUTILITY_MODEL_ROOT, writing the new model to a fresh
+# What it does: runs $TRAIN_CMD (your training program) on the model's
+# directory under $MODEL_ROOT, writing the new model to a fresh
 # directory next to it, and swaps it in only if training succeeded; then asks
-# the model server to reload, if $VISUTILITY_RELOAD_CMD is set. A failed or
+# the model server to reload, if $RELOAD_CMD is set. A failed or
 # killed run (timeout_s) leaves the current model untouched.
 #
 # Input, from visutility:
 #   VISUTILITY_MODEL_ID  VISUTILITY_ACTION (full|fine_tune)  VISUTILITY_POLICY
 #   VISUTILITY_REASON    VISUTILITY_JOB_ID   VISUTILITY_ATTEMPT
 #   stdin: one JSON object (the decision and the event that caused it)
-# Settings, from the unit's environment (systemctl edit visutility.service):
-#   VISUTILITY_MODEL_ROOT  default /srv/models; models in <root>/<model id>/current
-#   VISUTILITY_TRAIN       default /opt/ml/bin/fine-tune; called as
+# Settings, from the hooks' environment: set them in [hooks] env in the config (or
+# pass them from the unit's environment with [hooks] pass_env):
+#   MODEL_ROOT  default /srv/models; models in <root>/<model id>/current
+#   TRAIN_CMD       default /opt/ml/bin/fine-tune; called as
 #                          TRAIN --model-id=ID --input DIR --output DIR --decision FILE
-#   VISUTILITY_RELOAD_CMD  optional program run after the swap as RELOAD -- ID
+#   RELOAD_CMD  optional program run after the swap as RELOAD -- ID
 #
 # Sandbox: the model root must be writable (ReadWritePaths=/srv/models) and a
 # GPU needs DeviceAllow= and friends: see examples/override-example.conf.
@@ -34,8 +35,8 @@ die() { log "$*"; exit 1; }
 
 : "${VISUTILITY_MODEL_ID:?not run by visutility}"
 : "${VISUTILITY_JOB_ID:?not run by visutility}"
-ROOT=${VISUTILITY_MODEL_ROOT:-/srv/models}
-TRAIN=${VISUTILITY_TRAIN:-/opt/ml/bin/fine-tune}
+ROOT=${MODEL_ROOT:-/srv/models}
+TRAIN=${TRAIN_CMD:-/opt/ml/bin/fine-tune}
 
 [ -x "$TRAIN" ] || die "training program $TRAIN not found or not executable"
 # visutility guarantees model ids never start with '.', '/' or '-' and never
@@ -65,6 +66,6 @@ mv "$dir/current" "$dir/previous"
 mv "$work/output" "$dir/current"
 log "new model in place at $dir/current (previous kept at $dir/previous)"
 
-if [ -n "${VISUTILITY_RELOAD_CMD:-}" ]; then
-    "$VISUTILITY_RELOAD_CMD" -- "$VISUTILITY_MODEL_ID"
+if [ -n "${RELOAD_CMD:-}" ]; then
+    "$RELOAD_CMD" -- "$VISUTILITY_MODEL_ID"
 fi

@@ -19,11 +19,12 @@
 #   VISUTILITY_MODEL_ID  VISUTILITY_ACTION (full|fine_tune)  VISUTILITY_POLICY
 #   VISUTILITY_REASON    VISUTILITY_JOB_ID   VISUTILITY_ATTEMPT
 #   stdin: one JSON object (the decision and the event that caused it)
-# Settings, from the unit's environment (systemctl edit visutility.service):
+# Settings, from the hooks' environment: set them in [hooks] env in the config (or
+# pass them from the unit's environment with [hooks] pass_env):
 #   KUBECONFIG            kubeconfig readable by the visutility user (required)
-#   VISUTILITY_K8S_IMAGE  training image (required)
-#   VISUTILITY_K8S_NAMESPACE   default "ml"
-#   VISUTILITY_K8S_POLL_S      seconds between status checks, default 15
+#   K8S_IMAGE  training image (required)
+#   K8S_NAMESPACE   default "ml"
+#   K8S_POLL_S      seconds between status checks, default 15
 #
 # Sandbox: the service allows no network by default. This hook needs
 # RestrictAddressFamilies=AF_INET AF_INET6 and IPAddressAllow= for the API
@@ -40,9 +41,9 @@ ATTEMPT=${VISUTILITY_ATTEMPT:-1}
 ACTION=${VISUTILITY_ACTION:-full}
 POLICY=${VISUTILITY_POLICY:-}
 REASON=${VISUTILITY_REASON:-}
-NS=${VISUTILITY_K8S_NAMESPACE:-ml}
-IMAGE=${VISUTILITY_K8S_IMAGE:?set VISUTILITY_K8S_IMAGE (Environment= in a drop-in)}
-POLL=${VISUTILITY_K8S_POLL_S:-15}
+NS=${K8S_NAMESPACE:-ml}
+IMAGE=${K8S_IMAGE:?set K8S_IMAGE (Environment= in a drop-in)}
+POLL=${K8S_POLL_S:-15}
 KUBECTL=${KUBECTL:-kubectl}
 
 command -v "$KUBECTL" >/dev/null 2>&1 || die "kubectl not found"

@@ -172,3 +172,67 @@ fn check_config_accepts_the_rollback_and_promote_hooks_and_says_promote_does_not
     assert!(text.contains("hooks.promote"), "{text}");
     assert!(text.contains("promote hook never runs"), "{text}");
 }
+
+/// The shipped example hooks (systemd/hooks/retrain-versioned.sh and rollback-symlink.sh):
+/// a retrain makes a new version directory and switches `current` to it, leaving a receipt;
+/// `visutility rollback` switches `current` back to the receipt's `previous`.
+#[test]
+fn the_example_hooks_switch_a_symlink_forth_and_back() {
+    let b = Daemon::builder();
+    let root = b.path("models");
+    let model = root.join("m1");
+    std::fs::create_dir_all(model.join("versions/v0")).unwrap();
+    std::fs::write(model.join("versions/v0/weights"), "v0").unwrap();
+    std::os::unix::fs::symlink("versions/v0", model.join("current")).unwrap();
+    let train = b.write_script(
+        "train",
+        "#!/bin/sh\nset -eu\nin=; out=\nwhile [ $# -gt 0 ]; do case $1 in --input) in=$2; shift;; --output) out=$2; shift;; esac; shift; done\ncat \"$in/weights\" > \"$out/weights\"\necho '+trained' >> \"$out/weights\"\n",
+    );
+    let escalate = b.recording_hook("escalate", 0);
+    let hooks = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/hooks");
+    let body = format!(
+        "[hooks]\ncooldown_s = 3600\nretries = 0\n\
+         env = {{ MODEL_ROOT = {root}, TRAIN_CMD = {train} }}\n\
+         full = {{ command = [{full}], timeout_s = 60 }}\n\
+         rollback = {{ command = [{rollback}], timeout_s = 60 }}\n\
+         escalate = {{ command = {esc}, timeout_s = 60 }}\n\
+         [[models]]\nmatch = \"*\"\nreset_on_retrain = false\n\
+         [[models.policies]]\nname = \"limits\"\nkind = \"static_threshold\"\nmax_drift = 0.3\nmin_accuracy = 0.0\n",
+        root = toml_str(root.display().to_string()),
+        train = toml_str(train.display().to_string()),
+        full = toml_str(hooks.join("retrain-versioned.sh").display().to_string()),
+        rollback = toml_str(hooks.join("rollback-symlink.sh").display().to_string()),
+        esc = escalate.command_toml(&[]),
+    );
+    let d = b.body(body).start();
+    let retrain = retrained(&d, "m1");
+    let version = format!("v{}", retrain["job_id"]);
+    assert_eq!(
+        retrain["receipt"],
+        serde_json::json!({"version": version, "previous": "v0"}),
+        "{retrain}\n{}",
+        d.logs()
+    );
+    let link = |d: &Daemon| {
+        let _ = d;
+        std::fs::read_link(model.join("current")).unwrap()
+    };
+    assert_eq!(
+        link(&d),
+        std::path::PathBuf::from(format!("versions/{version}"))
+    );
+    assert_eq!(
+        std::fs::read_to_string(model.join("current/weights")).unwrap(),
+        "v0+trained\n"
+    );
+    d.cli_ok(&["rollback", "m1"]);
+    d.wait_job(Some("m1"), "the rollback succeeded", |j| {
+        j["action"] == "rollback" && j["state"] == "succeeded"
+    });
+    assert_eq!(link(&d), std::path::PathBuf::from("versions/v0"));
+    assert_eq!(
+        std::fs::read_to_string(model.join("current/weights")).unwrap(),
+        "v0"
+    );
+    d.wait_runs(&escalate, 1);
+}
