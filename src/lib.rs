@@ -34,6 +34,10 @@
 //!   wires a callback for "retrain succeeded" and the registry's models send it
 //!   [`command::Decision`]s, so the module graph has no cycle (`model` uses `command`, never
 //!   the reverse).
+//!   Receipts and the operator's rollback are in [`command::rollback`].
+//! - [`probation`]: the rule that judges a retrain by the metric after it (a group-sequential
+//!   test with O'Brien-Fleming-type boundaries) and a probation's state, as plain code; the
+//!   daemon does not run probations yet.
 //! - [`clock`]: the wall clock (dates) and the boot clock (every duration), and the rule that
 //!   a persisted deadline is clamped to its configured length at load.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...
