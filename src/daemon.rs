@@ -413,12 +413,7 @@ async fn drain_models(registry: &Registry, limit: Duration) {
     let deadline = tokio::time::Instant::now() + limit;
     // Connections hand their batches to the models' thread as tasks: a task queued behind
     // them has run once every batch is in its actor's mailbox, ahead of the barriers.
-    let (done, ran) = tokio::sync::oneshot::channel();
-    if registry.arbiter().spawn_fn(move || {
-        let _ = done.send(());
-    }) {
-        let _ = tokio::time::timeout_at(deadline, ran).await;
-    }
+    let _ = tokio::time::timeout_at(deadline, registry.models_caught_up()).await;
     let barriers: Vec<_> = registry
         .all()
         .into_iter()

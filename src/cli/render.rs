@@ -72,11 +72,7 @@ fn human_duration(secs: f64) -> String {
 fn ago(ts: Option<f64>) -> String {
     match ts {
         Some(t) if t > 0.0 => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(t);
-            format!("{} ago", human_duration(now - t))
+            format!("{} ago", human_duration(crate::clock::wall() - t))
         }
         _ => "-".into(),
     }
@@ -152,11 +148,11 @@ pub fn status(out: &mut impl Write, s: &Status) -> Result<()> {
         writeln!(out, "{k:<width$}  {}", crate::escape::escape(&v))?;
     }
     // Only when there are any: models whose stored state does not decode.
-    if !s.undecodable_models.is_empty() {
+    if !s.store.undecodable_models.is_empty() {
         writeln!(
             out,
             "undecodable models: {} (`visutility reset` or `forget` them)",
-            crate::escape::escape(&s.undecodable_models.join(", "))
+            crate::escape::escape(&s.store.undecodable_models.join(", "))
         )?;
     }
     Ok(())

@@ -29,12 +29,17 @@ use super::{CommandActor, CommandError, Decision, JOURNAL_KEEP};
 /// The largest receipt kept, in bytes.
 pub const RECEIPT_MAX: u64 = 64 * 1024;
 
+/// A job's receipt file's name in the receipts directory.
+pub(super) fn receipt_file(job_id: u64) -> String {
+    format!("job-{job_id}.json")
+}
+
 impl CommandActor {
     /// Where a retrain hook of job `job_id` may write its receipt: a directory beside the
     /// store, created private (0700) when first needed.
     pub(super) fn receipt_path(&self, job_id: u64) -> Option<PathBuf> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = self.store.path().with_file_name("receipts");
+        let dir = self.receipts_dir();
         if !dir.is_dir()
             && let Err(error) = std::fs::DirBuilder::new().mode(0o700).create(&dir)
             && !dir.is_dir()
@@ -42,16 +47,19 @@ impl CommandActor {
             tracing::warn!(dir = %dir.display(), error = %error, "cannot create the receipts directory; retrain hooks get no VISUTILITY_RECEIPT");
             return None;
         }
-        Some(dir.join(format!("job-{job_id}.json")))
+        Some(dir.join(receipt_file(job_id)))
+    }
+
+    /// The directory of the receipts, beside the store (it may not exist yet).
+    pub(super) fn receipts_dir(&self) -> PathBuf {
+        self.store.path().with_file_name("receipts")
     }
 
     /// After a retrain succeeded: its receipt, if the hook wrote one, is checked (one JSON
     /// object, at most [`RECEIPT_MAX`] bytes) and stored with the job; a bad one is noted on
     /// the job and dropped.
     pub(super) fn keep_receipt(&self, job: &mut Job) {
-        let Some(path) = self.receipt_path(job.job_id) else {
-            return;
-        };
+        let path = self.receipts_dir().join(receipt_file(job.job_id));
         let Ok(file) = std::fs::File::open(&path) else {
             return;
         };

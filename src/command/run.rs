@@ -10,6 +10,7 @@ use crate::clock::Now;
 use crate::policy::Action;
 use crate::store::{Job, JobState};
 
+use super::rollback::receipt_file;
 use super::scheduler::AfterEnd;
 use super::{
     CommandActor, HookEnd, HookFinished, HookOutcome, JOURNAL_KEEP, LINGER_POLL, hook, shell_words,
@@ -194,7 +195,7 @@ impl CommandActor {
         let job_id = job.job_id;
         let after = self.sched.job_ended(&job, succeeded, retriable, now);
         let job_done_rollback = job.action == Action::Rollback && matches!(after, AfterEnd::Ended);
-        let succeeded_for_good = succeeded;
+        let retrain = job.action.is_retrain();
         match after {
             AfterEnd::Retry { backoff_s } => {
                 tracing::warn!(model_id = %model, job_id = job.job_id, attempt = job.attempts, note = %job.note, retry_in_s = backoff_s, "hook failed; will retry");
@@ -227,12 +228,13 @@ impl CommandActor {
                 self.journal_logged(&job);
             }
         }
-        if let Some(path) = self.receipt_path(job_id) {
-            let _ = std::fs::remove_file(path);
+        if retrain {
+            // Kept or ignored by now; a retry writes it afresh.
+            let _ = std::fs::remove_file(self.receipts_dir().join(receipt_file(job_id)));
         }
         // A rollback, done or failed for good, is for a person to hear of: once.
         if job_done_rollback {
-            self.rollback_ended(job_id, succeeded_for_good, now, ctx);
+            self.rollback_ended(job_id, succeeded, now, ctx);
         }
         if let Err(error) = self.store.prune_jobs(JOURNAL_KEEP) {
             tracing::warn!(error = %error, "cannot prune the job journal");

@@ -186,17 +186,14 @@ pub struct Status {
     pub store_ok: bool,
     /// Why the store is not ok (`null` when it is).
     pub store_error: Option<String>,
-    /// The store's own counters, for tools. Not read back by the CLI: its table does not
-    /// show them, and `--json` prints the reply as sent.
-    #[serde(skip_deserializing)]
+    /// The store's own counters, for tools; the CLI's table shows only its undecodable
+    /// models.
+    #[serde(default)]
     pub store: StoreStats,
     pub state_dir: String,
     /// Wall clock jumps seen while running.
     #[serde(default)]
     pub clock: crate::clock::WatchView,
-    /// Models whose stored state does not decode (also in `store`): `reset` or `forget` them.
-    #[serde(default)]
-    pub undecodable_models: Vec<String>,
 }
 
 /// One model of `models`.
@@ -742,14 +739,16 @@ mod tests {
             store_bytes: 4096,
             store_ok: false,
             store_error: Some("disk full".into()),
-            store: StoreStats::default(),
+            store: StoreStats {
+                undecodable_models: vec!["broken".into()],
+                ..StoreStats::default()
+            },
             state_dir: "/var/lib/visutility".into(),
             clock: crate::clock::WatchView {
                 jumps: 1,
                 last_jump_s: Some(-2_592_000.0),
                 last_jump_at: Some(1_700_000_000.0),
             },
-            undecodable_models: vec!["broken".into()],
         };
         let cases = [
             (Request::Status, Data::Status(Box::new(status))),

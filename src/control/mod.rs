@@ -325,7 +325,6 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
                 store_bytes: ctx.store.size_on_disk(),
                 store_ok: store_error.is_none(),
                 store_error,
-                undecodable_models: ctx.store.undecodable_models(),
                 store: ctx.store.stats(),
                 state_dir: ctx.store.path().display().to_string(),
                 clock: ctx.clock.view(),

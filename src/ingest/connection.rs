@@ -742,12 +742,7 @@ impl Conn<'_> {
         // queued behind them has run only once every one is in its actor's mailbox, so each
         // barrier below arrives after this connection's events.
         if !self.touched.is_empty() && self.fanouts.load(Ordering::Acquire) > 0 {
-            let (done, ran) = tokio::sync::oneshot::channel();
-            if self.ctx.registry.arbiter().spawn_fn(move || {
-                let _ = done.send(());
-            }) {
-                let _ = ran.await;
-            }
+            self.ctx.registry.models_caught_up().await;
         }
         // Every barrier is in its model's mailbox before the first is awaited, so the models
         // write their state in parallel with the waiting rather than one round trip each.

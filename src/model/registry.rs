@@ -103,6 +103,18 @@ impl Registry {
         &self.arbiter
     }
 
+    /// Returns once the models' thread has run every task queued to it before this call (a
+    /// connection's fanned-out dispatches, see `ingest::connection`): messages sent after it
+    /// reach each actor behind those batches. Returns at once if the thread is gone.
+    pub async fn models_caught_up(&self) {
+        let (done, ran) = tokio::sync::oneshot::channel();
+        if self.arbiter.spawn_fn(move || {
+            let _ = done.send(());
+        }) {
+            let _ = ran.await;
+        }
+    }
+
     pub fn config(&self) -> Arc<Config> {
         self.lock().config.clone()
     }

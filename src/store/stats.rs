@@ -20,7 +20,8 @@ pub(super) struct Counters {
 }
 
 /// What the store has written and holds, for `status` and the metrics (base units).
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct StoreStats {
     /// Bytes handed to the file system by the store: log frames, checkpoints and other
     /// records (sled adds its own framing and rewrites on top of the last two).

@@ -368,7 +368,8 @@ pub struct Wal {
 }
 
 /// What recovery found, for the log and `status`.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct Recovery {
     pub segments: usize,
     pub frames: u64,

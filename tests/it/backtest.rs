@@ -312,17 +312,7 @@ threshold = 0.5
         ],
     ))
     .unwrap();
-    let got: Vec<(String, u64)> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["variant"].as_str().unwrap().to_owned(),
-                r["signals"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let got = variant_signals(&rows);
     assert_eq!(
         got,
         [
@@ -457,17 +447,7 @@ fn compare_runs_several_configs_side_by_side() {
         ],
     ))
     .unwrap();
-    let got: Vec<(String, u64)> = rows
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| {
-            (
-                r["variant"].as_str().unwrap().to_owned(),
-                r["signals"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let got = variant_signals(&rows);
     assert_eq!(
         got,
         [
@@ -503,4 +483,18 @@ fn compare_runs_several_configs_side_by_side() {
     ]);
     assert!(!o.status.success());
     assert!(out_text(&o).contains("broken.toml"), "{}", out_text(&o));
+}
+
+/// `(variant, signals)` of each row of `backtest --json` with variants.
+fn variant_signals(rows: &Value) -> Vec<(String, u64)> {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["variant"].as_str().unwrap().to_owned(),
+                r["signals"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }

@@ -60,6 +60,22 @@ fn config(hooks: &str) -> String {
     )
 }
 
+/// [`config`] with a 5 s cooldown and `hook` as the full retrain.
+fn cooldown_5s(hook: &Hook) -> String {
+    config(&format!(
+        "cooldown_s = 5\nfull = {{ command = {}, timeout_s = 60 }}",
+        hook.command_toml(&[])
+    ))
+}
+
+/// A drifting event for m1, and its retrain job once it succeeded.
+fn first_retrain(d: &Daemon) -> Value {
+    d.push_events(&[drift_event("m1", 0.9, 1)]);
+    d.wait_job(Some("m1"), "the first retrain succeeded", |j| {
+        j["state"] == "succeeded"
+    })
+}
+
 fn low_accuracy(model: &str, seq: i64) -> String {
     json!({"model_id": model, "accuracy": 0.5, "meta": {"seq": seq}}).to_string()
 }
@@ -98,15 +114,9 @@ fn a_cooldown_begun_before_a_restart_with_the_clock_30_days_behind_ends_on_time(
     let Some(lib) = libfaketime() else { return };
     let b = Daemon::builder();
     let hook = b.recording_hook("retrain", 0);
-    let body = config(&format!(
-        "cooldown_s = 5\nfull = {{ command = {}, timeout_s = 60 }}",
-        hook.command_toml(&[])
-    ));
+    let body = cooldown_5s(&hook);
     let mut d = b.body(body).start();
-    d.push_events(&[drift_event("m1", 0.9, 1)]);
-    let first = d.wait_job(Some("m1"), "the first retrain succeeded", |j| {
-        j["state"] == "succeeded"
-    });
+    let first = first_retrain(&d);
     let ended = f(&first, "ended");
 
     // Restarted with the wall clock 30 days behind (a board without an RTC after a reboot).
@@ -133,20 +143,14 @@ fn a_cooldown_begun_30_days_ahead_ends_on_time_once_the_clock_is_corrected() {
     let Some(lib) = libfaketime() else { return };
     let b = Daemon::builder();
     let hook = b.recording_hook("retrain", 0);
-    let body = config(&format!(
-        "cooldown_s = 5\nfull = {{ command = {}, timeout_s = 60 }}",
-        hook.command_toml(&[])
-    ));
+    let body = cooldown_5s(&hook);
     let mut d = b
         .body(body)
         .env("LD_PRELOAD", &lib.display().to_string())
         .env("FAKETIME", "+30d")
         .env("DONT_FAKE_MONOTONIC", "1")
         .start();
-    d.push_events(&[drift_event("m1", 0.9, 1)]);
-    let first = d.wait_job(Some("m1"), "the first retrain succeeded", |j| {
-        j["state"] == "succeeded"
-    });
+    let first = first_retrain(&d);
     let ended = f(&first, "ended");
 
     // NTP corrects the clock; the daemon restarts on the right time.
@@ -199,15 +203,9 @@ fn a_jump_while_running_is_counted_and_logged_once_and_stretches_no_cooldown() {
     let Some(lib) = libfaketime() else { return };
     let b = Daemon::builder();
     let hook = b.recording_hook("retrain", 0);
-    let body = config(&format!(
-        "cooldown_s = 5\nfull = {{ command = {}, timeout_s = 60 }}",
-        hook.command_toml(&[])
-    ));
+    let body = cooldown_5s(&hook);
     let (d, clock) = MovingClock::start(b, &lib, body);
-    d.push_events(&[drift_event("m1", 0.9, 1)]);
-    let first = d.wait_job(Some("m1"), "the first retrain succeeded", |j| {
-        j["state"] == "succeeded"
-    });
+    let first = first_retrain(&d);
     assert_eq!(clock_jumps(&d), 0, "no jump yet");
 
     clock.set("-30d");
