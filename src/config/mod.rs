@@ -173,6 +173,52 @@ pub struct ModelRule {
     pub warmup_events: u64,
     pub loop_window_s: u64,
     pub policies: Vec<PolicySpec>,
+    /// `[models.probation]`: judge every successful retrain by the metric after it.
+    pub probation: Option<ProbationSpec>,
+}
+
+/// A model rule's `[models.probation]` (contract section 7).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbationSpec {
+    /// The metric judged (a name policies use: `accuracy`, `drift_score`, `error`, `value`,
+    /// or a key of `metrics`).
+    pub metric: String,
+    /// The rule: `events`, `min_events`, `tolerance`, `confidence` and `direction`.
+    pub rule: crate::probation::RuleSpec,
+    pub baseline: BaselineKind,
+    /// A policy firing during probation rolls back at once.
+    pub fail_fast: bool,
+    /// How long a probation may wait for its `events` values.
+    pub max_wait_s: u64,
+    pub on_inconclusive: OnInconclusive,
+}
+
+/// What a probation's candidate is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaselineKind {
+    /// The last `events` values before the decision that started the retrain.
+    BeforeDecision,
+    /// The candidate sample of the last promoted retrain (before any: the first `events`
+    /// values after the model was first seen).
+    LastPromoted,
+}
+
+/// What `max_wait_s` passing before the sample is complete leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnInconclusive {
+    Keep,
+    Rollback,
+    Escalate,
+}
+
+impl OnInconclusive {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnInconclusive::Keep => "keep",
+            OnInconclusive::Rollback => "rollback",
+            OnInconclusive::Escalate => "escalate",
+        }
+    }
 }
 
 impl Config {

@@ -8,8 +8,8 @@ use std::collections::BTreeSet;
 use super::nss::{group_gid, user_uid};
 use super::raw::{Walker, serde_message, unknown_key};
 use super::{
-    Config, DEFAULT_MAX_MODEL_SERIES, DaemonConfig, Env, HookSpec, HooksConfig, KeyError,
-    MetricsConfig, ModelRule, OnInterrupted, PeerAllow,
+    BaselineKind, Config, DEFAULT_MAX_MODEL_SERIES, DaemonConfig, Env, HookSpec, HooksConfig,
+    KeyError, MetricsConfig, ModelRule, OnInconclusive, OnInterrupted, PeerAllow, ProbationSpec,
 };
 use crate::policy::detect::{DetectorParams, KINDS};
 use crate::policy::{Action, Direction, PolicyKind, PolicySpec};
@@ -195,6 +195,7 @@ impl ModelRule {
             reset_on_retrain: true,
             warmup_events: 0,
             loop_window_s: 0,
+            probation: None,
             policies: vec![
                 PolicySpec {
                     name: "static_threshold".into(),
@@ -231,7 +232,10 @@ fn parse_rule(t: &toml::Table, prefix: String, errors: &mut Vec<KeyError>) -> Op
     let warmup_events = w.int("warmup_events", 0, u32::MAX as u64).unwrap_or(0);
     let loop_window_s = w.int("loop_window_s", 0, 86_400 * 365).unwrap_or(0);
     let policies_v = w.array("policies");
+    let probation_t = w.opt_table("probation");
     w.finish();
+    let probation =
+        probation_t.and_then(|t| parse_probation(&t, format!("{prefix}.probation"), errors));
     let mut policies = Vec::new();
     let mut names = BTreeSet::new();
     for (j, item) in policies_v.unwrap_or_default().iter().enumerate() {
@@ -256,6 +260,107 @@ fn parse_rule(t: &toml::Table, prefix: String, errors: &mut Vec<KeyError>) -> Op
         warmup_events,
         loop_window_s,
         policies,
+        probation,
+    })
+}
+
+fn parse_probation(
+    t: &toml::Table,
+    prefix: String,
+    errors: &mut Vec<KeyError>,
+) -> Option<ProbationSpec> {
+    use crate::probation::{Direction as Better, RuleSpec};
+    let mut w = Walker::new(t, prefix, errors);
+    let metric = w.string("metric");
+    let direction = w.string("direction");
+    let events = w.int("events", 2, 10_000_000).unwrap_or(2000);
+    let min_events = w
+        .int("min_events", 2, 10_000_000)
+        .unwrap_or(100.min(events));
+    let baseline = w.string("baseline");
+    let tolerance = w.float("tolerance", 0.0, f64::MAX).unwrap_or(0.0);
+    let confidence = w.float("confidence", 0.5, 0.999_999).unwrap_or(0.95);
+    let fail_fast = w.bool("fail_fast").unwrap_or(true);
+    let max_wait_s = w.int("max_wait_s", 1, 86_400 * 365).unwrap_or(86_400);
+    let on_inconclusive = w.string("on_inconclusive");
+    let Some(metric) = metric else {
+        w.error(
+            "metric",
+            "missing: the metric that judges a retrain (for example \"accuracy\")".into(),
+        );
+        w.finish();
+        return None;
+    };
+    if let Err(message) = check_metric_name(&metric) {
+        w.error("metric", message);
+    }
+    let direction = match direction.as_deref() {
+        Some("higher") => Some(Better::Higher),
+        Some("lower") => Some(Better::Lower),
+        Some(other) => {
+            w.error(
+                "direction",
+                format!("expected \"higher\" or \"lower\", got {other:?}"),
+            );
+            None
+        }
+        None => match metric.as_str() {
+            "accuracy" => Some(Better::Higher),
+            "drift_score" | "error" => Some(Better::Lower),
+            _ => {
+                w.error(
+                    "direction",
+                    format!(
+                        "missing: say which way {metric:?} is better (\"higher\" or \"lower\")"
+                    ),
+                );
+                None
+            }
+        },
+    };
+    if min_events > events {
+        w.error(
+            "min_events",
+            format!("must not exceed events ({events}), got {min_events}"),
+        );
+    }
+    let baseline = match baseline.as_deref() {
+        None | Some("before_decision") => BaselineKind::BeforeDecision,
+        Some("last_promoted") => BaselineKind::LastPromoted,
+        Some(other) => {
+            w.error(
+                "baseline",
+                format!("expected \"before_decision\" or \"last_promoted\", got {other:?}"),
+            );
+            BaselineKind::BeforeDecision
+        }
+    };
+    let on_inconclusive = match on_inconclusive.as_deref() {
+        None | Some("keep") => OnInconclusive::Keep,
+        Some("rollback") => OnInconclusive::Rollback,
+        Some("escalate") => OnInconclusive::Escalate,
+        Some(other) => {
+            w.error(
+                "on_inconclusive",
+                format!("expected \"keep\", \"rollback\" or \"escalate\", got {other:?}"),
+            );
+            OnInconclusive::Keep
+        }
+    };
+    w.finish();
+    Some(ProbationSpec {
+        metric,
+        rule: RuleSpec {
+            events,
+            min_events: min_events.min(events),
+            tolerance,
+            confidence,
+            direction: direction?,
+        },
+        baseline,
+        fail_fast,
+        max_wait_s,
+        on_inconclusive,
     })
 }
 
