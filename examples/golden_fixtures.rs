@@ -409,6 +409,7 @@ fn full_checkpoint() -> ModelRecord {
         warmup_left: 7,
         recent_drift: VecDeque::from([0.1, 0.2, 0.35]),
         recent_accuracy: VecDeque::from([0.95, 0.9, 0.85, f32::MIN_POSITIVE]),
+        probation: Default::default(),
     }
 }
 

@@ -134,6 +134,7 @@ async fn serve(
         store.clone(),
         models_arbiter.handle(),
         commander.clone().recipient(),
+        commander.clone().recipient(),
         fault_injection,
     );
     {
@@ -141,7 +142,7 @@ async fn serve(
         let store = store.clone();
         let registry = registry.clone();
         command_arbiter.spawn_fn(move || {
-            let on_retrained: command::OnRetrained = Box::new(move |m| registry.retrained(m));
+            let on_retrained: command::OnRetrained = Box::new(move |m| registry.notice(m));
             let actor = CommandActor::new(hooks, store, on_retrained);
             actix::spawn(Context::with_receiver(command_rx).into_future(actor));
         });

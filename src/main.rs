@@ -122,6 +122,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Command::Rollback { model, json } => {
             operator::run(&ops, &env, Request::Rollback { model }, json)
         }
+        Command::Promote { model, json } => {
+            operator::run(&ops, &env, Request::Promote { model }, json)
+        }
         Command::Forget { model, json } => {
             operator::run(&ops, &env, Request::Forget { model }, json)
         }

@@ -314,6 +314,17 @@ pub enum Cause {
     Manual,
 }
 
+impl Cause {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cause::Degraded => "degraded",
+            Cause::PolicyFired => "policy_fired",
+            Cause::Inconclusive => "inconclusive",
+            Cause::Manual => "manual",
+        }
+    }
+}
+
 /// One retrain's probation: the baseline it is judged against and the candidate so far.
 /// Running sums only: a probation's state is a few numbers whatever `events` is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -328,6 +339,41 @@ pub struct Probation {
     /// The last z and the boundary it was held against (at the last look).
     pub z: Option<f64>,
     pub z_threshold: Option<f64>,
+    /// When it started (wall clock, Unix seconds: the retrain's success).
+    pub started_at: f64,
+    /// Why it was rolled back (or found inconclusive), once it was.
+    pub cause: Option<Cause>,
+    /// When the verdict came.
+    pub decided_at: Option<f64>,
+    /// The plan of looks, worked out at the first candidate value (not stored).
+    #[serde(skip)]
+    pub plan: PlanCache,
+}
+
+/// A probation's plan, computed once (a few milliseconds) and kept in memory only: it follows
+/// from the rule and the baseline's size. Equal whatever it holds, so that a state rebuilt from
+/// the store compares equal to the live one.
+#[derive(Debug, Clone, Default)]
+pub struct PlanCache(Option<std::sync::Arc<(RuleSpec, Plan)>>);
+
+impl PartialEq for PlanCache {
+    fn eq(&self, _: &PlanCache) -> bool {
+        true
+    }
+}
+
+impl PlanCache {
+    /// The plan for `spec` and a baseline of `n_baseline` values.
+    pub fn get(&mut self, spec: &RuleSpec, n_baseline: u64) -> &Plan {
+        let stale = !matches!(&self.0, Some(c) if c.0 == *spec);
+        if stale {
+            self.0 = None;
+        }
+        &self
+            .0
+            .get_or_insert_with(|| std::sync::Arc::new((spec.clone(), Plan::new(spec, n_baseline))))
+            .1
+    }
 }
 
 impl Probation {
@@ -340,6 +386,10 @@ impl Probation {
             state: State::OnProbation,
             z: None,
             z_threshold: None,
+            started_at: 0.0,
+            cause: None,
+            decided_at: None,
+            plan: PlanCache::default(),
         }
     }
 
@@ -363,6 +413,7 @@ impl Probation {
             }
             Verdict::RolledBack { z, z_threshold } => {
                 self.state = State::RolledBack;
+                self.cause = Some(Cause::Degraded);
                 (self.z, self.z_threshold) = (Some(z), Some(z_threshold));
             }
             Verdict::Promoted { z, z_threshold } => {
@@ -376,6 +427,101 @@ impl Probation {
     /// The current z (for `models`), whether or not at a look.
     pub fn current_z(&self, spec: &RuleSpec) -> Option<f64> {
         (self.candidate.n >= 2).then(|| z_score(spec, &self.baseline, &self.candidate))
+    }
+
+    /// Ends the probation without a look: `state` for `cause` (a policy fired, the wait ran
+    /// out, an operator acted), with the z of the candidate so far.
+    pub fn end(&mut self, spec: &RuleSpec, state: State, cause: Option<Cause>, at: f64) {
+        if self.state != State::OnProbation {
+            return;
+        }
+        self.state = state;
+        self.cause = cause;
+        self.decided_at = Some(at);
+        if let Some(z) = self.current_z(spec) {
+            self.z = Some(z);
+        }
+    }
+}
+
+/// A model's probation state, kept with its checkpoint: the recent values of the probation's
+/// metric (the baseline a decision freezes), the baseline `last_promoted` compares with, and
+/// the current (or last decided) probation.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModelProbation {
+    /// The last values of the metric, at most the rule's `events`, oldest first.
+    pub recent: std::collections::VecDeque<f64>,
+    /// The candidate of the last promoted retrain; before any, the first `events` values.
+    pub last_promoted: Option<Sample>,
+    pub current: Option<Probation>,
+}
+
+impl ModelProbation {
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty() && self.last_promoted.is_none() && self.current.is_none()
+    }
+
+    /// Whether a probation is running.
+    pub fn on_probation(&self) -> bool {
+        self.current
+            .as_ref()
+            .is_some_and(|p| p.state == State::OnProbation)
+    }
+
+    /// The last `events` values as a sample (the `before_decision` baseline).
+    pub fn recent_sample(&self) -> Sample {
+        Sample::of(self.recent.iter().copied())
+    }
+
+    /// One value of the metric: judged as a candidate first if a probation runs, then kept
+    /// among the recent values. Returns true when it ended the probation (the caller reads
+    /// the verdict from `current`). No allocation once `recent` reached its size.
+    pub fn observe(&mut self, spec: &RuleSpec, value: f64, at: f64) -> bool {
+        if !value.is_finite() {
+            return false;
+        }
+        let mut ended = false;
+        if let Some(p) = self.current.as_mut()
+            && p.state == State::OnProbation
+        {
+            let mut cache = std::mem::take(&mut p.plan);
+            let verdict = if p.warmup_left > 0 {
+                p.warmup_left -= 1;
+                Verdict::Continue
+            } else {
+                p.observe(spec, cache.get(spec, p.baseline.n), value)
+            };
+            p.plan = cache;
+            match verdict {
+                Verdict::Continue => {}
+                Verdict::Promoted { .. } => {
+                    p.decided_at = Some(at);
+                    self.last_promoted = Some(p.candidate);
+                    ended = true;
+                }
+                Verdict::RolledBack { .. } => {
+                    p.decided_at = Some(at);
+                    ended = true;
+                }
+            }
+        }
+        let cap = spec.events.max(1) as usize;
+        while self.recent.len() >= cap {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(value);
+        if self.last_promoted.is_none() && self.recent.len() == cap {
+            self.last_promoted = Some(self.recent_sample());
+        }
+        ended
+    }
+
+    /// Starts judging retrain `job_id` against `baseline`, after `warmup` values; a probation
+    /// still running is superseded (its verdict is the new one's).
+    pub fn start(&mut self, job_id: u64, baseline: Sample, warmup: u64, at: f64) {
+        let mut p = Probation::new(job_id, baseline, warmup);
+        p.started_at = at;
+        self.current = Some(p);
     }
 }
 

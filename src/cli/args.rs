@@ -127,6 +127,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// End a model's probation now and keep the retrained model: runs the `[hooks] promote`
+    /// hook, if there is one; refused when the model is not on probation.
+    Promote {
+        /// The model id.
+        model: String,
+        /// Print the daemon's reply as JSON (with the retrain's `job_id`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a model's policies afresh.
     Reset {
         /// The model id.

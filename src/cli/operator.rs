@@ -64,6 +64,12 @@ pub fn run(ops: &Ops, env: &Env, req: Request, json: bool) -> Result<ExitCode> {
             t.job_id,
             escape(&model)
         )?,
+        (Data::Triggered(t), Request::Promote { model }) => writeln!(
+            out,
+            "{}: retrain job {} promoted; its probation ended",
+            escape(&model),
+            t.job_id
+        )?,
         (Data::Reset(_), Request::Reset { model, .. }) => {
             writeln!(out, "{}: policies reset", escape(&model))?
         }

@@ -333,6 +333,20 @@ pub fn models(out: &mut impl Write, models: &[ModelInfo], spark_width: usize) ->
         for (label, state) in policies(m) {
             writeln!(out, "    {label:<label_w$}  {state}")?;
         }
+        if let Some(p) = &m.probation {
+            writeln!(
+                out,
+                "    on probation: retrain job {}, {} {}/{} values (baseline mean {}, candidate mean {}), z {} (next look's boundary {})",
+                p.job_id,
+                crate::escape::escape(&p.metric),
+                p.candidate.n,
+                p.events,
+                number(Some(p.baseline.mean)),
+                number((p.candidate.n > 0).then_some(p.candidate.mean)),
+                number(p.z),
+                number(p.z_threshold),
+            )?;
+        }
     }
     Ok(())
 }
@@ -365,7 +379,21 @@ pub fn history(out: &mut impl Write, jobs: &[JobInfo]) -> Result<()> {
                 ago(Some(j.created)),
                 took,
                 reason,
-                j.note.clone(),
+                match &j.probation {
+                    Some(p) => {
+                        let cause = p
+                            .cause
+                            .as_deref()
+                            .map(|c| format!(" ({c})"))
+                            .unwrap_or_default();
+                        if j.note.is_empty() {
+                            format!("probation: {}{cause}", p.state)
+                        } else {
+                            format!("probation: {}{cause}; {}", p.state, j.note)
+                        }
+                    }
+                    None => j.note.clone(),
+                },
             ]
         })
         .collect();

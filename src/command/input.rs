@@ -27,6 +27,9 @@ pub struct HookInput {
     /// A rollback's: why it runs (`cause`) and, after a probation, its figures.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub probation: Option<ProbationInput>,
+    /// A promote's: the retrain job it confirms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_of: Option<u64>,
     pub reason: String,
     /// A rollback's: the receipt the retrain it undoes wrote.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -39,18 +42,54 @@ pub struct HookInput {
     pub rollback_of: Option<u64>,
 }
 
-/// What a rollback hook reads of the probation that led to it (contract section 7). An
-/// operator's rollback has only `cause = "manual"`.
+/// What a rollback (or promote) hook reads of the probation that led to it (contract section
+/// 7). An operator's rollback of a retrain not on probation has only `cause = "manual"`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbationInput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<SampleInput>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<SampleInput>,
     /// `degraded`, `policy_fired`, `inconclusive` or `manual`.
     pub cause: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerance: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub z: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub z_threshold: Option<f64>,
+}
+
+/// A sample's size, mean and standard deviation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct SampleInput {
+    pub n: u64,
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl SampleInput {
+    pub fn of(s: &crate::probation::Sample) -> SampleInput {
+        SampleInput {
+            n: s.n,
+            mean: s.mean,
+            std: s.std(),
+        }
+    }
 }
 
 impl ProbationInput {
     pub fn manual() -> ProbationInput {
         ProbationInput {
+            baseline: None,
+            candidate: None,
             cause: "manual".into(),
+            metric: None,
+            tolerance: None,
+            z: None,
+            z_threshold: None,
         }
     }
 }
@@ -149,6 +188,7 @@ mod tests {
             model_id: "m1".into(),
             policy: "p".into(),
             probation: None,
+            promote_of: None,
             reason: "why".into(),
             receipt: None,
             retry_of: None,

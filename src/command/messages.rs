@@ -6,6 +6,7 @@ use actix::Message;
 
 use crate::config::HooksConfig;
 use crate::policy::Action;
+use crate::probation::{Probation, Sample};
 use crate::store::ExplainEntry;
 
 use super::{CommandError, HookOutcome, RunnerStatus};
@@ -34,6 +35,10 @@ pub struct Decision {
     pub threshold: Option<f64>,
     /// Made during the model's warm-up: recorded in its decision log, nothing runs.
     pub warmup: bool,
+    /// For a model whose rule has a probation: the baseline the decision froze (the last
+    /// `events` values of the probation's metric, or the last promoted candidate), kept with
+    /// the retrain job the decision makes.
+    pub baseline: Option<Sample>,
 }
 
 impl Decision {
@@ -51,8 +56,31 @@ impl Decision {
             statistic: None,
             threshold: None,
             warmup: false,
+            baseline: None,
         }
     }
+}
+
+/// A model's probation came to a verdict (or the model reports, at load, the verdict it holds:
+/// the command actor acts on each retrain's verdict once).
+#[derive(Message, Debug, Clone)]
+#[rtype(result = "()")]
+pub struct ProbationVerdict {
+    pub model_id: Arc<str>,
+    pub metric: String,
+    pub tolerance: f64,
+    /// The probation as it ended: its job, state, cause, samples and z.
+    pub probation: Probation,
+    /// `on_inconclusive = "escalate"`: a person should hear of it.
+    pub escalate: bool,
+}
+
+/// `visutility promote MODEL`: end the model's probation now and keep the candidate;
+/// answered with the retrain's job id.
+#[derive(Message)]
+#[rtype(result = "Result<u64, CommandError>")]
+pub struct Promote {
+    pub model_id: String,
 }
 
 /// `visutility rollback MODEL`: roll back the model's latest succeeded retrain that has a

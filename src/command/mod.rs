@@ -38,6 +38,7 @@ pub mod hook;
 pub mod input;
 mod journal;
 pub mod messages;
+mod probation;
 pub mod rollback;
 pub mod rules;
 mod run;
@@ -91,6 +92,8 @@ pub enum CommandError {
     },
     #[error("nothing to roll back for model {model}: {why}")]
     NothingToRollBack { model: String, why: String },
+    #[error("nothing to promote for model {0}: it is not on probation")]
+    NotOnProbation(String),
     #[error("model {model} has a job {state} (job {job_id}); forget it once the job has ended")]
     JobActive {
         model: String,
@@ -110,12 +113,50 @@ pub struct RunnerStatus {
     #[serde(skip)]
     pub jobs_by_action: Vec<((&'static str, &'static str), u64)>,
     pub hook_durations: stats::DurationHistogram,
+    /// Models on probation now.
+    pub on_probation: usize,
+    /// Probations ended since start, by outcome (every outcome listed).
+    pub probations: Vec<(&'static str, u64)>,
 }
 
-/// Called with a model's id when a retrain for it succeeded, before the success is journaled
-/// (the daemon resets the model's policies there when its rule says `reset_on_retrain`). The
-/// runner knows nothing of models beyond this.
-pub type OnRetrained = Box<dyn Fn(&str) + Send>;
+/// What the runner tells a model (through the daemon's [`OnRetrained`] callback).
+#[derive(Debug, Clone)]
+pub enum ModelNotice<'a> {
+    /// A retrain succeeded (before its success is journaled): the model's policies reset when
+    /// its rule says `reset_on_retrain`, and for a rule with a probation the retrain's
+    /// probation starts, judged against `baseline` (the one its decision froze, if any).
+    Retrained {
+        model_id: &'a str,
+        job_id: u64,
+        baseline: Option<crate::probation::Sample>,
+        at: f64,
+        /// Sent again at start for a probation the journal holds: the model resumes it (or
+        /// starts it, if a power cut took its start), and nothing resets without a probation.
+        resume: bool,
+    },
+    /// A rollback succeeded: the model's policies reset, with warm-up.
+    RolledBack { model_id: &'a str },
+    /// An operator ended the probation of retrain `job_id` (`promote`, `rollback`).
+    ProbationEnded {
+        model_id: &'a str,
+        job_id: u64,
+        state: crate::probation::State,
+        cause: Option<crate::probation::Cause>,
+        at: f64,
+    },
+}
+
+/// A probation began: what the runner records of it (from the model's rule).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbationBegun {
+    pub metric: String,
+    pub tolerance: f64,
+}
+
+/// Called when the runner has news for a model (see [`ModelNotice`]); for a retrain, answers
+/// whether the model's rule starts a probation. The runner knows nothing of models beyond
+/// this.
+pub type OnRetrained = Box<dyn Fn(ModelNotice<'_>) -> Option<ProbationBegun> + Send>;
 
 pub struct CommandActor {
     store: Store,
@@ -136,6 +177,10 @@ pub struct CommandActor {
     log: decision_log::DecisionLog,
     /// A write of the decision logs' running entries is scheduled.
     log_wake: bool,
+    /// Models on probation, with their retrain's job id.
+    on_probation: HashMap<String, u64>,
+    /// Probations ended since start, by outcome.
+    probation_outcomes: HashMap<&'static str, u64>,
 }
 
 struct Lingering {
@@ -159,6 +204,8 @@ impl CommandActor {
             wake_at: None,
             log,
             log_wake: false,
+            on_probation: HashMap::new(),
+            probation_outcomes: HashMap::new(),
         }
     }
 
@@ -300,7 +347,10 @@ impl CommandActor {
                 Some(spec) => self
                     .new_job(d, action, &reason, None, now)
                     .map_err(CommandError::from)
-                    .and_then(|job| self.submit(job, spec.command.clone(), now, ctx)),
+                    .and_then(|job| {
+                        self.keep_baseline(&job, d.baseline);
+                        self.submit(job, spec.command.clone(), now, ctx)
+                    }),
                 // rules::decide checked it; a hook cannot vanish in between.
                 None => Ok(None),
             };
@@ -327,17 +377,6 @@ impl CommandActor {
         ctx: &mut Context<Self>,
     ) {
         let model: &str = &d.model_id;
-        if !self.log.knows(model) {
-            match self.store.last_explain_seq(model) {
-                Ok(seq) => self.log.load(model, seq),
-                Err(error) => {
-                    // Only with a failing store, which logs its error itself and shows it in
-                    // `status`: one line per decision would bury the journal.
-                    tracing::debug!(model_id = model, error = %error, "cannot read the model's decision log; not recording the decision");
-                    return;
-                }
-            }
-        }
         let entry = DecisionEntry {
             first_at: now.wall,
             at: now.wall,
@@ -351,9 +390,25 @@ impl CommandActor {
             outcome,
             note,
         };
+        self.log_entry(model, entry, now);
+        self.schedule_log_write(ctx);
+    }
+
+    /// Adds an entry to the model's decision log (read from the store first if need be).
+    fn log_entry(&mut self, model: &str, entry: DecisionEntry, now: Now) {
+        if !self.log.knows(model) {
+            match self.store.last_explain_seq(model) {
+                Ok(seq) => self.log.load(model, seq),
+                Err(error) => {
+                    // Only with a failing store, which logs its error itself and shows it in
+                    // `status`: one line per decision would bury the journal.
+                    tracing::debug!(model_id = model, error = %error, "cannot read the model's decision log; not recording the entry");
+                    return;
+                }
+            }
+        }
         let writes = self.log.record(model, entry, now.boot);
         self.write_log(writes);
-        self.schedule_log_write(ctx);
     }
 
     fn write_log(&self, writes: Vec<decision_log::LogWrite>) {
@@ -458,6 +513,7 @@ impl CommandActor {
             model_id: d.model_id.to_string(),
             policy: d.policy.clone(),
             probation: None,
+            promote_of: None,
             reason: reason.into(),
             receipt: None,
             retry_of: None,
@@ -579,7 +635,24 @@ impl Actor for CommandActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.load_probations();
         self.reconcile(ctx);
+    }
+}
+
+impl Handler<ProbationVerdict> for CommandActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ProbationVerdict, ctx: &mut Context<Self>) {
+        self.verdict(msg, ctx);
+    }
+}
+
+impl Handler<Promote> for CommandActor {
+    type Result = Result<u64, CommandError>;
+
+    fn handle(&mut self, msg: Promote, ctx: &mut Context<Self>) -> Self::Result {
+        self.promote(&msg.model_id, ctx)
     }
 }
 
@@ -691,6 +764,11 @@ impl Handler<GetStatus> for CommandActor {
                 v
             },
             hook_durations: self.hook_durations.clone(),
+            on_probation: self.on_probation.len(),
+            probations: ["promoted", "rolled_back", "inconclusive", "superseded"]
+                .into_iter()
+                .map(|o| (o, self.probation_outcomes.get(o).copied().unwrap_or(0)))
+                .collect(),
         })
     }
 }

@@ -21,9 +21,9 @@ use actix::prelude::*;
 
 use crate::clock::Now;
 use crate::policy::Action;
-use crate::store::{Job, JobState};
+use crate::store::{Job, JobState, ProbationState};
 
-use super::input::{HookInput, ProbationInput};
+use super::input::{ProbationInput, SampleInput};
 use super::{CommandActor, CommandError, Decision, JOURNAL_KEEP};
 
 /// The largest receipt kept, in bytes.
@@ -92,7 +92,9 @@ impl CommandActor {
         }
     }
 
-    /// `visutility rollback MODEL`: the job created (queued, or recorded as skipped).
+    /// `visutility rollback MODEL`: the job created (queued, or recorded as skipped). A
+    /// retrain on probation ends its probation rolled back (cause `manual`), and the hook reads
+    /// the probation's figures so far.
     pub(super) fn rollback(
         &mut self,
         model: &str,
@@ -106,56 +108,17 @@ impl CommandActor {
                 state,
             });
         }
-        let (target, receipt) = self.rollback_target(model)?;
-        let job_id = self.store.next_job_id()?;
-        let reason = format!("rolled back by an operator: job {}", target.job_id);
-        let input = HookInput {
-            action: Action::Rollback,
-            at: now.wall,
-            escalation: None,
-            event: None,
-            job_id,
-            manual: true,
-            model_id: model.into(),
-            policy: "manual".into(),
-            probation: Some(ProbationInput::manual()),
-            reason: reason.clone(),
-            receipt: serde_json::value::RawValue::from_string(receipt).ok(),
-            retry_of: None,
-            rollback_of: Some(target.job_id),
-        };
-        let mut job = Job::new(
-            job_id,
-            model,
-            Action::Rollback,
-            "manual",
-            &reason,
-            input.to_json(),
-            now.wall,
-        );
-        self.ensure_runner(model, now);
-        let Some(spec) = self.hooks().rollback.clone() else {
-            job.note = "no rollback hook configured: recorded only".into();
-            job.transition(JobState::Skipped, now.wall);
-            self.journal(&job)?;
-            self.count(&job);
-            tracing::warn!(
-                model_id = model,
-                job_id,
-                rollback_of = target.job_id,
-                "rollback recorded; no rollback hook configured"
-            );
-            self.rollback_ended(job_id, false, now, ctx);
-            return Ok(job_id);
-        };
-        tracing::warn!(
-            model_id = model,
-            job_id,
-            rollback_of = target.job_id,
-            "rolling back a retrain"
-        );
-        self.submit(job, spec.command, now, ctx)?
-            .ok_or(CommandError::NoHook(Action::Rollback))
+        let (target, _receipt) = self.rollback_target(model)?;
+        let mut figures = ProbationInput::manual();
+        if let Ok(Some(r)) = self.store.probation(target.job_id)
+            && r.state == ProbationState::OnProbation
+        {
+            figures.metric = Some(r.metric.clone());
+            figures.tolerance = Some(r.tolerance);
+            figures.baseline = r.baseline.as_ref().map(SampleInput::of);
+        }
+        self.end_probation_by_rollback(model, target.job_id, now);
+        self.rollback_retrain(model, target.job_id, figures, true, now, ctx)
     }
 
     /// The model's latest succeeded retrain that has a receipt, unless a rollback succeeded

@@ -211,10 +211,12 @@ impl CommandActor {
                 job.transition(JobState::Succeeded, now.wall);
                 self.count(&job);
                 tracing::info!(model_id = %model, job_id = job.job_id, action = %job.action, duration_ms = o.duration.as_millis() as u64, "hook succeeded");
-                if job.action.is_retrain() || job.action == Action::Rollback {
-                    // The reset is queued to the model before the success is visible, so
-                    // events sent after an operator sees it meet fresh policies.
-                    (self.on_retrained)(&model);
+                // The reset is queued to the model before the success is visible, so events
+                // sent after an operator sees it meet fresh policies.
+                if job.action.is_retrain() {
+                    self.begin_probation(&job, now);
+                } else if job.action == Action::Rollback {
+                    (self.on_retrained)(super::ModelNotice::RolledBack { model_id: &model });
                 }
                 // The runner state is durable together with the job's end.
                 self.save_runner(&model, now);

@@ -55,6 +55,9 @@ pub enum Request {
     /// Rolls back the model's latest succeeded retrain that has a receipt.
     /// Reply: [`Data::Triggered`] (the rollback job).
     Rollback { model: String },
+    /// Ends the model's probation now and keeps the candidate.
+    /// Reply: [`Data::Triggered`] (the retrain's job, now promoted).
+    Promote { model: String },
     /// Removes a model's state, counters and runner record (its jobs stay in the journal).
     /// Reply: [`Data::Forgotten`].
     Forget { model: String },
@@ -148,7 +151,7 @@ impl Data {
             Request::Models { .. } => Data::Models(from_value(data)?),
             Request::History { .. } => Data::History(from_value(data)?),
             Request::Explain { .. } => Data::Explain(from_value(data)?),
-            Request::Trigger { .. } | Request::Rollback { .. } => {
+            Request::Trigger { .. } | Request::Rollback { .. } | Request::Promote { .. } => {
                 Data::Triggered(from_value(data)?)
             }
             Request::Reset { .. } => Data::Reset(from_value(data)?),
@@ -221,6 +224,98 @@ pub struct ModelInfo {
     pub decision_counts: Vec<DecisionCount>,
     /// Decisions are recorded, no hooks run.
     pub paused: bool,
+    /// The running probation, for a model on probation (contract section 7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation: Option<ModelProbationInfo>,
+}
+
+/// A sample's size, mean and standard deviation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct SampleInfo {
+    pub n: u64,
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// `models`: a model's running probation, with its progress and current z.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelProbationInfo {
+    /// The retrain on probation.
+    pub job_id: u64,
+    pub metric: String,
+    pub baseline: SampleInfo,
+    pub candidate: SampleInfo,
+    /// Candidate values the verdict waits for.
+    pub events: u64,
+    /// Values still skipped before the candidate counts.
+    pub warmup_left: u64,
+    /// z so far (`null` before two candidate values) and the boundary of the next look.
+    pub z: Option<f64>,
+    pub z_threshold: Option<f64>,
+    pub started_at: f64,
+    /// When `max_wait_s` runs out.
+    pub deadline: f64,
+}
+
+/// `history --json`: a retrain's probation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobProbationInfo {
+    /// `on_probation`, `promoted`, `rolled_back`, `inconclusive`, `superseded`.
+    pub state: String,
+    pub metric: String,
+    /// `degraded`, `policy_fired`, `inconclusive` or `manual`, once there is one.
+    pub cause: Option<String>,
+    pub baseline: Option<SampleInfo>,
+    pub candidate: Option<SampleInfo>,
+    pub tolerance: f64,
+    pub z: Option<f64>,
+    pub z_threshold: Option<f64>,
+    pub started_at: Option<f64>,
+    pub decided_at: Option<f64>,
+    /// The rollback or promote job the verdict started.
+    pub followed_by: Option<u64>,
+}
+
+impl SampleInfo {
+    pub fn of(s: &crate::probation::Sample) -> SampleInfo {
+        SampleInfo {
+            n: s.n,
+            mean: s.mean,
+            std: s.std(),
+        }
+    }
+}
+
+impl JobProbationInfo {
+    pub fn of(r: &crate::store::ProbationRecord) -> JobProbationInfo {
+        let crate::store::ProbationRecord {
+            model_id: _,
+            state,
+            metric,
+            tolerance,
+            baseline,
+            candidate,
+            z,
+            z_threshold,
+            cause,
+            started_at,
+            decided_at,
+            followed_by,
+        } = r;
+        JobProbationInfo {
+            state: state.as_str().to_owned(),
+            metric: metric.clone(),
+            cause: cause.map(|c| c.as_str().to_owned()),
+            baseline: baseline.as_ref().map(SampleInfo::of),
+            candidate: candidate.as_ref().map(SampleInfo::of),
+            tolerance: *tolerance,
+            z: z.filter(|z| z.is_finite()),
+            z_threshold: z_threshold.filter(|z| z.is_finite()),
+            started_at: *started_at,
+            decided_at: *decided_at,
+            followed_by: *followed_by,
+        }
+    }
 }
 
 /// A model's latest decision.
@@ -290,6 +385,9 @@ pub struct JobInfo {
     /// A rollback's: the retrain job it undoes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollback_of: Option<u64>,
+    /// A retrain's probation, if its model's rule has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probation: Option<JobProbationInfo>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -407,6 +505,7 @@ impl ModelInfo {
             recent_drift,
             recent_accuracy,
             decision_counts,
+            probation,
         } = view;
         let widen = |xs: Vec<f32>| xs.into_iter().map(f64::from).collect();
         ModelInfo {
@@ -472,6 +571,37 @@ impl ModelInfo {
                 })
                 .collect(),
             paused,
+            probation: probation.map(|p| {
+                let crate::model::ProbationView {
+                    job_id,
+                    metric,
+                    baseline,
+                    candidate,
+                    events,
+                    warmup_left,
+                    z,
+                    z_threshold,
+                    started_at,
+                    deadline,
+                } = p;
+                let sample = |s: crate::model::SampleView| SampleInfo {
+                    n: s.n,
+                    mean: s.mean,
+                    std: s.std,
+                };
+                ModelProbationInfo {
+                    job_id,
+                    metric,
+                    baseline: sample(baseline),
+                    candidate: sample(candidate),
+                    events,
+                    warmup_left,
+                    z: z.filter(|z| z.is_finite()),
+                    z_threshold: z_threshold.filter(|z| z.is_finite()),
+                    started_at,
+                    deadline,
+                }
+            }),
         }
     }
 }
@@ -567,6 +697,7 @@ impl From<&crate::store::Job> for JobInfo {
                 })
                 .collect(),
             receipt: None,
+            probation: None,
             // A rollback's stdin names the retrain it undoes.
             rollback_of: (*action == crate::policy::Action::Rollback)
                 .then(|| serde_json::from_str::<crate::command::input::HookInput>(decision).ok())
@@ -612,6 +743,7 @@ mod tests {
                 action: "full",
                 count: 1,
             }],
+            probation: None,
         }
     }
 

@@ -64,6 +64,9 @@ pub struct Snapshot {
     pub jobs_running: u64,
     pub jobs_queued: u64,
     pub hook_durations: DurationHistogram,
+    /// Probations ended since start, by outcome.
+    pub probations: Vec<(&'static str, u64)>,
+    pub models_on_probation: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -177,6 +180,8 @@ pub async fn snapshot(ctx: &ControlCtx) -> Snapshot {
         jobs_running: runner.running as u64,
         jobs_queued: runner.queued as u64,
         hook_durations: runner.hook_durations,
+        probations: runner.probations,
+        models_on_probation: runner.on_probation as u64,
     }
 }
 
@@ -557,6 +562,28 @@ pub fn render(s: &Snapshot) -> String {
         "Jobs waiting for a slot or for their retry backoff.",
     );
     out.sample("visutility_jobs_queued", &[], s.jobs_queued as f64);
+    out.family(
+        "visutility_probation_total",
+        "counter",
+        "Probations of retrains that ended since start, by outcome (promoted, rolled_back, inconclusive, superseded).",
+    );
+    for (outcome, n) in &s.probations {
+        out.sample(
+            "visutility_probation_total",
+            &[("outcome", outcome)],
+            *n as f64,
+        );
+    }
+    out.family(
+        "visutility_models_on_probation",
+        "gauge",
+        "Models whose latest retrain is on probation now.",
+    );
+    out.sample(
+        "visutility_models_on_probation",
+        &[],
+        s.models_on_probation as f64,
+    );
 
     let h = &s.hook_durations;
     out.family(
@@ -715,6 +742,8 @@ mod tests {
             jobs_running: 0,
             jobs_queued: 1,
             hook_durations,
+            probations: vec![("promoted", 2), ("rolled_back", 1)],
+            models_on_probation: 1,
         }
     }
 

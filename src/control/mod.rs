@@ -360,6 +360,11 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
                         .store
                         .receipt(job.job_id)?
                         .and_then(|r| serde_json::from_str(&r).ok());
+                    info.probation = ctx
+                        .store
+                        .probation(job.job_id)?
+                        .filter(|r| r.state != crate::store::ProbationState::Pending)
+                        .map(|r| api::JobProbationInfo::of(&r));
                 }
                 infos.push(info);
             }
@@ -403,6 +408,16 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
             let job_id = ctx
                 .commander
                 .send(crate::command::RollBack {
+                    model_id: model.clone(),
+                })
+                .await??;
+            Data::Triggered(api::Triggered { job_id })
+        }
+        Request::Promote { model } => {
+            known_or_create(ctx, &model, false)?;
+            let job_id = ctx
+                .commander
+                .send(crate::command::Promote {
                     model_id: model.clone(),
                 })
                 .await??;

@@ -86,3 +86,28 @@ pub struct Forget;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Ping;
+
+/// A retrain of this model succeeded: with `reset`, its policies start afresh (with warm-up);
+/// for a rule with a probation, the retrain's probation starts, judged against `baseline` (the
+/// one its decision froze; `None`: the model's own, by the rule's `baseline`). Idempotent: a
+/// probation of the same job already running is left as it is (the daemon sends it again at
+/// start for every probation the journal holds).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartProbation {
+    pub job_id: u64,
+    pub baseline: Option<crate::probation::Sample>,
+    /// When the retrain succeeded (wall clock).
+    pub at: f64,
+    pub reset: bool,
+}
+
+/// An operator ended the probation of retrain `job_id` (`promote`, or `rollback`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndProbation {
+    pub job_id: u64,
+    pub state: crate::probation::State,
+    pub cause: Option<crate::probation::Cause>,
+    pub at: f64,
+}

@@ -22,6 +22,7 @@
 pub mod decide;
 pub mod messages;
 pub mod registry;
+mod verdicts;
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -33,14 +34,16 @@ use actix::prelude::*;
 use serde::Serialize;
 
 use crate::command::input::HookEvent;
-use crate::command::messages::Decision;
+use crate::command::messages::{Decision, ProbationVerdict};
 use crate::config::ModelRule;
 use crate::policy::detect::Signal;
 use crate::policy::{Action, Obs, PolicySpec, PolicyState, Reason, bind_states};
+use crate::probation;
 use crate::store::{DecisionRecord, ModelRecord, Store, StoreError};
 
 pub use decide::{Decider, Note};
 pub use messages::*;
+pub use verdicts::{ProbationView, SampleView};
 
 /// How many recent values the sparklines keep.
 const RECENT: usize = 32;
@@ -74,6 +77,9 @@ pub struct ModelView {
     /// Decisions since the daemon started, per policy and action (for `metrics`); empty for
     /// a model not loaded in this run.
     pub decision_counts: Vec<DecisionCount>,
+    /// The running probation, for a model on probation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probation: Option<ProbationView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -140,6 +146,7 @@ impl ModelView {
             recent_drift: rec.recent_drift.iter().copied().collect(),
             recent_accuracy: rec.recent_accuracy.iter().copied().collect(),
             decision_counts: Vec::new(),
+            probation: None,
         }
     }
 }
@@ -150,6 +157,10 @@ pub struct ModelActor {
     record: ModelRecord,
     store: Store,
     commander: Recipient<Decision>,
+    /// Where probation verdicts go (the command actor).
+    verdicts: Recipient<ProbationVerdict>,
+    /// The probation whose `max_wait_s` timer is armed.
+    max_wait_armed: Option<u64>,
     flush_interval: Duration,
     /// Size of the last checkpoint (what the next fold will write).
     checkpoint_bytes: u64,
@@ -183,6 +194,7 @@ pub struct ModelSetup {
     pub rule: Option<Arc<ModelRule>>,
     pub store: Store,
     pub commander: Recipient<Decision>,
+    pub verdicts: Recipient<ProbationVerdict>,
     pub flush_interval: Duration,
     pub fault_injection: bool,
     pub epoch: Arc<AtomicU64>,
@@ -199,6 +211,8 @@ impl ModelActor {
             record: ModelRecord::default(),
             store: setup.store,
             commander: setup.commander,
+            verdicts: setup.verdicts,
+            max_wait_armed: None,
             flush_interval: setup.flush_interval,
             checkpoint_bytes: 0,
             unlogged: false,
@@ -306,6 +320,7 @@ impl ModelActor {
         }
         let first_seq = self.record.events + 1;
         let rule = self.rule.clone();
+        let on_probation = self.record.probation.on_probation();
         let (out, notes) = self.decider.apply(&mut self.record, rule.as_deref(), batch);
         let id = &self.id;
         for note in notes {
@@ -340,7 +355,17 @@ impl ModelActor {
             }
         }
         let loop_window_s = rule.as_deref().map_or(0, |r| r.loop_window_s);
-        for d in out {
+        if on_probation && !out.is_empty() {
+            // During probation, policy decisions start no retrain (with `fail_fast`, the
+            // first one ended the probation instead).
+            tracing::debug!(model_id = %id, decisions = out.len(), "decisions during probation start no retrain");
+        }
+        let baseline = if on_probation || out.is_empty() {
+            None
+        } else {
+            self.decision_baseline()
+        };
+        for d in out.into_iter().filter(|_| !on_probation) {
             self.commander.do_send(Decision {
                 model_id: id.clone(),
                 policy: d.spec.name.clone(),
@@ -353,7 +378,11 @@ impl ModelActor {
                 statistic: d.compared.0,
                 threshold: d.compared.1,
                 warmup: d.warmup,
+                baseline,
             });
+        }
+        if on_probation && !self.record.probation.on_probation() {
+            self.report_verdict();
         }
         self.log(first_seq, batch);
         Ok(())
@@ -386,6 +415,18 @@ impl ModelActor {
         }
     }
 
+    /// Starts every policy afresh, with the rule's warm-up if `warmup` (the caller persists).
+    fn reset_policies(&mut self, warmup: bool) {
+        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
+        self.record.policies = specs.iter().map(PolicyState::new).collect();
+        self.decider.stop_firing();
+        self.record.warmup_left = if warmup {
+            self.rule.as_ref().map(|r| r.warmup_events).unwrap_or(0)
+        } else {
+            0
+        };
+    }
+
     fn view(&self) -> ModelView {
         if self.loaded {
             return self.view_of(&self.record, &self.record.policies);
@@ -406,6 +447,7 @@ impl ModelActor {
         let mut v = ModelView::from_record(&self.id, record, None);
         v.restarts = self.restarts;
         v.decision_counts = self.decider.counts.clone();
+        v.probation = self.probation_view(record);
         if let Some(rule) = &self.rule {
             v.policies = rule
                 .policies
@@ -490,6 +532,17 @@ pub fn advance<'a>(
             if !warmup {
                 record.decisions += 1;
                 last = Some((obs.ts, spec, action, fire.reason));
+                // `fail_fast`: a policy firing during probation rolls the retrain back.
+                if let Some(ps) = rule.probation.as_ref().filter(|p| p.fail_fast)
+                    && let Some(p) = record.probation.current.as_mut()
+                {
+                    p.end(
+                        &ps.rule,
+                        probation::State::RolledBack,
+                        Some(probation::Cause::PolicyFired),
+                        seen_at(obs),
+                    );
+                }
             }
             on_fire(Fired {
                 spec,
@@ -505,6 +558,11 @@ pub fn advance<'a>(
                 ),
             });
         }
+        if let Some(ps) = &rule.probation
+            && let Some(v) = obs.metric(&ps.metric)
+        {
+            record.probation.observe(&ps.rule, v, seen_at(obs));
+        }
         record.warmup_left = record.warmup_left.saturating_sub(1);
     }
     if let Some((at, spec, action, reason)) = last {
@@ -517,6 +575,15 @@ pub fn advance<'a>(
     }
 }
 
+/// When the daemon received the event (its own `ts` when that is unknown).
+fn seen_at(obs: &Obs) -> f64 {
+    if obs.received > 0.0 {
+        obs.received
+    } else {
+        obs.ts
+    }
+}
+
 fn count(r: &mut ModelRecord, obs: &Obs) {
     if r.events == 0 {
         r.first_seen = obs.ts;
@@ -525,12 +592,7 @@ fn count(r: &mut ModelRecord, obs: &Obs) {
     // The time of receipt, not the event's own `ts` (an old `ts` must not make the model look
     // silent for years); never earlier than before (a wall clock set back must not make a
     // model look silent either).
-    let seen = if obs.received > 0.0 {
-        obs.received
-    } else {
-        obs.ts
-    };
-    r.last_seen = r.last_seen.max(seen);
+    r.last_seen = r.last_seen.max(seen_at(obs));
     push_recent(&mut r.recent_drift, obs.drift_score);
     push_recent(&mut r.recent_accuracy, obs.accuracy);
 }
@@ -610,6 +672,7 @@ impl Actor for ModelActor {
             // Handlers try again (ApplyBatch restarts the actor on a failed load).
             tracing::error!(model_id = %self.id, error = %error, "cannot load the model's state");
         }
+        self.after_load(ctx);
         self.schedule_unload_check(ctx);
     }
 
@@ -639,6 +702,7 @@ impl Supervised for ModelActor {
         self.restarts += 1;
         self.epoch.fetch_add(1, Ordering::SeqCst);
         self.unload_scheduled = false;
+        self.max_wait_armed = None;
         self.loaded = false;
         match self.reload() {
             Ok(()) => {
@@ -772,14 +836,7 @@ impl Handler<ResetPolicies> for ModelActor {
             Err(error) => return Err(error.into()),
         }
         self.schedule_unload_check(ctx);
-        let specs = self.rule.as_ref().map(|r| &r.policies[..]).unwrap_or(&[]);
-        self.record.policies = specs.iter().map(PolicyState::new).collect();
-        self.decider.stop_firing();
-        self.record.warmup_left = if msg.warmup {
-            self.rule.as_ref().map(|r| r.warmup_events).unwrap_or(0)
-        } else {
-            0
-        };
+        self.reset_policies(msg.warmup);
         if let Err(error) = self.fold() {
             self.unlogged = true;
             return Err(error.into());

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use crate::command::messages::Decision;
+use crate::command::messages::{Decision, ProbationVerdict};
+use crate::command::{ModelNotice, ProbationBegun};
 use crate::config::{Config, ModelRule};
 use crate::store::{Store, StoreError};
 
@@ -32,6 +33,8 @@ pub struct Registry {
     fault_injection: bool,
     /// Where every model's decisions go (the hook runner), wired once at start.
     commander: Recipient<Decision>,
+    /// Where probation verdicts go (the hook runner too).
+    verdicts: Recipient<ProbationVerdict>,
 }
 
 /// A live model: its actor and its restart epoch (see `ModelActor`).
@@ -73,6 +76,7 @@ impl Registry {
         store: Store,
         arbiter: ArbiterHandle,
         commander: Recipient<Decision>,
+        verdicts: Recipient<ProbationVerdict>,
         fault_injection: bool,
     ) -> Registry {
         let rules = config.models.iter().cloned().map(Arc::new).collect();
@@ -88,6 +92,7 @@ impl Registry {
             arbiter,
             fault_injection,
             commander,
+            verdicts,
         }
     }
 
@@ -159,6 +164,7 @@ impl Registry {
             rule,
             store: self.store.clone(),
             commander,
+            verdicts: self.verdicts.clone(),
             flush_interval: Duration::from_millis(inner.config.daemon.flush_interval_ms),
             idle_unload: (inner.config.daemon.model_idle_unload_s > 0)
                 .then(|| Duration::from_secs(inner.config.daemon.model_idle_unload_s)),
@@ -177,14 +183,73 @@ impl Registry {
         Ok(handle)
     }
 
-    /// A retrain of `model_id` succeeded: its policies start afresh (with warm-up) when its
-    /// rule says `reset_on_retrain`. Queued to the model before the runner journals the
-    /// success, so events sent after an operator sees it meet fresh policies.
-    pub fn retrained(&self, model_id: &str) {
-        if let Some(addr) = self.get(model_id)
-            && self.rule_for(model_id).is_some_and(|r| r.reset_on_retrain)
-        {
-            addr.do_send(super::ResetPolicies { warmup: true });
+    /// News from the hook runner for a model (see [`ModelNotice`]): queued to the model
+    /// before the runner journals what led to it, so events sent after an operator sees it meet
+    /// fresh policies. For a retrain of a model whose rule has a probation, answers what the
+    /// runner records of the probation.
+    pub fn notice(&self, notice: ModelNotice<'_>) -> Option<ProbationBegun> {
+        match notice {
+            ModelNotice::Retrained {
+                model_id,
+                job_id,
+                baseline,
+                at,
+                resume,
+            } => {
+                let rule = self.rule_for(model_id)?;
+                let reset = rule.reset_on_retrain;
+                let Some(spec) = &rule.probation else {
+                    if reset
+                        && !resume
+                        && let Some(addr) = self.get(model_id)
+                    {
+                        addr.do_send(super::ResetPolicies { warmup: true });
+                    }
+                    return None;
+                };
+                // The probation needs the model's actor, loaded now if need be.
+                match self.get_or_create(model_id) {
+                    Ok(h) => h.addr.do_send(super::StartProbation {
+                        job_id,
+                        baseline,
+                        at,
+                        reset,
+                    }),
+                    Err(error) => {
+                        tracing::error!(model_id, job_id, error = %error, "cannot start the retrain's probation");
+                        return None;
+                    }
+                }
+                Some(ProbationBegun {
+                    metric: spec.metric.clone(),
+                    tolerance: spec.rule.tolerance,
+                })
+            }
+            ModelNotice::RolledBack { model_id } => {
+                if self.rule_for(model_id).is_some_and(|r| r.reset_on_retrain)
+                    && let Some(addr) = self.get(model_id)
+                {
+                    addr.do_send(super::ResetPolicies { warmup: true });
+                }
+                None
+            }
+            ModelNotice::ProbationEnded {
+                model_id,
+                job_id,
+                state,
+                cause,
+                at,
+            } => {
+                if let Ok(h) = self.get_or_create(model_id) {
+                    h.addr.do_send(super::EndProbation {
+                        job_id,
+                        state,
+                        cause,
+                        at,
+                    });
+                }
+                None
+            }
         }
     }
 

@@ -28,6 +28,8 @@ pub(super) struct Handles {
     pub(super) explain: sled::Tree,
     /// Retrain hooks' receipts, by job id.
     pub(super) receipts: sled::Tree,
+    /// Retrains' probations, by job id.
+    pub(super) probation: sled::Tree,
     /// sled's data file, fsync'ed after each of its flushes.
     data: Arc<File>,
 }
@@ -39,6 +41,7 @@ pub(super) enum TreeId {
     Runner,
     Explain,
     Receipts,
+    Probation,
 }
 
 /// Timer slack for sled's I/O threads. sled 0.34.7 keeps seven pool threads that each wake
@@ -132,6 +135,7 @@ impl Handles {
             runner: db.open_tree("runner")?,
             explain: db.open_tree("explain")?,
             receipts: db.open_tree("receipts")?,
+            probation: db.open_tree("probation")?,
             db,
             config,
             data: Arc::new(data),
@@ -145,6 +149,7 @@ impl Handles {
             TreeId::Runner => &self.runner,
             TreeId::Explain => &self.explain,
             TreeId::Receipts => &self.receipts,
+            TreeId::Probation => &self.probation,
         }
     }
 

@@ -2,11 +2,12 @@
 //! jobs' order), newest first when read, pruned to a bound; and the `receipts` tree beside it
 //! (same keys), the receipts retrain hooks wrote, pruned with their jobs. The receipts tree came
 //! without a schema version bump: an older store opens with no receipts, and the build before
-//! ignores the tree.
+//! ignores the tree. The `probation` tree (same keys) holds each retrain's probation, pruned
+//! with its job, and came the same way.
 
 use super::codec::decode;
 use super::handles::TreeId;
-use super::{Job, Store, StoreError, valid_id};
+use super::{Job, ProbationRecord, Store, StoreError, valid_id};
 
 impl Store {
     /// A fresh job id, unique across restarts.
@@ -39,6 +40,36 @@ impl Store {
         Ok(self
             .get::<String>(TreeId::Receipts, &job_id.to_be_bytes())?
             .map(|(r, _)| r))
+    }
+
+    /// Stores a retrain's probation with its job; it goes when the job is pruned.
+    pub fn save_probation(&self, job_id: u64, p: &ProbationRecord) -> Result<(), StoreError> {
+        self.put(TreeId::Probation, &job_id.to_be_bytes(), p)
+            .map(drop)
+    }
+
+    /// A retrain's probation, if it had one.
+    pub fn probation(&self, job_id: u64) -> Result<Option<ProbationRecord>, StoreError> {
+        Ok(self
+            .get(TreeId::Probation, &job_id.to_be_bytes())?
+            .map(|(r, _)| r))
+    }
+
+    /// Every stored probation, oldest first, with its job id.
+    pub fn probations(&self) -> Result<Vec<(u64, ProbationRecord)>, StoreError> {
+        let h = self.handles()?;
+        let mut out = Vec::new();
+        for kv in h.probation.iter() {
+            let (k, v) = self.sled(kv)?;
+            let Ok(key) = <[u8; 8]>::try_from(&k[..]) else {
+                continue;
+            };
+            out.push((
+                u64::from_be_bytes(key),
+                decode(&format!("probation/{k:?}"), &v)?,
+            ));
+        }
+        Ok(out)
     }
 
     /// Jobs, newest first, optionally for one model, at most `limit`.
@@ -77,6 +108,9 @@ impl Store {
                 self.remember(TreeId::Jobs, &k, None);
                 if self.sled(h.receipts.remove(&k))?.is_some() {
                     self.remember(TreeId::Receipts, &k, None);
+                }
+                if self.sled(h.probation.remove(&k))?.is_some() {
+                    self.remember(TreeId::Probation, &k, None);
                 }
                 removed += 1;
             }

@@ -12,6 +12,11 @@
 //! | `jobs`   | job id (u64 big-endian)| [`Job`]: the hook runner's journal      |
 //! | `runner` | model id (UTF-8)       | [`RunnerRecord`]: cooldown, pause        |
 //! | `explain`| model id, 0, u64 BE seq| [`ExplainEntry`]: the decision log       |
+//! | `receipts`| job id (u64 big-endian)| a retrain hook's receipt (JSON text)   |
+//! | `probation`| job id (u64 big-endian)| [`ProbationRecord`]: a retrain's probation |
+//!
+//! A model's checkpoint carries its probation state (`probation::ModelProbation`) as an
+//! extension after the record (`codec::encode_model`), which readers that predate it ignore.
 //!
 //! Every value is a version byte followed by its bincode 2 payload (standard config, serde), so
 //! a record format can change without a flag day: readers dispatch on the byte. The schema
@@ -66,7 +71,7 @@ pub use codec::{decode_record, encode_record};
 pub use models::LoadedModel;
 pub use records::{
     DecisionEntry, DecisionOutcome, DecisionRecord, ExplainEntry, GroupLeader, Job, JobState,
-    ModelRecord, RunnerRecord,
+    ModelRecord, ProbationRecord, ProbationState, RunnerRecord,
 };
 pub use schema::SCHEMA_VERSION;
 pub use stats::StoreStats;
@@ -322,6 +327,12 @@ impl Store {
         }
     }
 
+    /// The stored bytes under `key`.
+    fn get_bytes(&self, tree: TreeId, key: &[u8]) -> Result<Option<sled::IVec>, StoreError> {
+        let h = self.handles()?;
+        self.sled(h.tree(tree).get(key))
+    }
+
     fn get<T: serde::de::DeserializeOwned>(
         &self,
         tree: TreeId,
@@ -341,7 +352,13 @@ impl Store {
         value: &T,
     ) -> Result<u64, StoreError> {
         self.check_fault()?;
-        let bytes = sled::IVec::from(encode(value)?);
+        self.put_bytes(tree, key, encode(value)?)
+    }
+
+    /// Writes an encoded value (see [`Store::put`]).
+    fn put_bytes(&self, tree: TreeId, key: &[u8], bytes: Vec<u8>) -> Result<u64, StoreError> {
+        self.check_fault()?;
+        let bytes = sled::IVec::from(bytes);
         let len = bytes.len() as u64;
         let h = self.handles()?;
         self.sled(h.tree(tree).insert(key, bytes.clone()))?;

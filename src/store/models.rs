@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use crate::policy::Obs;
 
-use super::codec::decode;
+use super::codec::{decode, decode_model, encode_model};
 use super::handles::TreeId;
 use super::{ModelRecord, Store, StoreError, lock, valid_id, wal};
 
@@ -44,8 +44,13 @@ impl Store {
 
     /// The model's checkpoint and its size; one that does not decode is noted as such.
     fn checkpoint_of(&self, model_id: &str) -> Result<Option<(ModelRecord, usize)>, StoreError> {
-        self.get(TreeId::Models, model_id.as_bytes())
-            .inspect_err(|e| self.note_undecodable(model_id, e))
+        let read = || -> Result<_, StoreError> {
+            match self.get_bytes(TreeId::Models, model_id.as_bytes())? {
+                Some(v) => Ok(Some((decode_model(model_id, &v)?, v.len()))),
+                None => Ok(None),
+            }
+        };
+        read().inspect_err(|e| self.note_undecodable(model_id, e))
     }
 
     /// The model's checkpoint and the events logged after it, for the model to replay.
@@ -111,7 +116,7 @@ impl Store {
     pub fn checkpoint(&self, model_id: &str, record: &ModelRecord) -> Result<u64, StoreError> {
         // Into sled first, then forget the tail: a flush that sees the tail gone covers the
         // checkpoint (see `retire`).
-        let n = self.put(TreeId::Models, model_id.as_bytes(), record)?;
+        let n = self.put_bytes(TreeId::Models, model_id.as_bytes(), encode_model(record)?)?;
         lock(&self.shared.wal).drop_tail(model_id);
         lock(&self.shared.undecodable).remove(model_id);
         self.shared

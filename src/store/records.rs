@@ -23,6 +23,11 @@ pub struct ModelRecord {
     /// Recent drift scores and accuracies, for the operator's sparklines.
     pub recent_drift: VecDeque<f32>,
     pub recent_accuracy: VecDeque<f32>,
+    /// The probation's state (the metric's recent values, the running probation): stored as
+    /// an extension after the record (see `codec::encode_model`), so that the record's own
+    /// encoding, and every checkpoint written before, stays as it was.
+    #[serde(skip)]
+    pub probation: crate::probation::ModelProbation,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -247,6 +252,64 @@ impl Job {
         self.transitions.push((state, now));
         if state.is_final() {
             self.ended = Some(now);
+        }
+    }
+}
+
+/// A retrain's probation as the job journal keeps it (the `probation` tree, by the retrain's
+/// job id): written when the retrain succeeded and its probation began (or, for a decision's
+/// retrain, when the job was created: `Pending`, with the baseline the decision froze), and
+/// again at its verdict. New fields go at the end, in a new record version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbationRecord {
+    pub model_id: String,
+    pub state: ProbationState,
+    pub metric: String,
+    pub tolerance: f64,
+    /// The baseline as the decision froze it, or as the verdict used it.
+    pub baseline: Option<crate::probation::Sample>,
+    pub candidate: Option<crate::probation::Sample>,
+    pub z: Option<f64>,
+    pub z_threshold: Option<f64>,
+    pub cause: Option<crate::probation::Cause>,
+    pub started_at: Option<f64>,
+    pub decided_at: Option<f64>,
+    /// The rollback or promote job the verdict started, if any.
+    pub followed_by: Option<u64>,
+}
+
+/// A stored probation's state: the contract's five, and `Pending` before the retrain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProbationState {
+    /// The retrain's job was made by a decision and has not ended: the baseline is kept.
+    Pending,
+    OnProbation,
+    Promoted,
+    RolledBack,
+    Inconclusive,
+    Superseded,
+}
+
+impl ProbationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbationState::Pending => "pending",
+            ProbationState::OnProbation => "on_probation",
+            ProbationState::Promoted => "promoted",
+            ProbationState::RolledBack => "rolled_back",
+            ProbationState::Inconclusive => "inconclusive",
+            ProbationState::Superseded => "superseded",
+        }
+    }
+
+    pub fn of(s: crate::probation::State) -> ProbationState {
+        use crate::probation::State;
+        match s {
+            State::OnProbation => ProbationState::OnProbation,
+            State::Promoted => ProbationState::Promoted,
+            State::RolledBack => ProbationState::RolledBack,
+            State::Inconclusive => ProbationState::Inconclusive,
+            State::Superseded => ProbationState::Superseded,
         }
     }
 }
