@@ -1265,6 +1265,36 @@ min_events = 20
         );
     }
 
+    /// A rollback is done at once and resets the policies with warm-up, as a retrain does:
+    /// a drop at the rollback's next event (its warm-up's first) decides nothing, a later one
+    /// starts the next retrain, which the rollback's cooldown (0 s here) does not hold.
+    #[test]
+    fn a_rollback_resets_the_policies_with_warm_up() {
+        let after = |k: usize| {
+            Some(if k == 22 || k == 40 {
+                0.5
+            } else {
+                0.80 + noise(k)
+            })
+        };
+        let (s, lines) = simulate_lines(&probation_config("", 0), &after_a_retrain(60, after));
+        let brief: Vec<(u64, Option<&str>)> = lines
+            .iter()
+            .map(|l| (l["index"].as_u64().unwrap(), l["probation"].as_str()))
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                (3000, None),
+                (FIRST_CANDIDATE + 19, Some("rolled_back")),
+                (3041, None)
+            ],
+            "{lines:?}"
+        );
+        assert_eq!(s.rows[0].signals, 2, "the warm-up's drop is no decision");
+        assert!(s.rows[0].held.is_empty(), "{:?}", s.rows[0].held);
+    }
+
     /// A baseline of fewer than two values judges nothing: the retrain is kept, no line.
     #[test]
     fn a_retrain_without_a_baseline_goes_unjudged() {
