@@ -11,20 +11,25 @@
 //!   budget) at the events' `ts`, a job absorbing decisions while it runs (`retrain_s`), and,
 //!   after a job assumed to succeed, its cooldown, the loop guard's memory and
 //!   `reset_on_retrain`; it prints the jobs that would have started;
+//! - with `simulate`, a model whose rule has `[models.probation]` puts each retrain that
+//!   succeeded on probation (contract section 7): the [`crate::probation`] rule judges the
+//!   metric's values after it against a baseline, and each verdict is one more line
+//!   ([`Judged`]); a rolled-back retrain is undone by a rollback assumed to succeed at once;
 //! - every run returns one [`Row`] per model and policy for `--summary` and `--sweep`;
 //! - [`run_observed`] shows each policy's every step and each job to an [`Observer`]: the
 //!   [`report`] draws them.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{BufRead, Write};
 
 use crate::clock::Now;
 use crate::command::rules::Runner;
 use crate::command::rules::{self, Verdict};
-use crate::config::{Config, ModelRule};
+use crate::config::{BaselineKind, Config, ModelRule, OnInconclusive, ProbationSpec};
 use crate::model::advance;
 use crate::policy::detect::Signal;
 use crate::policy::{Action, Fire, Obs, PolicySpec, PolicyState, Reason, StateKind, bind_states};
+use crate::probation::{self, Cause, Plan, Probation, Sample, State};
 use crate::protocol::{self, Line};
 use crate::store::ModelRecord;
 
@@ -90,8 +95,11 @@ pub struct Row {
     /// With `simulate`: jobs that would have started for this policy's decisions.
     pub jobs: Option<u64>,
     /// With `simulate`: decisions that started nothing, by why (`running`, `cooldown`,
-    /// `budget`, `loop_guard`, `paused`, `no_hook`, `batch`).
+    /// `budget`, `loop_guard`, `paused`, `no_hook`, `batch`, `probation`).
     pub held: Vec<(&'static str, u64)>,
+    /// With `simulate` and the rule's `[models.probation]`: the verdicts on the retrains this
+    /// policy's decisions started.
+    pub probation: Option<Verdicts>,
     /// The first drift signal: (index, ts).
     pub first_signal: Option<(u64, f64)>,
 }
@@ -134,7 +142,32 @@ impl Row {
                 .collect::<serde_json::Map<_, _>>()
                 .into();
         }
+        if let Some(p) = &self.probation {
+            v["probation"] = serde_json::json!({
+                "promoted": p.promoted,
+                "rolled_back": p.rolled_back,
+                "inconclusive": p.inconclusive,
+            });
+        }
         v
+    }
+}
+
+/// Probation verdicts by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Verdicts {
+    pub promoted: u64,
+    pub rolled_back: u64,
+    pub inconclusive: u64,
+}
+
+impl Verdicts {
+    fn count(&mut self, outcome: State) {
+        match outcome {
+            State::Promoted => self.promoted += 1,
+            State::RolledBack => self.rolled_back += 1,
+            _ => self.inconclusive += 1,
+        }
     }
 }
 
@@ -145,6 +178,8 @@ pub trait Observer {
     fn step(&mut self, _step: &Step<'_>) {}
     /// A job would have started (with `simulate`).
     fn job(&mut self, _job: &Job<'_>) {}
+    /// A retrain's probation ended (with `simulate` and `[models.probation]`).
+    fn verdict(&mut self, _verdict: &Judged<'_>) {}
 }
 
 impl Observer for () {}
@@ -182,6 +217,69 @@ pub struct Job<'a> {
     pub reason: &'a str,
 }
 
+/// A probation's verdict in the simulation (one `--simulate` line, see [`Judged::to_json`]).
+pub struct Judged<'a> {
+    /// The row of the policy whose decision started the retrain.
+    pub row: usize,
+    /// The event at which the verdict fell.
+    pub index: u64,
+    /// The event's 0-based place among its model's events.
+    pub nth: u64,
+    pub ts: f64,
+    /// The retrain's job number (the job line's `job`).
+    pub job: u64,
+    /// `Promoted`, `RolledBack` or `Inconclusive`.
+    pub outcome: State,
+    /// Why it was rolled back (`None` unless rolled back).
+    pub cause: Option<Cause>,
+    pub z: Option<f64>,
+    pub z_threshold: Option<f64>,
+    pub baseline: Sample,
+    pub candidate: Sample,
+    /// `on_inconclusive = "escalate"`: a person is told.
+    pub escalation: bool,
+    pub metric: &'a str,
+}
+
+impl Judged<'_> {
+    /// The verdict's line: `index`, `model_id`, `policy`, `job`, `ts`, `metric`, `probation`
+    /// (`promoted`, `rolled_back` or `inconclusive`), `cause` (`degraded`, `policy_fired`,
+    /// `inconclusive` or null), `z` and `z_threshold` (null when there is none, or when z is
+    /// infinite: a sample without variance), `baseline` and `candidate` (`n`, `mean`, `std`),
+    /// and `escalation` (`{"cause": "inconclusive"}`) when one is called.
+    pub fn to_json(&self, model_id: &str, policy: &str) -> serde_json::Value {
+        let sample = |s: &Sample| serde_json::json!({"n": s.n, "mean": s.mean, "std": s.std()});
+        let mut v = serde_json::json!({
+            "index": self.index,
+            "model_id": model_id,
+            "policy": policy,
+            "job": self.job,
+            "ts": self.ts,
+            "metric": self.metric,
+            "probation": self.outcome.as_str(),
+            "cause": self.cause.map(cause_str),
+            "z": self.z,
+            "z_threshold": self.z_threshold,
+            "baseline": sample(&self.baseline),
+            "candidate": sample(&self.candidate),
+        });
+        if self.escalation {
+            v["escalation"] = serde_json::json!({"cause": "inconclusive"});
+        }
+        v
+    }
+}
+
+/// A rollback's cause as the contract names it.
+pub fn cause_str(cause: Cause) -> &'static str {
+    match cause {
+        Cause::Degraded => "degraded",
+        Cause::PolicyFired => "policy_fired",
+        Cause::Inconclusive => "inconclusive",
+        Cause::Manual => "manual",
+    }
+}
+
 /// A model's replay state.
 struct ModelRun {
     /// Index of its first row in `Summary::rows` (one per policy, in the rule's order).
@@ -194,8 +292,73 @@ struct ModelRun {
 struct SimState {
     record: ModelRecord,
     runner: Runner,
-    /// The job running: when it ends, and for which action and policy.
-    busy: Option<(f64, Action, String)>,
+    /// The job running.
+    busy: Option<Busy>,
+    /// With the rule's `[models.probation]`.
+    trial: Option<Trial>,
+}
+
+/// A simulated job while it runs.
+struct Busy {
+    /// When it ends (it succeeds at the first event at or after).
+    end: f64,
+    action: Action,
+    /// The model's row (0-based within the model) of the policy whose decision started it.
+    row: usize,
+    /// Its number (the job line's `job`).
+    job: u64,
+    /// A retrain under `[models.probation]`: the baseline, frozen at the decision.
+    baseline: Option<Sample>,
+}
+
+/// A model's probation in the simulation: where its baselines come from, and the retrain on
+/// probation.
+#[derive(Default)]
+struct Trial {
+    /// The last `events` finite values of the metric, every event's.
+    ring: VecDeque<f64>,
+    /// The first `events` values after the model was first seen (`last_promoted`'s baseline
+    /// before any promotion).
+    first_full: Option<Sample>,
+    /// The candidate of the last promoted probation.
+    last_promoted: Option<Sample>,
+    open: Option<Open>,
+}
+
+/// A retrain on probation.
+struct Open {
+    probation: Probation,
+    plan: Plan,
+    /// When the retrain succeeded: `max_wait_s` counts from here.
+    start: f64,
+    /// As [`Busy::row`].
+    row: usize,
+}
+
+impl Trial {
+    /// The baseline of a retrain decided now.
+    fn baseline(&self, spec: &ProbationSpec) -> Sample {
+        let ring = || Sample::of(self.ring.iter().copied());
+        match spec.baseline {
+            BaselineKind::BeforeDecision => ring(),
+            BaselineKind::LastPromoted => {
+                self.last_promoted.or(self.first_full).unwrap_or_else(ring)
+            }
+        }
+    }
+
+    /// Keeps the event's value in the ring (after the event's decisions: a decision's
+    /// baseline is the values before it).
+    fn keep(&mut self, spec: &ProbationSpec, v: f64) {
+        let cap = spec.rule.events as usize;
+        if self.ring.len() == cap {
+            self.ring.pop_front();
+        }
+        self.ring.push_back(v);
+        if self.first_full.is_none() && self.ring.len() == cap {
+            self.first_full = Some(Sample::of(self.ring.iter().copied()));
+        }
+    }
 }
 
 /// Replays `input` and writes signals (or, with `simulate`, jobs) to `out`. `index` is the
@@ -250,12 +413,18 @@ pub fn run_observed(
         };
         let run = models.entry(ev.model_id.to_owned()).or_insert_with(|| {
             let first_row = summary.rows.len();
-            summary.rows.extend(rule.policies.iter().map(|spec| Row {
-                model_id: ev.model_id.to_owned(),
-                policy: spec.name.clone(),
-                kind: spec.kind.kind_name(),
-                jobs: opts.simulate.map(|_| 0),
-                ..Row::default()
+            summary.rows.extend(rule.policies.iter().map(|spec| {
+                Row {
+                    model_id: ev.model_id.to_owned(),
+                    policy: spec.name.clone(),
+                    kind: spec.kind.kind_name(),
+                    jobs: opts.simulate.map(|_| 0),
+                    probation: opts
+                        .simulate
+                        .and(rule.probation.as_ref())
+                        .map(|_| Verdicts::default()),
+                    ..Row::default()
+                }
             }));
             ModelRun {
                 first_row,
@@ -267,6 +436,7 @@ pub fn run_observed(
                     },
                     runner: Runner::default(),
                     busy: None,
+                    trial: rule.probation.as_ref().map(|_| Trial::default()),
                 }),
             }
         });
@@ -394,7 +564,9 @@ struct SimCtx<'a> {
 
 /// One event as the daemon would have handled it: the model applies it as a batch of one
 /// (warm-up, one decision per action), then each decision meets the hook runner's rules at
-/// the event's `ts`. Returns the drift decisions sent.
+/// the event's `ts`. With `[models.probation]`, the retrain on probation takes the event's
+/// value of the metric first, and decisions during a probation start nothing (with
+/// `fail_fast`, the first rolls the retrain back). Returns the drift decisions sent.
 fn simulate(
     ctx: &SimCtx<'_>,
     sim: &mut SimState,
@@ -405,19 +577,73 @@ fn simulate(
     observer: &mut impl Observer,
 ) -> Result<u64, BacktestError> {
     let hooks = &ctx.config.hooks;
+    let spec_p = ctx.rule.probation.as_ref();
     // A job that ended before this event: assumed to have succeeded at its end.
-    if let Some((end, action, policy)) = sim.busy.take_if(|(end, ..)| *end <= obs.ts) {
+    if let Some(job) = sim.busy.take_if(|b| b.end <= obs.ts) {
         rules::job_ended(
             hooks,
             &mut sim.runner,
-            action,
-            &policy,
+            job.action,
+            &ctx.rule.policies[job.row].name,
             true,
-            Now::same(end),
+            Now::same(job.end),
         );
-        if action != Action::Escalate && ctx.rule.reset_on_retrain {
-            sim.record.policies = ctx.rule.policies.iter().map(PolicyState::new).collect();
-            sim.record.warmup_left = ctx.rule.warmup_events;
+        if job.action != Action::Escalate && ctx.rule.reset_on_retrain {
+            reset(ctx, sim);
+        }
+        // A baseline of fewer than two values judges nothing: the retrain is simply kept.
+        if let (Some(spec), Some(trial), Some(baseline)) =
+            (spec_p, sim.trial.as_mut(), job.baseline)
+            && baseline.n >= 2
+        {
+            trial.open = Some(Open {
+                probation: Probation::new(job.job, baseline, ctx.rule.warmup_events),
+                plan: Plan::new(&spec.rule, baseline.n),
+                start: job.end,
+                row: job.row,
+            });
+        }
+    }
+    let value = spec_p
+        .and_then(|spec| obs.metric(&spec.metric))
+        .filter(|v| v.is_finite());
+    if let (Some(spec), Some(trial)) = (spec_p, sim.trial.as_mut())
+        && let Some(open) = trial.open.as_mut()
+    {
+        let ending = if obs.ts > open.start + spec.max_wait_s as f64 {
+            // The sample did not fill in time.
+            let z = open.probation.current_z(&spec.rule);
+            Some(match spec.on_inconclusive {
+                OnInconclusive::Keep => Ending::new(State::Inconclusive, None, z, None),
+                OnInconclusive::Rollback => {
+                    Ending::new(State::RolledBack, Some(Cause::Inconclusive), z, None)
+                }
+                OnInconclusive::Escalate => Ending {
+                    escalation: true,
+                    ..Ending::new(State::Inconclusive, None, z, None)
+                },
+            })
+        } else if let Some(v) = value {
+            match open.probation.observe(&spec.rule, &open.plan, v) {
+                probation::Verdict::Continue => None,
+                probation::Verdict::RolledBack { z, z_threshold } => Some(Ending::new(
+                    State::RolledBack,
+                    Some(Cause::Degraded),
+                    Some(z),
+                    Some(z_threshold),
+                )),
+                probation::Verdict::Promoted { z, z_threshold } => Some(Ending::new(
+                    State::Promoted,
+                    None,
+                    Some(z),
+                    Some(z_threshold),
+                )),
+            }
+        } else {
+            None
+        };
+        if let Some(ending) = ending {
+            end_probation(ctx, sim, obs, rows, ending, w, observer)?;
         }
     }
     let mut decisions: Vec<(usize, Action, String)> = Vec::new();
@@ -457,8 +683,23 @@ fn simulate(
             }
         },
     );
+    // Decisions of an event met on probation start nothing, even after a `fail_fast`
+    // rollback at the first of them.
+    let on_probation = sim.trial.as_ref().is_some_and(|t| t.open.is_some());
     for (i, action, reason) in decisions {
         let spec = &ctx.rule.policies[i];
+        if on_probation {
+            rows[i].hold("probation");
+            if let (Some(p), Some(trial)) = (spec_p, sim.trial.as_ref())
+                && p.fail_fast
+                && let Some(open) = &trial.open
+            {
+                let z = open.probation.current_z(&p.rule);
+                let ending = Ending::new(State::RolledBack, Some(Cause::PolicyFired), z, None);
+                end_probation(ctx, sim, obs, rows, ending, w, observer)?;
+            }
+            continue;
+        }
         if sim.busy.is_some() {
             rows[i].hold("running");
             continue;
@@ -501,7 +742,17 @@ fn simulate(
         if let Some(j) = rows[i].jobs.as_mut() {
             *j += 1;
         }
-        sim.busy = Some((obs.ts + ctx.retrain_s, job_action, spec.name.clone()));
+        let baseline = match (spec_p, sim.trial.as_ref()) {
+            (Some(p), Some(trial)) if job_action.is_retrain() => Some(trial.baseline(p)),
+            _ => None,
+        };
+        sim.busy = Some(Busy {
+            end: obs.ts + ctx.retrain_s,
+            action: job_action,
+            row: i,
+            job: *jobs,
+            baseline,
+        });
         observer.job(&Job {
             row: ctx.first_row + i,
             index: ctx.index,
@@ -529,7 +780,102 @@ fn simulate(
         }
         writeln!(w, "{v}").map_err(BacktestError::Write)?;
     }
+    if let (Some(spec), Some(trial), Some(v)) = (spec_p, sim.trial.as_mut(), value) {
+        trial.keep(spec, v);
+    }
     Ok(signals)
+}
+
+/// The model's policies start afresh with the rule's warm-up (after a retrain or a rollback,
+/// under `reset_on_retrain`).
+fn reset(ctx: &SimCtx<'_>, sim: &mut SimState) {
+    sim.record.policies = ctx.rule.policies.iter().map(PolicyState::new).collect();
+    sim.record.warmup_left = ctx.rule.warmup_events;
+}
+
+/// How a probation ends.
+struct Ending {
+    outcome: State,
+    cause: Option<Cause>,
+    z: Option<f64>,
+    z_threshold: Option<f64>,
+    escalation: bool,
+}
+
+impl Ending {
+    fn new(outcome: State, cause: Option<Cause>, z: Option<f64>, z_threshold: Option<f64>) -> Self {
+        Ending {
+            outcome,
+            cause,
+            z,
+            z_threshold,
+            escalation: false,
+        }
+    }
+}
+
+/// Ends the model's open probation at this event: counts and prints the verdict; a promotion
+/// is `last_promoted`'s next baseline; a rollback is assumed to succeed at once, which starts
+/// a cooldown and (under `reset_on_retrain`) resets the policies with warm-up, as a retrain's
+/// end does, and starts no probation.
+fn end_probation(
+    ctx: &SimCtx<'_>,
+    sim: &mut SimState,
+    obs: &Obs,
+    rows: &mut [Row],
+    ending: Ending,
+    w: &mut impl Write,
+    observer: &mut impl Observer,
+) -> Result<(), BacktestError> {
+    let (Some(spec), Some(trial)) = (ctx.rule.probation.as_ref(), sim.trial.as_mut()) else {
+        return Ok(());
+    };
+    let Some(open) = trial.open.take() else {
+        return Ok(());
+    };
+    let policy = &ctx.rule.policies[open.row].name;
+    match ending.outcome {
+        State::Promoted => trial.last_promoted = Some(open.probation.candidate),
+        State::RolledBack => {
+            rules::job_ended(
+                &ctx.config.hooks,
+                &mut sim.runner,
+                Action::Rollback,
+                policy,
+                true,
+                Now::same(obs.ts),
+            );
+            if ctx.rule.reset_on_retrain {
+                reset(ctx, sim);
+            }
+        }
+        _ => {}
+    }
+    let row = &mut rows[open.row];
+    if let Some(v) = row.probation.as_mut() {
+        v.count(ending.outcome);
+    }
+    let judged = Judged {
+        row: ctx.first_row + open.row,
+        index: ctx.index,
+        nth: row.events - 1,
+        ts: obs.ts,
+        job: open.probation.job_id,
+        outcome: ending.outcome,
+        cause: ending.cause,
+        // JSON has no infinity: a sample without variance gives null.
+        z: ending.z.filter(|z| z.is_finite()),
+        z_threshold: ending.z_threshold.filter(|z| z.is_finite()),
+        baseline: open.probation.baseline,
+        candidate: open.probation.candidate,
+        escalation: ending.escalation,
+        metric: &spec.metric,
+    };
+    observer.verdict(&judged);
+    if !ctx.quiet {
+        writeln!(w, "{}", judged.to_json(ctx.model_id, policy)).map_err(BacktestError::Write)?;
+    }
+    Ok(())
 }
 
 /// The config texts of a `--sweep KIND.PARAM=V1,V2,...`: every policy of kind `KIND` in every
@@ -667,5 +1013,295 @@ threshold = 0.5
         // Warm-up events decide nothing, so they are not signals of the simulation.
         assert_eq!(s.rows[0].signals, 2, "{:?}", s.rows[0]);
         assert!(s.rows[0].held.is_empty(), "{:?}", s.rows[0]);
+    }
+
+    /// A model watched by `min_accuracy = 0.7` with `[models.probation]` on accuracy (200
+    /// values, looks from 20) and `extra` keys in it; every job is done at once.
+    fn probation_config(extra: &str, cooldown_s: u64) -> Config {
+        let text = format!(
+            r#"
+[hooks]
+fine_tune = {{ command = ["/bin/true"], timeout_s = 60 }}
+escalate = {{ command = ["/bin/true"], timeout_s = 60 }}
+cooldown_s = {cooldown_s}
+
+[[models]]
+match = "*"
+reset_on_retrain = true
+warmup_events = 2
+
+[[models.policies]]
+kind = "static_threshold"
+min_accuracy = 0.7
+
+[models.probation]
+metric = "accuracy"
+events = 200
+min_events = 20
+{extra}
+"#
+        );
+        Config::from_toml(&text, &Env::default()).unwrap()
+    }
+
+    /// Some spread around a level, the same on every run.
+    fn noise(i: usize) -> f64 {
+        ((i * 7) % 11) as f64 * 0.002 - 0.01
+    }
+
+    /// `n` events of model m, 10 s apart, event `i`'s accuracy `acc(i)` (none when `None`).
+    fn accuracy_stream(n: usize, acc: impl Fn(usize) -> Option<f64>) -> String {
+        (0..n)
+            .map(|i| {
+                let mut v = serde_json::json!({"model_id": "m", "ts": i * 10});
+                if let Some(a) = acc(i) {
+                    v["accuracy"] = a.into();
+                }
+                format!("{v}\n")
+            })
+            .collect()
+    }
+
+    /// Accuracy 0.93 for 3000 events, one drop to 0.5 at event 3000 (a retrain, done at
+    /// once: its probation starts at 3001, whose first two values are the warm-up), then
+    /// `after(k)` for event 3001 + k.
+    fn after_a_retrain(n_after: usize, after: impl Fn(usize) -> Option<f64>) -> String {
+        accuracy_stream(3001 + n_after, |i| match i {
+            0..3000 => Some(0.93 + noise(i)),
+            3000 => Some(0.5),
+            _ => after(i - 3001),
+        })
+    }
+
+    fn simulate_lines(config: &Config, events: &str) -> (Summary, Vec<serde_json::Value>) {
+        let mut out = Vec::new();
+        let opts = Options {
+            simulate: Some(Simulate { retrain_s: 0.0 }),
+            ..Options::default()
+        };
+        let s = run(config, events.as_bytes(), &mut out, &opts).unwrap();
+        let lines = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (s, lines)
+    }
+
+    fn verdicts(lines: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l.get("probation").is_some())
+            .collect()
+    }
+
+    fn f(v: &serde_json::Value) -> f64 {
+        v.as_f64().unwrap_or_else(|| panic!("not a number: {v}"))
+    }
+
+    /// First index of the candidate: the retrain ends at 3001, two values of warm-up.
+    const FIRST_CANDIDATE: u64 = 3003;
+
+    #[test]
+    fn a_retrain_that_made_accuracy_worse_is_rolled_back_at_the_first_look() {
+        let config = probation_config("", 0);
+        let (s, lines) = simulate_lines(&config, &after_a_retrain(400, |k| Some(0.80 + noise(k))));
+        let v = verdicts(&lines);
+        assert_eq!(v.len(), 1, "{lines:?}");
+        let v = v[0];
+        assert_eq!(v["probation"], "rolled_back", "{v}");
+        assert_eq!(v["cause"], "degraded", "{v}");
+        assert_eq!(v["model_id"], "m");
+        assert_eq!(v["policy"], "static_threshold");
+        assert_eq!(v["metric"], "accuracy");
+        assert_eq!(v["job"], 1, "{v}");
+        // Early: at the first look, 20 candidate values.
+        assert_eq!(v["candidate"]["n"], 20, "{v}");
+        assert_eq!(v["index"], FIRST_CANDIDATE + 19, "{v}");
+        assert!(f(&v["z"]) > f(&v["z_threshold"]), "{v}");
+        // The baseline: the 200 values before the decision.
+        assert_eq!(v["baseline"]["n"], 200, "{v}");
+        assert!((f(&v["baseline"]["mean"]) - 0.93).abs() < 0.002, "{v}");
+        assert!((f(&v["candidate"]["mean"]) - 0.80).abs() < 0.002, "{v}");
+        assert!(f(&v["candidate"]["std"]) > 0.0, "{v}");
+        assert_eq!(v.get("escalation"), None);
+        // The job line, then the verdict, in input order.
+        let idx: Vec<u64> = lines.iter().map(|l| l["index"].as_u64().unwrap()).collect();
+        assert_eq!(idx, [3000, FIRST_CANDIDATE + 19], "{lines:?}");
+        assert_eq!(
+            s.rows[0].probation,
+            Some(Verdicts {
+                rolled_back: 1,
+                ..Verdicts::default()
+            })
+        );
+        let json = s.rows[0].to_json();
+        assert_eq!(
+            json["probation"],
+            serde_json::json!({"promoted": 0, "rolled_back": 1, "inconclusive": 0}),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn a_retrain_that_held_its_accuracy_is_promoted_at_exactly_events_values() {
+        let config = probation_config("", 0);
+        let (_, lines) = simulate_lines(&config, &after_a_retrain(400, |k| Some(0.95 + noise(k))));
+        let v = verdicts(&lines);
+        assert_eq!(v.len(), 1, "{lines:?}");
+        let v = v[0];
+        assert_eq!(v["probation"], "promoted", "{v}");
+        assert_eq!(v["cause"], serde_json::Value::Null, "{v}");
+        assert_eq!(v["candidate"]["n"], 200, "{v}");
+        assert_eq!(v["index"], FIRST_CANDIDATE + 199, "{v}");
+        assert!(f(&v["z"]) <= f(&v["z_threshold"]), "{v}");
+    }
+
+    /// With `fail_fast`, a policy firing during probation rolls the retrain back at once; the
+    /// decision starts no retrain either way.
+    #[test]
+    fn fail_fast_rolls_back_when_a_policy_fires_during_probation() {
+        let dip = |k: usize| Some(if k == 50 { 0.5 } else { 0.93 + noise(k) });
+        let (s, lines) = simulate_lines(&probation_config("", 0), &after_a_retrain(400, dip));
+        let v = verdicts(&lines);
+        assert_eq!(v.len(), 1, "{lines:?}");
+        assert_eq!(v[0]["probation"], "rolled_back", "{}", v[0]);
+        assert_eq!(v[0]["cause"], "policy_fired", "{}", v[0]);
+        assert_eq!(v[0]["index"], 3051, "{}", v[0]);
+        // 49 candidate values (3003 to the dip's own): z is the current one, no boundary.
+        assert_eq!(v[0]["candidate"]["n"], 49, "{}", v[0]);
+        assert!(v[0]["z"].is_f64(), "{}", v[0]);
+        assert_eq!(v[0]["z_threshold"], serde_json::Value::Null, "{}", v[0]);
+        assert_eq!(lines.len(), 2, "one job, one verdict: {lines:?}");
+        assert_eq!(s.rows[0].held, [("probation", 1)]);
+
+        // Without fail_fast the decision is held and the probation goes on.
+        let (s, lines) = simulate_lines(
+            &probation_config("fail_fast = false", 0),
+            &after_a_retrain(400, dip),
+        );
+        let v = verdicts(&lines);
+        assert_eq!(v.len(), 1, "{lines:?}");
+        assert_eq!(v[0]["probation"], "promoted", "{}", v[0]);
+        assert_eq!(v[0]["index"], FIRST_CANDIDATE + 199, "{}", v[0]);
+        assert_eq!(lines.len(), 2, "one job, one verdict: {lines:?}");
+        assert_eq!(s.rows[0].held, [("probation", 1)]);
+    }
+
+    /// No accuracy after the retrain: at the first event past `max_wait_s` (100 s after the
+    /// retrain ended at ts 30,000: event 3011) the verdict is inconclusive, and
+    /// `on_inconclusive` says what follows. A rollback starts a cooldown (50 s): the drop at
+    /// 3013, the first after the rollback's warm-up, is held by it, where after `keep` the
+    /// retrain's cooldown is over and it starts a job.
+    #[test]
+    fn max_wait_s_makes_an_inconclusive_verdict_as_on_inconclusive_says() {
+        let silent = |k: usize| (k == 12).then_some(0.5);
+        for (on, outcome, cause, escalation, jobs) in [
+            ("keep", "inconclusive", None, false, 2),
+            ("rollback", "rolled_back", Some("inconclusive"), false, 1),
+            ("escalate", "inconclusive", None, true, 2),
+        ] {
+            let config =
+                probation_config(&format!("max_wait_s = 100\non_inconclusive = \"{on}\""), 50);
+            let (s, lines) = simulate_lines(&config, &after_a_retrain(20, silent));
+            let v = verdicts(&lines);
+            assert_eq!(v.len(), 1, "{on}: {lines:?}");
+            let v = v[0];
+            assert_eq!(v["index"], 3011, "{on}: {v}");
+            assert_eq!(v["probation"], outcome, "{on}: {v}");
+            assert_eq!(v["cause"], serde_json::json!(cause), "{on}: {v}");
+            assert_eq!(v["candidate"]["n"], 0, "{on}: {v}");
+            assert_eq!(v["z"], serde_json::Value::Null, "{on}: {v}");
+            assert_eq!(
+                v.get("escalation"),
+                escalation
+                    .then(|| serde_json::json!({"cause": "inconclusive"}))
+                    .as_ref(),
+                "{on}: {v}"
+            );
+            assert_eq!(s.rows[0].jobs, Some(jobs), "{on}: {lines:?}");
+            if jobs == 1 {
+                assert_eq!(s.rows[0].held, [("cooldown", 1)], "{on}");
+            }
+        }
+    }
+
+    /// `baseline = "last_promoted"`: before any promotion the first 200 values of the model
+    /// (0.94 here, against 0.93 just before the decision); then the promoted candidate.
+    #[test]
+    fn last_promoted_judges_against_the_first_values_then_the_last_promoted_candidate() {
+        let config = probation_config("baseline = \"last_promoted\"", 0);
+        let events = accuracy_stream(3800, |i| {
+            Some(match i {
+                0..200 => 0.94 + noise(i),
+                200..3000 => 0.93 + noise(i),
+                3000 | 3401 => 0.5,
+                3001..3401 => 0.95 + noise(i),
+                _ => 0.93 + noise(i),
+            })
+        });
+        let (s, lines) = simulate_lines(&config, &events);
+        let v = verdicts(&lines);
+        assert_eq!(v.len(), 2, "{lines:?}");
+        let first = Sample::of((0..200).map(|i| 0.94 + noise(i)));
+        assert_eq!(v[0]["probation"], "promoted", "{}", v[0]);
+        assert_eq!(v[0]["baseline"]["n"], 200);
+        assert!(
+            (f(&v[0]["baseline"]["mean"]) - first.mean).abs() < 1e-12,
+            "{}",
+            v[0]
+        );
+        assert_eq!(v[1]["probation"], "rolled_back", "{}", v[1]);
+        assert_eq!(v[1]["cause"], "degraded", "{}", v[1]);
+        assert_eq!(v[1]["job"], 2, "{}", v[1]);
+        assert_eq!(v[1]["baseline"], v[0]["candidate"], "{}", v[1]);
+        assert_eq!(
+            s.rows[0].probation,
+            Some(Verdicts {
+                promoted: 1,
+                rolled_back: 1,
+                inconclusive: 0
+            })
+        );
+    }
+
+    /// A rollback is done at once and resets the policies with warm-up, as a retrain does:
+    /// a drop at the rollback's next event (its warm-up's first) decides nothing, a later one
+    /// starts the next retrain, which the rollback's cooldown (0 s here) does not hold.
+    #[test]
+    fn a_rollback_resets_the_policies_with_warm_up() {
+        let after = |k: usize| {
+            Some(if k == 22 || k == 40 {
+                0.5
+            } else {
+                0.80 + noise(k)
+            })
+        };
+        let (s, lines) = simulate_lines(&probation_config("", 0), &after_a_retrain(60, after));
+        let brief: Vec<(u64, Option<&str>)> = lines
+            .iter()
+            .map(|l| (l["index"].as_u64().unwrap(), l["probation"].as_str()))
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                (3000, None),
+                (FIRST_CANDIDATE + 19, Some("rolled_back")),
+                (3041, None)
+            ],
+            "{lines:?}"
+        );
+        assert_eq!(s.rows[0].signals, 2, "the warm-up's drop is no decision");
+        assert!(s.rows[0].held.is_empty(), "{:?}", s.rows[0].held);
+    }
+
+    /// A baseline of fewer than two values judges nothing: the retrain is kept, no line.
+    #[test]
+    fn a_retrain_without_a_baseline_goes_unjudged() {
+        let config = probation_config("", 0);
+        let events = accuracy_stream(300, |i| Some(if i == 1 { 0.5 } else { 0.8 }));
+        let (_, lines) = simulate_lines(&config, &events);
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(lines[0]["action"], "fine_tune");
     }
 }

@@ -3,12 +3,13 @@
 //!
 //! The events go twice through [`super::run_observed`], the code every `backtest` runs: plainly,
 //! for each policy's metric, statistic and threshold at every event and one mark per signal line
-//! `backtest` prints; then as the daemon would have acted (`--simulate`), for the jobs. The input
+//! `backtest` prints; then as the daemon would have acted (`--simulate`), for the jobs and the
+//! probations' verdicts. The input
 //! is read once: a copy is spooled to an anonymous temporary file for the second pass.
 //!
 //! The page: a summary table on top (the `--summary` numbers, with the simulation's jobs and
 //! the decisions it held), then per model and policy an inline SVG: lanes of marks (drift,
-//! warning, job) over the metric the policy reads and, below it, the statistic it compares
+//! warning, job, probation verdict) over the metric the policy reads and, below it, the statistic it compares
 //! against its threshold (a static threshold compares the metric itself: one plot, its bounds
 //! drawn across). No script, no external file or font; hovering a mark shows its title.
 //!
@@ -17,7 +18,8 @@
 //! and is drawn as at most two points per pixel column, so a one-event spike stays visible and
 //! 100,000 events make a path of a few kilobytes. Decisions never see the decimated values. Every
 //! signal and every job gets its own mark (an element with `data-signal-index`, the signal
-//! line's `index`, or `data-job-index`, the job line's `job`): the file grows by about 50 bytes
+//! line's `index`, `data-job-index`, the job line's `job`, or `data-verdict-index`, the verdict
+//! line's `index`, with `data-probation`, its outcome): the file grows by about 50 bytes
 //! a signal, and the marks of a policy with more than [`TITLED`] of them carry no title.
 //!
 //! Every text that comes from the events or the config (model ids, policy and metric names,
@@ -32,7 +34,7 @@ use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, BufWriter, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use super::{BacktestError, Job, Observer, Simulate, Step, Summary};
+use super::{BacktestError, Job, Judged, Observer, Simulate, Step, Summary};
 use crate::config::Config;
 use crate::policy::detect::Signal;
 use crate::policy::{NamedNumbers, PolicyKind, PolicySpec, Reason};
@@ -115,6 +117,7 @@ pub fn write(
         debug_assert!(row.model_id == s.model_id && row.policy == s.policy);
         row.jobs = s.jobs;
         row.held = s.held;
+        row.probation = s.probation;
     }
     let page = render(config, &summary, &seen, opts);
     std::fs::write(out, page).map_err(|source| ReportError::Write {
@@ -348,6 +351,8 @@ struct Panel {
     drifts: Marks,
     warnings: Marks,
     jobs: Marks,
+    /// Probation verdicts, their number the retrain's job.
+    verdicts: Marks,
     first_ts: f64,
     last_ts: f64,
 }
@@ -358,6 +363,8 @@ struct Marks {
     /// (index, nth, number): the event's line, its place in the model, the job's number.
     at: Vec<(u64, u64, u64)>,
     titles: Vec<String>,
+    /// Verdicts only: each one's outcome (`promoted`, `rolled_back`, `inconclusive`).
+    outcomes: Vec<&'static str>,
 }
 
 impl Marks {
@@ -417,6 +424,7 @@ impl Panel {
             drifts: Marks::default(),
             warnings: Marks::default(),
             jobs: Marks::default(),
+            verdicts: Marks::default(),
             first_ts: f64::NAN,
             last_ts: f64::NAN,
         }
@@ -512,6 +520,48 @@ impl Observer for Collector {
                 when(j.ts),
                 j.reason
             )
+        });
+    }
+
+    fn verdict(&mut self, v: &Judged<'_>) {
+        let Some(p) = self.panels.get_mut(v.row) else {
+            return;
+        };
+        let outcome = v.outcome.as_str();
+        p.verdicts.outcomes.push(outcome);
+        p.verdicts.push(v.index, v.nth, v.job, || {
+            let mut t = format!(
+                "job {} on probation: {outcome} at #{} ({})",
+                v.job,
+                v.index,
+                when(v.ts)
+            );
+            if let Some(c) = v.cause {
+                let _ = write!(t, ", {}", super::cause_str(c));
+            }
+            if v.escalation {
+                t.push_str(", escalated");
+            }
+            match (v.z, v.z_threshold) {
+                (Some(z), Some(c)) => {
+                    let _ = write!(t, "\nz {} against {}", num(z), num(c));
+                }
+                (Some(z), None) => {
+                    let _ = write!(t, "\nz {}", num(z));
+                }
+                _ => {}
+            }
+            for (name, s) in [("baseline", &v.baseline), ("candidate", &v.candidate)] {
+                let _ = write!(
+                    t,
+                    "\n{name} {}: n {}, mean {}, std {}",
+                    v.metric,
+                    s.n,
+                    num(s.mean),
+                    num(s.std())
+                );
+            }
+            t
         });
     }
 }

@@ -498,3 +498,148 @@ fn variant_signals(rows: &Value) -> Vec<(String, u64)> {
         })
         .collect()
 }
+
+/// Two models recorded together (issue 19, item 5), one event each per minute: accuracy 0.93
+/// for 200 events, one drop to 0.5 (a fine-tune each: jobs 1 and 2, done at once), then
+/// 0.95 for `good` and 0.80 for `bad`; `[models.probation]` judges 50 values after a warm-up
+/// of 2, looking from 10.
+pub fn probation_fixture(sb: &Sandbox) -> (PathBuf, PathBuf) {
+    let noise = |i: usize| ((i * 7) % 11) as f64 * 0.002 - 0.01;
+    let mut lines = Vec::new();
+    for i in 0..300 {
+        for (model, after) in [("good", 0.95), ("bad", 0.80)] {
+            let accuracy = match i {
+                0..200 => 0.93 + noise(i),
+                200 => 0.5,
+                _ => after + noise(i),
+            };
+            lines.push(
+                json!({"model_id": model, "accuracy": accuracy, "ts": 1_800_000_000 + i * 60})
+                    .to_string(),
+            );
+        }
+    }
+    let events = sb.write("events.jsonl", &(lines.join("\n") + "\n"));
+    let config = sb.write(
+        "config.toml",
+        r#"[hooks]
+fine_tune = { command = ["/bin/true"], timeout_s = 60 }
+cooldown_s = 0
+
+[[models]]
+match = "*"
+warmup_events = 2
+
+[[models.policies]]
+name = "floor"
+kind = "static_threshold"
+min_accuracy = 0.7
+
+[models.probation]
+metric = "accuracy"
+events = 50
+min_events = 10
+"#,
+    );
+    (events, config)
+}
+
+/// `--simulate` prints a line per probation verdict among the job lines, in input order:
+/// `bad` (line 2i + 1) is rolled back at the first look, its 10th candidate value (the retrain
+/// ends at its event 201, 202 is the warm-up's second: event 212, line 425), `good` (line 2i)
+/// promoted at its 50th (event 252, line 504). `--summary --json` counts them per policy.
+#[test]
+fn simulate_prints_a_line_per_probation_verdict() {
+    let sb = Sandbox::new();
+    let (events, config) = probation_fixture(&sb);
+    let (ev, cfg) = (events.to_str().unwrap(), config.to_str().unwrap());
+    let out = run_ok(&sb, &["backtest", "--config", cfg, "--simulate", ev]);
+    let lines = json_values(&out);
+    let brief: Vec<(u64, &str, &str)> = lines
+        .iter()
+        .map(|l| {
+            let what = l
+                .get("probation")
+                .or_else(|| l.get("action"))
+                .and_then(Value::as_str)
+                .unwrap();
+            (
+                l["index"].as_u64().unwrap(),
+                l["model_id"].as_str().unwrap(),
+                what,
+            )
+        })
+        .collect();
+    assert_eq!(
+        brief,
+        [
+            (400, "good", "fine_tune"),
+            (401, "bad", "fine_tune"),
+            (425, "bad", "rolled_back"),
+            (504, "good", "promoted"),
+        ],
+        "{out}"
+    );
+    let bad = &lines[2];
+    assert_eq!(bad["cause"], "degraded", "{bad}");
+    assert_eq!(bad["job"], 2, "{bad}");
+    assert_eq!(bad["policy"], "floor", "{bad}");
+    assert_eq!(bad["metric"], "accuracy", "{bad}");
+    assert_eq!(bad["candidate"]["n"], 10, "{bad}");
+    assert_eq!(bad["baseline"]["n"], 50, "{bad}");
+    assert!(
+        bad["z"].as_f64().unwrap() > bad["z_threshold"].as_f64().unwrap(),
+        "{bad}"
+    );
+    let good = &lines[3];
+    assert_eq!(good["cause"], Value::Null, "{good}");
+    assert_eq!(good["job"], 1, "{good}");
+    assert_eq!(good["candidate"]["n"], 50, "{good}");
+    assert!(
+        good["z"].as_f64().unwrap() <= good["z_threshold"].as_f64().unwrap(),
+        "{good}"
+    );
+    for l in [bad, good] {
+        for side in ["baseline", "candidate"] {
+            for k in ["n", "mean", "std"] {
+                assert!(l[side][k].is_number(), "{side}.{k}: {l}");
+            }
+        }
+    }
+
+    let rows: Value = serde_json::from_str(&run_ok(
+        &sb,
+        &[
+            "backtest",
+            "--config",
+            cfg,
+            "--simulate",
+            "--summary",
+            "--json",
+            ev,
+        ],
+    ))
+    .unwrap();
+    let counts: Vec<(&str, &Value)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["model_id"].as_str().unwrap(), &r["probation"]))
+        .collect();
+    assert_eq!(
+        counts,
+        [
+            (
+                "good",
+                &json!({"promoted": 1, "rolled_back": 0, "inconclusive": 0})
+            ),
+            (
+                "bad",
+                &json!({"promoted": 0, "rolled_back": 1, "inconclusive": 0})
+            ),
+        ]
+    );
+    // Without --simulate nothing is judged: the plain lines are the signals.
+    let plain = run_ok(&sb, &["backtest", "--config", cfg, ev]);
+    assert!(!plain.contains("probation"), "{plain}");
+}

@@ -514,3 +514,103 @@ fn a_report_from_standard_input_is_the_report_from_the_file() {
     );
     assert!(from_file == from_stdin, "the pages differ");
 }
+
+/// Probation verdicts (issue 19, item 5) on the timeline: one mark per verdict line
+/// `--simulate` prints, in the figure of the policy whose decision started the retrain, its
+/// class the outcome (the colour); the legend names them and the summary table counts them as
+/// `--summary --json` does.
+#[test]
+fn report_in_chromium_has_a_mark_per_probation_verdict() {
+    let sb = Sandbox::new();
+    let (events, config) = crate::backtest::probation_fixture(&sb);
+    let (ev, cfg) = (events.to_str().unwrap(), config.to_str().unwrap());
+    let page = sb.path("report.html");
+    run_ok(
+        &sb,
+        &[
+            "backtest",
+            "--config",
+            cfg,
+            "--report",
+            page.to_str().unwrap(),
+            ev,
+        ],
+    );
+    let mut verdicts: Vec<(String, String, String, String, String)> = Vec::new();
+    for l in json_values(&run_ok(
+        &sb,
+        &["backtest", "--config", cfg, "--simulate", ev],
+    )) {
+        if let Some(outcome) = l.get("probation") {
+            verdicts.push((
+                l["model_id"].as_str().unwrap().to_owned(),
+                l["policy"].as_str().unwrap().to_owned(),
+                l["index"].to_string(),
+                outcome.as_str().unwrap().to_owned(),
+                l["job"].to_string(),
+            ));
+        }
+    }
+    assert_eq!(verdicts.len(), 2, "{verdicts:?}");
+    let rows: Value = serde_json::from_str(&run_ok(
+        &sb,
+        &[
+            "backtest",
+            "--config",
+            cfg,
+            "--simulate",
+            "--summary",
+            "--json",
+            ev,
+        ],
+    ))
+    .unwrap();
+
+    let dom = stdout(&chromium(&sb, &["--dump-dom"], &page));
+    assert!(
+        dom.contains("one per probation verdict"),
+        "the legend: {dom}"
+    );
+    let mut seen = Vec::new();
+    for section in chunks(&dom, "<section class=\"model\"") {
+        let model = attr(section, "data-model-id").unwrap();
+        for fig in chunks(section, "<figure class=\"policy\"") {
+            let policy = attr(fig, "data-policy").unwrap();
+            for mark in chunks(group(fig, "verdicts"), "<path ") {
+                let mark = &format!("<path {mark}");
+                let outcome = attr(mark, "data-probation").unwrap();
+                assert_eq!(attr(mark, "class"), Some(outcome), "{mark}");
+                seen.push((
+                    model.to_owned(),
+                    policy.to_owned(),
+                    attr(mark, "data-verdict-index").unwrap().to_owned(),
+                    outcome.to_owned(),
+                    attr(mark, "data-job").unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    seen.sort();
+    verdicts.sort();
+    assert_eq!(seen, verdicts, "one mark per verdict line");
+
+    let table = &dom[dom.find("<table class=\"summary\"").unwrap()..];
+    let table = &table[..table.find("</table>").unwrap()];
+    let cells = chunks(table, "<td class=\"probation\"");
+    let rows = rows.as_array().unwrap();
+    assert_eq!(cells.len(), rows.len());
+    for (cell, row) in cells.iter().zip(rows) {
+        let cell = &format!("<td class=\"probation\"{cell}");
+        for (key, field) in [
+            ("data-promoted", "promoted"),
+            ("data-rolled-back", "rolled_back"),
+            ("data-inconclusive", "inconclusive"),
+        ] {
+            assert_eq!(
+                attr(cell, key),
+                Some(row["probation"][field].to_string().as_str()),
+                "{cell} against {row}"
+            );
+        }
+    }
+}

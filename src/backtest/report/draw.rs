@@ -9,8 +9,9 @@ pub(super) const WIDTH: u32 = LEFT + COLUMNS + 16;
 pub(super) const LANE_DRIFT: u32 = 4;
 pub(super) const LANE_WARNING: u32 = 18;
 pub(super) const LANE_JOB: u32 = 32;
+pub(super) const LANE_VERDICT: u32 = 46;
 pub(super) const LANE_H: u32 = 10;
-pub(super) const PLOT_TOP: u32 = 60;
+pub(super) const PLOT_TOP: u32 = 74;
 pub(super) const PLOT_H: u32 = 120;
 pub(super) const PLOT_GAP: u32 = 26;
 pub(super) const AXIS_H: u32 = 34;
@@ -23,7 +24,7 @@ p.meta,p.how{color:#555;margin:4px 0}code{font-size:13px}\
 table.summary{border-collapse:collapse;font-size:13px;margin:14px 0}\
 table.summary th,table.summary td{padding:3px 8px;border-bottom:1px solid #e4e4e4;text-align:left;\
 vertical-align:top}\
-table.summary th{background:#f3f3f3;white-space:nowrap}td.n{text-align:right;font-variant-numeric:tabular-nums}td.first_signal{white-space:nowrap}\
+table.summary th{background:#f3f3f3}td.n{text-align:right;font-variant-numeric:tabular-nums}td.first_signal{white-space:nowrap}\
 figure{margin:10px 0 18px}figcaption{font-size:13px;color:#333;margin-bottom:2px}\
 svg{display:block;max-width:100%;height:auto}\
 svg text{font:10px system-ui,sans-serif;fill:#555}\
@@ -33,6 +34,8 @@ svg text{font:10px system-ui,sans-serif;fill:#555}\
 .threshold,.bound{fill:none;stroke:#ee7733;stroke-width:1.3;stroke-dasharray:5 3}\
 .drift path{stroke:#cc3311;stroke-width:1.5}.warning path{stroke:#ddaa33;stroke-width:1.5}\
 .jobs path{stroke:#0077bb;stroke-width:1.5;stroke-opacity:.55}\
+.verdicts path{stroke-width:2.5}.verdicts .promoted{stroke:#009988}\
+.verdicts .rolled_back{stroke:#ee3377}.verdicts .inconclusive{stroke:#999}\
 .key{display:inline-block;width:14px;height:3px;vertical-align:middle;margin:0 4px 0 12px}";
 
 pub(super) fn render(
@@ -86,7 +89,11 @@ pub(super) fn render(
          <span class=\"key\" style=\"background:#0077bb\"></span>the daemon would have \
          started (<code>--simulate</code>: warm-up, one decision per action per batch, \
          cooldown, budget, loop guard; a job is assumed to succeed, then \
-         <code>reset_on_retrain</code> applies). Hover a mark for its reason. Lines, from the \
+         <code>reset_on_retrain</code> applies), and one per probation verdict on a retrain \
+         (<code>[models.probation]</code>: \
+         <span class=\"key\" style=\"background:#009988\"></span>promoted, \
+         <span class=\"key\" style=\"background:#ee3377\"></span>rolled back, \
+         <span class=\"key\" style=\"background:#999\"></span>inconclusive). Hover a mark for its reason. Lines, from the \
          plain replay (no job resets them): \
          <span class=\"key\" style=\"background:#4477aa\"></span>the metric, \
          <span class=\"key\" style=\"background:#228833\"></span>what the policy compares, \
@@ -129,7 +136,7 @@ pub(super) fn summary_table(h: &mut String, summary: &Summary) {
     h.push_str(
         "<table class=\"summary\"><thead><tr><th>model</th><th>policy</th><th>kind</th>\
          <th>events</th><th>signals</th><th>warnings</th><th>jobs</th><th>first signal</th>\
-         <th>per 10k</th><th>decisions not run</th></tr></thead><tbody>\n",
+         <th>per 10k</th><th>decisions not run</th><th>probation</th></tr></thead><tbody>\n",
     );
     let mut model_no = 0usize;
     for (k, r) in summary.rows.iter().enumerate() {
@@ -144,6 +151,33 @@ pub(super) fn summary_table(h: &mut String, summary: &Summary) {
             None => "<td class=\"first_signal\">-</td>".to_owned(),
         };
         let held: Vec<String> = r.held.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        // The verdicts on the retrains this policy started, one outcome a line.
+        let probation = match r.probation {
+            Some(v) => {
+                let text: Vec<String> = [
+                    ("promoted", v.promoted),
+                    ("rolled&nbsp;back", v.rolled_back),
+                    ("inconclusive", v.inconclusive),
+                ]
+                .into_iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(k, n)| format!("{k}&nbsp;{n}"))
+                .collect();
+                format!(
+                    "<td class=\"probation\" data-promoted=\"{p}\" data-rolled-back=\"{b}\" \
+                     data-inconclusive=\"{i}\">{text}</td>",
+                    p = v.promoted,
+                    b = v.rolled_back,
+                    i = v.inconclusive,
+                    text = if text.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        text.join("<br>")
+                    },
+                )
+            }
+            None => "<td class=\"probation\">-</td>".to_owned(),
+        };
         let _ = writeln!(
             h,
             "<tr data-model-id=\"{id}\" data-policy=\"{policy}\">\
@@ -151,7 +185,7 @@ pub(super) fn summary_table(h: &mut String, summary: &Summary) {
              <td class=\"policy\">{policy}</td><td class=\"kind\">{kind}</td>\
              <td class=\"n events\">{events}</td><td class=\"n signals\">{signals}</td>\
              <td class=\"n warnings\">{warnings}</td><td class=\"n jobs\">{jobs}</td>{first}\
-             <td class=\"n per_10k\">{per}</td><td class=\"held\">{held}</td></tr>",
+             <td class=\"n per_10k\">{per}</td><td class=\"held\">{held}</td>{probation}</tr>",
             id = html(&r.model_id),
             policy = html(&r.policy),
             kind = r.kind,
@@ -326,6 +360,7 @@ pub(super) fn panel(h: &mut String, row: &crate::backtest::Row, p: &Panel) {
         (LANE_DRIFT, "drift"),
         (LANE_WARNING, "warning"),
         (LANE_JOB, "jobs"),
+        (LANE_VERDICT, "probation"),
     ] {
         let _ = write!(
             h,
@@ -439,12 +474,23 @@ pub(super) fn panel(h: &mut String, row: &crate::backtest::Row, p: &Panel) {
         Some(bottom),
         &policy,
     );
+    marks(
+        h,
+        "verdicts",
+        "verdict",
+        &p.verdicts,
+        n,
+        LANE_VERDICT,
+        None,
+        &policy,
+    );
     h.push_str("</svg></figure>\n");
 }
 
 /// One path per mark, at its event's column: a tick in its lane, or (jobs) from its lane down
 /// through the plots. Signals carry `data-signal-index` (the line's `index`), jobs
-/// `data-job-index` (the line's `job`) and `data-index`.
+/// `data-job-index` (the line's `job`) and `data-index`, verdicts `data-verdict-index` (the
+/// line's `index`), `data-probation` (its outcome, also the class) and `data-job`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn marks(
     h: &mut String,
@@ -469,6 +515,13 @@ pub(super) fn marks(
                 "<path d=\"M{x} {lane}v{LANE_H}\" data-{what}-index=\"{index}\""
             ),
         };
+        // A verdict: coloured by its outcome, and the retrain's job.
+        if let Some(outcome) = m.outcomes.get(k) {
+            let _ = write!(
+                h,
+                " class=\"{outcome}\" data-probation=\"{outcome}\" data-job=\"{number}\""
+            );
+        }
         match m.title(k) {
             Some(t) => {
                 let _ = write!(h, "><title>{}</title></path>", html(t));
