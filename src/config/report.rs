@@ -11,11 +11,20 @@ impl Config {
     pub fn warnings(&self) -> Vec<KeyError> {
         // Deprecated forms found while loading come first.
         let mut out = self.warnings.clone();
-        if self.hooks.promote.is_some() {
+        let probations = self.models.iter().any(|r| r.probation.is_some());
+        if self.hooks.promote.is_some() && !probations {
             out.push(KeyError::new(
                 "hooks.promote".to_owned(),
-                "this build runs no probation yet, so the promote hook never runs (it is kept for when it does; `visutility rollback` works without it)".to_owned(),
+                "no model rule has a [models.probation], so the promote hook never runs (`visutility rollback` works without one)".to_owned(),
             ));
+        }
+        for (i, rule) in self.models.iter().enumerate() {
+            if rule.probation.is_some() && self.hooks.rollback.is_none() {
+                out.push(KeyError::new(
+                    format!("models[{i}].probation"),
+                    "no [hooks] rollback: a retrain that fails its probation is recorded as rolled back and escalated, and nothing undoes it".to_owned(),
+                ));
+            }
         }
         for (j, rule) in self.models.iter().enumerate() {
             let earlier = self.models[..j].iter().enumerate();
@@ -132,6 +141,24 @@ impl Config {
                 names.join(", ")
             };
             s.push_str(&format!("models {:?}: {names}\n", rule.pattern));
+            if let Some(p) = &rule.probation {
+                s.push_str(&format!(
+                    "models {:?}: probation on {} ({} better), {} values after each retrain, baseline {}, confidence {}, tolerance {}\n",
+                    rule.pattern,
+                    p.metric,
+                    match p.rule.direction {
+                        crate::probation::Direction::Higher => "higher",
+                        crate::probation::Direction::Lower => "lower",
+                    },
+                    p.rule.events,
+                    match p.baseline {
+                        super::BaselineKind::BeforeDecision => "before_decision",
+                        super::BaselineKind::LastPromoted => "last_promoted",
+                    },
+                    p.rule.confidence,
+                    p.rule.tolerance,
+                ));
+            }
         }
         s
     }

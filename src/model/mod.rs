@@ -382,7 +382,7 @@ impl ModelActor {
             });
         }
         if on_probation && !self.record.probation.on_probation() {
-            self.report_verdict();
+            self.report_verdict(true);
         }
         self.log(first_seq, batch);
         Ok(())

@@ -72,8 +72,9 @@ impl ModelActor {
         })
     }
 
-    /// Sends the verdict the model's probation holds, if it holds one.
-    pub(super) fn report_verdict(&self) {
+    /// Sends the verdict the model's probation holds, if it holds one (`fresh`: reached just
+    /// now, not found again at a load).
+    pub(super) fn report_verdict(&self, fresh: bool) {
         let (Some(spec), Some(p)) = (self.probation_spec(), &self.record.probation.current) else {
             return;
         };
@@ -83,7 +84,11 @@ impl ModelActor {
         let escalate = p.state == State::Inconclusive
             && p.cause == Some(Cause::Inconclusive)
             && spec.on_inconclusive == OnInconclusive::Escalate;
-        tracing::info!(model_id = %self.id, job_id = p.job_id, probation = p.state.as_str(), cause = ?p.cause, z = ?p.z, z_threshold = ?p.z_threshold, candidate_n = p.candidate.n, "probation verdict");
+        if fresh {
+            tracing::info!(model_id = %self.id, job_id = p.job_id, probation = p.state.as_str(), cause = ?p.cause.map(Cause::as_str), z = ?p.z, z_threshold = ?p.z_threshold, candidate_n = p.candidate.n, "probation verdict");
+        } else {
+            tracing::debug!(model_id = %self.id, job_id = p.job_id, probation = p.state.as_str(), "the model's probation verdict, reported again at load");
+        }
         self.verdicts.do_send(ProbationVerdict {
             model_id: self.id.clone(),
             metric: spec.metric.clone(),
@@ -99,7 +104,7 @@ impl ModelActor {
         if !self.loaded {
             return;
         }
-        self.report_verdict();
+        self.report_verdict(false);
         self.arm_max_wait(ctx);
     }
 
@@ -149,7 +154,7 @@ impl ModelActor {
         p.end(&spec.rule, state, Some(Cause::Inconclusive), clock::wall());
         tracing::warn!(model_id = %self.id, job_id, candidate_n = p.candidate.n, events = spec.rule.events, max_wait_s = spec.max_wait_s, on_inconclusive = spec.on_inconclusive.as_str(), "probation ran out of time before its sample was complete");
         self.persist_now();
-        self.report_verdict();
+        self.report_verdict(true);
     }
 
     /// A checkpoint now: the probation changed without an event the log could replay.
@@ -232,7 +237,7 @@ impl Handler<StartProbation> for ModelActor {
                 p.end(&spec.rule, State::Inconclusive, None, msg.at);
             }
             self.persist_now();
-            self.report_verdict();
+            self.report_verdict(true);
             return;
         }
         tracing::info!(model_id = %self.id, job_id = msg.job_id, metric = %spec.metric, baseline_n = baseline.n, baseline_mean = baseline.mean, events = spec.rule.events, "probation started");

@@ -156,7 +156,8 @@ fn without_a_rollback_hook_the_rollback_is_recorded_and_escalated() {
 }
 
 #[test]
-fn check_config_accepts_the_rollback_and_promote_hooks_and_says_promote_does_not_run_yet() {
+fn check_config_accepts_the_rollback_and_promote_hooks_and_says_promote_never_runs_without_a_probation()
+ {
     let sb = Sandbox::new();
     let hook = sb.write_script("h", "#!/bin/sh\nexit 0\n");
     let cfg = sb.write(
