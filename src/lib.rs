@@ -31,13 +31,17 @@
 //!   queue, retries, trigger limit) in [`command::scheduler`]; the hook's stdin typed in
 //!   [`command::input`]; each model's decision log (what `explain` shows, coalesced against
 //!   flash wear) in [`command::decision_log`]. It knows nothing of model actors: the daemon
-//!   wires a callback for "retrain succeeded" and the registry's models send it
-//!   [`command::Decision`]s, so the module graph has no cycle (`model` uses `command`, never
-//!   the reverse).
-//!   Receipts and the operator's rollback are in [`command::rollback`].
+//!   wires a callback for its news to a model ([`command::ModelNotice`]: a retrain succeeded,
+//!   a rollback succeeded, an operator ended a probation) and the registry's models send it
+//!   [`command::Decision`]s and probation verdicts, so the module graph has no cycle (`model`
+//!   uses `command`, never the reverse).
+//!   Receipts and rollbacks are in [`command::rollback`]; each retrain's probation record,
+//!   the verdicts acted on once, and `promote` in `command::probation`.
 //! - [`probation`]: the rule that judges a retrain by the metric after it (a group-sequential
-//!   test with O'Brien-Fleming-type boundaries) and a probation's state, as plain code; the
-//!   daemon does not run probations yet.
+//!   test with O'Brien-Fleming-type boundaries), a probation's state and a model's
+//!   ([`probation::ModelProbation`]: the metric's recent values, the running probation), as
+//!   plain code. The model watches the metric in [`model::advance`] (so the replay at load
+//!   resumes a probation exactly) and reports verdicts from `model::verdicts`.
 //! - [`clock`]: the wall clock (dates) and the boot clock (every duration), and the rule that
 //!   a persisted deadline is clamped to its configured length at load.
 //! - [`control`]: the operator's control socket behind `status`, `models`, `history`, ...

@@ -848,4 +848,79 @@ mod tests {
         }
         assert!((inv_phi(0.95) - 1.6448536269514722).abs() < 1e-12);
     }
+
+    #[test]
+    fn a_models_probation_keeps_its_last_values_and_judges_after_the_warm_up() {
+        let spec = RuleSpec {
+            events: 40,
+            min_events: 10,
+            ..spec()
+        };
+        let mut m = ModelProbation::default();
+        for i in 0..100 {
+            assert!(!m.observe(&spec, if i % 10 == 0 { 0.0 } else { 1.0 }, i as f64));
+        }
+        // The last `events` values, and the first `events` as the baseline before any promotion.
+        assert_eq!(m.recent.len(), 40);
+        assert_eq!(m.last_promoted.unwrap().n, 40);
+        assert!(
+            !m.observe(&spec, f64::NAN, 100.0),
+            "a non-finite value is not a value"
+        );
+        assert_eq!(m.recent.len(), 40);
+        let baseline = m.recent_sample();
+        assert!((baseline.mean - 0.9).abs() < 1e-12);
+        m.start(7, baseline, 5, 100.0);
+        assert!(m.on_probation());
+        // Five values of warm-up count for nothing; then a candidate as good as the baseline
+        // is promoted at exactly `events` values.
+        let mut ended_at = None;
+        for i in 0..200 {
+            if m.observe(&spec, if i % 10 == 0 { 0.0 } else { 1.0 }, 200.0 + i as f64) {
+                ended_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(ended_at, Some(5 + 40 - 1));
+        let p = m.current.as_ref().unwrap();
+        assert_eq!((p.state, p.candidate.n), (State::Promoted, 40));
+        assert_eq!(p.decided_at, Some(244.0));
+        assert_eq!(m.last_promoted, Some(p.candidate));
+        assert!(!m.on_probation());
+    }
+
+    #[test]
+    fn a_models_probation_rolls_back_a_gross_drop_at_an_early_look() {
+        let spec = RuleSpec {
+            events: 100,
+            min_events: 10,
+            ..spec()
+        };
+        let mut m = ModelProbation::default();
+        for i in 0..100 {
+            m.observe(&spec, if i % 10 == 0 { 0.0 } else { 1.0 }, 0.0);
+        }
+        m.start(1, m.recent_sample(), 0, 0.0);
+        let mut n = 0;
+        while !m.observe(&spec, if n % 2 == 0 { 0.0 } else { 1.0 }, 1.0) {
+            n += 1;
+            assert!(n < 100, "no verdict");
+        }
+        let p = m.current.as_ref().unwrap();
+        assert_eq!(
+            (p.state, p.cause),
+            (State::RolledBack, Some(Cause::Degraded))
+        );
+        // At the first look (10 values, z about 2.4) the boundary (about 4.4) holds; at the
+        // second (20 values, z about 3.4) it does not (about 3.2).
+        assert_eq!(p.candidate.n, 20, "the second look");
+        assert!(p.z.unwrap() > p.z_threshold.unwrap());
+        // Ending again changes nothing: a verdict is given once.
+        let before = p.clone();
+        m.current
+            .as_mut()
+            .unwrap()
+            .end(&spec, State::Promoted, Some(Cause::Manual), 9.0);
+        assert_eq!(m.current.as_ref().unwrap(), &before);
+    }
 }

@@ -396,6 +396,87 @@ action = "full"
         assert_eq!((p.name.as_str(), p.metric.as_str()), ("errors", "error"));
     }
 
+    #[test]
+    fn the_contracts_probation_table_is_valid_and_defaults_follow_the_metric() {
+        let text = r#"
+[hooks]
+rollback = { command = ["/opt/ml/bin/rollback"], timeout_s = 600 }
+promote  = { command = ["/opt/ml/bin/promote"],  timeout_s = 60 }
+
+[[models]]
+match = "fraud-*"
+[models.probation]
+metric = "accuracy"
+direction = "higher"
+events = 2000
+min_events = 100
+baseline = "before_decision"
+tolerance = 0.0
+confidence = 0.95
+fail_fast = true
+max_wait_s = 86400
+on_inconclusive = "keep"
+
+[[models]]
+match = "churn-*"
+[models.probation]
+metric = "drift_score"
+baseline = "last_promoted"
+on_inconclusive = "escalate"
+"#;
+        let c = Config::from_toml(text, &env()).unwrap();
+        let p = c.models[0].probation.as_ref().unwrap();
+        assert_eq!(p.metric, "accuracy");
+        assert_eq!(p.rule.direction, crate::probation::Direction::Higher);
+        assert_eq!((p.rule.events, p.rule.min_events), (2000, 100));
+        assert_eq!(p.rule.confidence, 0.95);
+        assert!(p.fail_fast);
+        assert_eq!(p.max_wait_s, 86_400);
+        assert_eq!(p.on_inconclusive, OnInconclusive::Keep);
+        let q = c.models[1].probation.as_ref().unwrap();
+        // A drift score is better lower; the defaults are the contract's.
+        assert_eq!(q.rule.direction, crate::probation::Direction::Lower);
+        assert_eq!((q.rule.events, q.rule.min_events), (2000, 100));
+        assert_eq!(q.baseline, BaselineKind::LastPromoted);
+        assert_eq!(q.on_inconclusive, OnInconclusive::Escalate);
+        assert!(c.models.iter().all(|r| r.policies.is_empty()));
+    }
+
+    #[test]
+    fn a_bad_probation_table_names_each_key() {
+        let errors = errors_of(
+            r#"
+[[models]]
+[models.probation]
+metric = "latency_ms"
+events = 50
+min_events = 80
+baseline = "yesterday"
+confidence = 2.0
+on_inconclusive = "panic"
+colour = "red"
+"#,
+        );
+        let text = errors.join("\n");
+        for key in [
+            "models[0].probation.direction",
+            "models[0].probation.min_events",
+            "models[0].probation.baseline",
+            "models[0].probation.confidence",
+            "models[0].probation.on_inconclusive",
+            "models[0].probation.colour",
+        ] {
+            assert!(text.contains(key), "{key} missing in:\n{text}");
+        }
+        let missing = errors_of("[[models]]\n[models.probation]\nevents = 10\n");
+        assert!(
+            missing
+                .iter()
+                .any(|e| e.contains("models[0].probation.metric")),
+            "{missing:?}"
+        );
+    }
+
     /// Issue 12.6: a TOML syntax error is one line with its line and column.
     #[test]
     fn toml_syntax_errors_are_one_line() {
