@@ -130,9 +130,10 @@ pub enum ModelNotice<'a> {
         job_id: u64,
         baseline: Option<crate::probation::Sample>,
         at: f64,
-        /// Sent again at start for a probation the journal holds: the model resumes it (or
-        /// starts it, if a power cut took its start), and nothing resets without a probation.
-        resume: bool,
+        /// Only for the probation: nothing resets when the model's rule has none. For a
+        /// probation the journal holds, sent again at start (the model resumes it, or starts
+        /// it if a power cut took its start), and for a dry run's retrain.
+        probation_only: bool,
     },
     /// A rollback succeeded: the model's policies reset, with warm-up.
     RolledBack { model_id: &'a str },
@@ -573,6 +574,11 @@ impl CommandActor {
             self.journal(&job)?;
             self.count(&job);
             tracing::info!(model_id = %model, job_id, action = %job.action, command = %job.note, "dry run");
+            // As if it had run, again: a retrain's probation is judged (its verdict's rollback
+            // is then recorded as skipped in turn).
+            if job.action.is_retrain() {
+                self.begin_probation(&job, true, now);
+            }
             return Ok(Some(job_id));
         }
         // The runner state (budget, escalation) becomes durable with the job. A job that
@@ -720,6 +726,7 @@ impl Handler<ForgetRunner> for CommandActor {
             })?;
         // The store's copy goes with the model's state (`Store::forget_model`).
         self.log.forget(model);
+        self.probation_forgotten(model);
         Ok(())
     }
 }

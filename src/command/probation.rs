@@ -52,7 +52,7 @@ impl CommandActor {
                 job_id,
                 baseline: r.baseline,
                 at: r.started_at.unwrap_or(now.wall),
-                resume: true,
+                probation_only: true,
             });
             if begun.is_some() {
                 if let Some(old) = self.on_probation.insert(r.model_id.clone(), job_id) {
@@ -93,8 +93,9 @@ impl CommandActor {
     }
 
     /// Retrain `job` succeeded (before its success is journaled): the model hears of it, and
-    /// its probation begins when its rule has one.
-    pub(super) fn begin_probation(&mut self, job: &Job, now: Now) {
+    /// its probation begins when its rule has one. `probation_only`: a dry run's retrain,
+    /// which only a probation hears of.
+    pub(super) fn begin_probation(&mut self, job: &Job, probation_only: bool, now: Now) {
         let pending = self.store.probation(job.job_id).ok().flatten();
         let baseline = pending.as_ref().and_then(|p| p.baseline);
         let Some(begun) = (self.on_retrained)(ModelNotice::Retrained {
@@ -102,7 +103,7 @@ impl CommandActor {
             job_id: job.job_id,
             baseline,
             at: now.wall,
-            resume: false,
+            probation_only,
         }) else {
             return;
         };
@@ -148,6 +149,19 @@ impl CommandActor {
         }
         self.count_probation(state);
         tracing::info!(model_id = %r.model_id, job_id, probation = state.as_str(), "probation ended");
+    }
+
+    /// `forget`: a probation of the model ends with its state (inconclusive: nothing judged
+    /// it), and no verdict will come.
+    pub(super) fn probation_forgotten(&mut self, model: &str) {
+        if let Some(job_id) = self.on_probation.remove(model) {
+            self.close(
+                job_id,
+                ProbationState::Inconclusive,
+                None,
+                crate::clock::wall(),
+            );
+        }
     }
 
     fn count_probation(&mut self, state: ProbationState) {
@@ -213,8 +227,10 @@ impl CommandActor {
             followed_by: None,
         });
         r.state = state;
-        r.metric = v.metric.clone();
-        r.tolerance = v.tolerance;
+        if !v.metric.is_empty() {
+            r.metric = v.metric.clone();
+            r.tolerance = v.tolerance;
+        }
         r.baseline = Some(p.baseline);
         r.candidate = Some(p.candidate);
         r.z = p.z;

@@ -214,7 +214,7 @@ impl CommandActor {
                 // The reset is queued to the model before the success is visible, so events
                 // sent after an operator sees it meet fresh policies.
                 if job.action.is_retrain() {
-                    self.begin_probation(&job, now);
+                    self.begin_probation(&job, false, now);
                 } else if job.action == Action::Rollback {
                     (self.on_retrained)(super::ModelNotice::RolledBack { model_id: &model });
                 }

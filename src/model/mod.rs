@@ -791,6 +791,7 @@ impl Handler<Reconfigure> for ModelActor {
             specs,
             std::mem::take(&mut self.record.policies),
         );
+        self.probation_rule_checked();
         // A checkpoint now, so no replay applies events logged under the old rule with the
         // new one.
         if let Err(error) = self.fold() {

@@ -194,13 +194,13 @@ impl Registry {
                 job_id,
                 baseline,
                 at,
-                resume,
+                probation_only,
             } => {
                 let rule = self.rule_for(model_id)?;
                 let reset = rule.reset_on_retrain;
                 let Some(spec) = &rule.probation else {
                     if reset
-                        && !resume
+                        && !probation_only
                         && let Some(addr) = self.get(model_id)
                     {
                         addr.do_send(super::ResetPolicies { warmup: true });

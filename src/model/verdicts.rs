@@ -75,15 +75,16 @@ impl ModelActor {
     /// Sends the verdict the model's probation holds, if it holds one (`fresh`: reached just
     /// now, not found again at a load).
     pub(super) fn report_verdict(&self, fresh: bool) {
-        let (Some(spec), Some(p)) = (self.probation_spec(), &self.record.probation.current) else {
+        let Some(p) = &self.record.probation.current else {
             return;
         };
         if p.state == State::OnProbation {
             return;
         }
+        let spec = self.probation_spec();
         let escalate = p.state == State::Inconclusive
             && p.cause == Some(Cause::Inconclusive)
-            && spec.on_inconclusive == OnInconclusive::Escalate;
+            && spec.is_some_and(|s| s.on_inconclusive == OnInconclusive::Escalate);
         if fresh {
             tracing::info!(model_id = %self.id, job_id = p.job_id, probation = p.state.as_str(), cause = ?p.cause.map(Cause::as_str), z = ?p.z, z_threshold = ?p.z_threshold, candidate_n = p.candidate.n, "probation verdict");
         } else {
@@ -91,8 +92,9 @@ impl ModelActor {
         }
         self.verdicts.do_send(ProbationVerdict {
             model_id: self.id.clone(),
-            metric: spec.metric.clone(),
-            tolerance: spec.rule.tolerance,
+            // Empty when the rule lost its probation: the runner keeps what it recorded.
+            metric: spec.map(|s| s.metric.clone()).unwrap_or_default(),
+            tolerance: spec.map_or(0.0, |s| s.rule.tolerance),
             probation: p.clone(),
             escalate,
         });
@@ -105,7 +107,23 @@ impl ModelActor {
             return;
         }
         self.report_verdict(false);
+        self.probation_rule_checked();
         self.arm_max_wait(ctx);
+    }
+
+    /// A probation running under a rule that has none any more (a reload took it away) ends
+    /// `inconclusive`: nothing would ever judge it.
+    pub(super) fn probation_rule_checked(&mut self) {
+        if self.probation_spec().is_some() || !self.record.probation.on_probation() {
+            return;
+        }
+        if let Some(p) = self.record.probation.current.as_mut() {
+            p.state = State::Inconclusive;
+            p.decided_at = Some(clock::wall());
+            tracing::warn!(model_id = %self.id, job_id = p.job_id, "the model's rule has no probation any more: its retrain's probation ends inconclusive");
+        }
+        self.persist_now();
+        self.report_verdict(true);
     }
 
     /// One timer for the running probation's `max_wait_s` (what is left of it).
