@@ -1,0 +1,601 @@
+//! Probation end to end (issue 19, "How it is checked"; contract section 7), with the real
+//! binary and real hooks: a retrain that succeeds goes on probation, its accuracy is judged
+//! against the values before the decision, and the verdict runs the rollback hook (with the
+//! receipt and the figures, then the escalate hook once) or the promote hook; `fail_fast`,
+//! `max_wait_s` with each `on_inconclusive`, a failing rollback hook, `visutility promote`,
+//! `models`' progress, the metrics, and a `trigger`'s retrain.
+//!
+//! The accuracy values are a fixed level plus a deterministic noise whose mean over every five
+//! values is zero (std about 0.006), so a drop from 0.93 to 0.85 is far past the first look's
+//! boundary, and 0.95 is never worse.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+/// Candidate values the verdict waits for, and the first look.
+const EVENTS: u64 = 50;
+const MIN_EVENTS: u64 = 10;
+
+/// The `i`th accuracy value around `level`.
+fn acc(level: f64, i: u64) -> f64 {
+    level + 0.004 * ((i * 7) % 5) as f64 - 0.008
+}
+
+/// An event with an accuracy around `level` and a quiet drift score.
+fn acc_event(model: &str, level: f64, i: u64) -> String {
+    json!({"model_id": model, "accuracy": acc(level, i), "drift_score": 0.1}).to_string()
+}
+
+/// An event whose drift score makes the "limits" policy fire (its accuracy around `level`).
+fn firing_event(model: &str, level: f64, i: u64) -> String {
+    json!({"model_id": model, "accuracy": acc(level, i), "drift_score": 0.9}).to_string()
+}
+
+/// `n` accuracy events around `level`, numbered from `from`, pushed in batches of 10 (a flush
+/// after each).
+fn push_acc(d: &Daemon, model: &str, level: f64, from: u64, n: u64) {
+    let lines: Vec<String> = (from..from + n)
+        .map(|i| acc_event(model, level, i))
+        .collect();
+    for batch in lines.chunks(10) {
+        d.push_events(batch);
+    }
+}
+
+/// A retrain hook that writes a receipt naming its job.
+fn receipt_hook(b: &DaemonBuilder) -> String {
+    let script = b.write_script(
+        "retrain",
+        "#!/bin/sh\nset -e\ncat > /dev/null\nprintf '{\"version\": \"v%s\", \"previous\": \"v0\"}' \"$VISUTILITY_JOB_ID\" > \"$VISUTILITY_RECEIPT\"\nexit 0\n",
+    );
+    toml_str(script.display().to_string())
+}
+
+/// The hooks this file's daemons may have.
+struct Hooks {
+    full: String,
+    rollback: Option<Hook>,
+    promote: Option<Hook>,
+    escalate: Hook,
+}
+
+impl Hooks {
+    fn new(b: &DaemonBuilder) -> Hooks {
+        Hooks {
+            full: receipt_hook(b),
+            rollback: Some(b.recording_hook("rollback", 0)),
+            promote: Some(b.recording_hook("promote", 0)),
+            escalate: b.recording_hook("escalate", 0),
+        }
+    }
+
+    fn rollback(&self) -> &Hook {
+        self.rollback.as_ref().unwrap()
+    }
+
+    fn promote(&self) -> &Hook {
+        self.promote.as_ref().unwrap()
+    }
+
+    /// The config: no cooldown (so only probation holds a decision), `hooks_extra` in
+    /// `[hooks]`, a "limits" policy asking for a full retrain at a drift score above 0.5 (never
+    /// on accuracy), `rule_extra` in the rule, and `probation` keys after the common ones.
+    fn config(&self, hooks_extra: &str, rule_extra: &str, probation: &str) -> String {
+        let hook = |name: &str, h: &Option<Hook>| {
+            h.as_ref()
+                .map(|h| {
+                    format!(
+                        "{name} = {{ command = {}, timeout_s = 60 }}\n",
+                        h.command_toml(&[])
+                    )
+                })
+                .unwrap_or_default()
+        };
+        format!(
+            "[hooks]\ncooldown_s = 0\nretries = 0\n{hooks_extra}\n\
+             full = {{ command = [{full}], timeout_s = 60 }}\n{rollback}{promote}\
+             escalate = {{ command = {esc}, timeout_s = 60 }}\n\
+             [[models]]\nmatch = \"*\"\n{rule_extra}\n\
+             [[models.policies]]\nname = \"limits\"\nkind = \"static_threshold\"\nmax_drift = 0.5\nmin_accuracy = 0.0\n\
+             [models.probation]\nmetric = \"accuracy\"\nevents = {EVENTS}\nmin_events = {MIN_EVENTS}\n{probation}\n",
+            full = self.full,
+            rollback = hook("rollback", &self.rollback),
+            promote = hook("promote", &self.promote),
+            esc = self.escalate.command_toml(&[]),
+        )
+    }
+}
+
+/// `EVENTS` values around 0.93, the last one with a drift score that makes the policy decide;
+/// waits until the retrain succeeded and (unless `max_wait_s` may end it first) the model is on
+/// probation. Returns the retrain's job id.
+fn decide_and_retrain(d: &Daemon, model: &str, wait_probation: bool) -> u64 {
+    push_acc(d, model, 0.93, 0, EVENTS - 1);
+    d.push_events(&[firing_event(model, 0.93, EVENTS - 1)]);
+    let job = d.wait_job(Some(model), "the retrain succeeded", |j| {
+        j["action"] == "full" && j["state"] == "succeeded"
+    });
+    let job_id = job["job_id"].as_u64().unwrap();
+    assert_eq!(
+        job["receipt"],
+        json!({"version": format!("v{job_id}"), "previous": "v0"}),
+        "{job}"
+    );
+    if wait_probation {
+        let p = on_probation(d, model);
+        assert_eq!(p["job_id"], job_id, "{p}");
+    }
+    job_id
+}
+
+/// The model's `probation` in `models --json`, once it shows one.
+#[track_caller]
+fn on_probation(d: &Daemon, model: &str) -> Value {
+    d.wait_for(&format!("{model} on probation in models --json"), || {
+        d.model(model)
+            .and_then(|m| m.get("probation").cloned())
+            .filter(Value::is_object)
+    })
+}
+
+/// The retrain job `job_id` in `history --json`.
+fn job_of(d: &Daemon, model: &str, job_id: u64) -> Value {
+    d.history(Some(model))
+        .into_iter()
+        .find(|j| j["job_id"] == job_id)
+        .unwrap_or_else(|| d.fail(format!("job {job_id} not in the history")))
+}
+
+/// Waits until retrain `job_id`'s probation is in `state`; returns the job.
+#[track_caller]
+fn wait_probation_state(d: &Daemon, model: &str, job_id: u64, state: &str) -> Value {
+    d.wait_job(
+        Some(model),
+        &format!("retrain {job_id}'s probation {state}"),
+        |j| j["job_id"] == job_id && j["probation"]["state"] == state,
+    )
+}
+
+/// The jobs of `model` with `action`.
+fn jobs_of(d: &Daemon, model: &str, action: &str) -> Vec<Value> {
+    d.history(Some(model))
+        .into_iter()
+        .filter(|j| j["action"] == action)
+        .collect()
+}
+
+/// A sample's n, mean and std as the hooks and `history --json` show it.
+#[track_caller]
+fn assert_sample(s: &Value, n: u64, mean: f64, what: &str) {
+    assert_eq!(s["n"].as_u64(), Some(n), "{what}: {s}");
+    let m = s["mean"].as_f64().unwrap();
+    assert!(
+        (m - mean).abs() < 1e-3,
+        "{what} mean {m}, expected {mean}: {s}"
+    );
+    let std = s["std"].as_f64().unwrap();
+    assert!(std > 0.001 && std < 0.01, "{what} std {std}: {s}");
+}
+
+/// The value of the sample `name` (with its labels, as printed) in `visutility metrics`.
+fn metric(d: &Daemon, name: &str) -> Option<f64> {
+    let text = d.cli_ok(&["metrics"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn settle() {
+    std::thread::sleep(Duration::from_millis(700));
+}
+
+#[test]
+fn a_degraded_retrain_is_rolled_back_once_with_its_receipt_and_figures_then_escalated() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b.body(h.config("", "", "fail_fast = false")).start();
+
+    let retrain = decide_and_retrain(&d, "m1", true);
+    let p = on_probation(&d, "m1");
+    assert_sample(&p["baseline"], EVENTS, 0.93, "baseline in models");
+    assert_eq!(p["candidate"]["n"], 0, "{p}");
+    assert_eq!(metric(&d, "visutility_models_on_probation"), Some(1.0));
+
+    // Accuracy drops to 0.85: the first look (MIN_EVENTS values) rolls back; more values
+    // after it change nothing.
+    push_acc(&d, "m1", 0.85, 0, 40);
+    let runs = d.wait_runs(h.rollback(), 1);
+    let run = &runs[0];
+    assert_eq!(run.var("VISUTILITY_ACTION"), "rollback");
+    assert_eq!(run.var("VISUTILITY_POLICY"), "probation");
+    let input = &run.input;
+    assert_eq!(input["rollback_of"], retrain, "{}", run.stdin);
+    assert_eq!(
+        input["receipt"],
+        json!({"version": format!("v{retrain}"), "previous": "v0"}),
+        "{}",
+        run.stdin
+    );
+    let fig = &input["probation"];
+    assert_eq!(fig["cause"], "degraded", "{fig}");
+    assert_eq!(fig["metric"], "accuracy", "{fig}");
+    assert_eq!(fig["tolerance"], 0.0, "{fig}");
+    assert_sample(&fig["baseline"], EVENTS, 0.93, "baseline");
+    assert_sample(&fig["candidate"], MIN_EVENTS, 0.85, "candidate");
+    let (z, zt) = (
+        fig["z"].as_f64().unwrap(),
+        fig["z_threshold"].as_f64().unwrap(),
+    );
+    assert!(z > zt && zt > 1.645, "z {z} against {zt}: {fig}");
+
+    let rollback = d.wait_job(Some("m1"), "the rollback succeeded", |j| {
+        j["action"] == "rollback" && j["state"] == "succeeded"
+    });
+    assert_eq!(rollback["rollback_of"], retrain, "{rollback}");
+    let r = wait_probation_state(&d, "m1", retrain, "rolled_back");
+    let rp = &r["probation"];
+    assert_eq!(rp["cause"], "degraded", "{r}");
+    assert_eq!(rp["metric"], "accuracy", "{r}");
+    assert_eq!(rp["followed_by"], rollback["job_id"], "{r}");
+    assert_eq!(rp["candidate"]["n"], MIN_EVENTS, "{r}");
+    assert_eq!(rp["baseline"]["n"], EVENTS, "{r}");
+    assert_eq!(rp["z"], fig["z"], "{r}");
+    assert!(rp["decided_at"].as_f64().unwrap() >= rp["started_at"].as_f64().unwrap());
+
+    let esc = d.wait_runs(&h.escalate, 1);
+    assert_eq!(
+        esc[0].input["escalation"]["cause"], "rollback",
+        "{}",
+        esc[0].stdin
+    );
+
+    // More bad values and a wait: still one rollback, one escalation, no promote.
+    push_acc(&d, "m1", 0.85, 40, 30);
+    settle();
+    assert_eq!(h.rollback().runs().len(), 1);
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+    assert_eq!(h.escalate.runs().len(), 1, "escalated more than once");
+    assert!(h.promote().runs().is_empty());
+    assert_eq!(jobs_of(&d, "m1", "full").len(), 1);
+    assert!(d.model("m1").unwrap()["probation"].is_null());
+
+    // The views: the history's note, explain's entry, the metrics.
+    let table = d.cli_ok(&["history", "m1"]);
+    assert!(
+        table.contains("probation: rolled_back (degraded)"),
+        "{table}"
+    );
+    let explain = d.cli_json(&["explain", "m1"]);
+    let entry = explain
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["policy"] == "probation")
+        .unwrap_or_else(|| d.fail(format!("no probation entry in explain: {explain}")));
+    assert_eq!(entry["action"], "rollback", "{entry}");
+    assert_eq!(
+        entry["reason"],
+        format!("probation of retrain job {retrain}: rolled_back (degraded)"),
+        "{entry}"
+    );
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"rolled_back\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&d, "visutility_models_on_probation"), Some(0.0));
+}
+
+#[test]
+fn a_retrain_that_did_no_harm_is_promoted_and_the_promote_hook_runs_once() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b.body(h.config("", "", "")).start();
+
+    let retrain = decide_and_retrain(&d, "m1", true);
+    // EVENTS - 1 values at 0.95: not yet.
+    push_acc(&d, "m1", 0.95, 0, EVENTS - 1);
+    settle();
+    assert!(h.promote().runs().is_empty(), "promoted early");
+    assert_eq!(on_probation(&d, "m1")["candidate"]["n"], EVENTS - 1);
+    // The last value completes the sample.
+    push_acc(&d, "m1", 0.95, EVENTS - 1, 1);
+    let runs = d.wait_runs(h.promote(), 1);
+    let run = &runs[0];
+    assert_eq!(run.var("VISUTILITY_ACTION"), "promote");
+    assert_eq!(run.input["promote_of"], retrain, "{}", run.stdin);
+    assert_eq!(run.input["receipt"]["version"], format!("v{retrain}"));
+    let fig = &run.input["probation"];
+    assert_sample(&fig["baseline"], EVENTS, 0.93, "baseline");
+    assert_sample(&fig["candidate"], EVENTS, 0.95, "candidate");
+    assert!(fig["z"].as_f64().unwrap() < 0.0, "{fig}");
+
+    let promote = d.wait_job(Some("m1"), "the promote job succeeded", |j| {
+        j["action"] == "promote" && j["state"] == "succeeded"
+    });
+    let r = wait_probation_state(&d, "m1", retrain, "promoted");
+    assert_eq!(r["probation"]["followed_by"], promote["job_id"], "{r}");
+    assert_eq!(r["probation"]["candidate"]["n"], EVENTS, "{r}");
+
+    // Worse values after the verdict judge nothing any more.
+    push_acc(&d, "m1", 0.80, 0, 30);
+    settle();
+    assert_eq!(h.promote().runs().len(), 1);
+    assert!(
+        h.rollback().runs().is_empty(),
+        "rolled back after a promotion"
+    );
+    assert!(jobs_of(&d, "m1", "rollback").is_empty());
+    assert!(h.escalate.runs().is_empty());
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"promoted\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"rolled_back\"}"),
+        Some(0.0)
+    );
+}
+
+#[test]
+fn with_fail_fast_a_policy_firing_during_probation_rolls_back_and_starts_no_retrain() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b.body(h.config("", "", "fail_fast = true")).start();
+
+    let retrain = decide_and_retrain(&d, "m1", true);
+    push_acc(&d, "m1", 0.93, 0, 5);
+    d.push_events(&[firing_event("m1", 0.93, 5)]);
+    let runs = d.wait_runs(h.rollback(), 1);
+    let fig = &runs[0].input["probation"];
+    assert_eq!(runs[0].input["rollback_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(fig["cause"], "policy_fired", "{fig}");
+    // The firing event ended the probation before its accuracy counted.
+    assert_eq!(fig["candidate"]["n"], 5, "{fig}");
+    let r = wait_probation_state(&d, "m1", retrain, "rolled_back");
+    assert_eq!(r["probation"]["cause"], "policy_fired", "{r}");
+    d.wait_job(Some("m1"), "the rollback succeeded", |j| {
+        j["action"] == "rollback" && j["state"] == "succeeded"
+    });
+    let esc = d.wait_runs(&h.escalate, 1);
+    assert_eq!(esc[0].input["escalation"]["cause"], "rollback");
+    settle();
+    // The decision that rolled back started no retrain of its own.
+    assert_eq!(jobs_of(&d, "m1", "full").len(), 1);
+    assert_eq!(h.rollback().runs().len(), 1);
+    assert_eq!(h.escalate.runs().len(), 1);
+}
+
+/// A probation that runs out of `max_wait_s` with fewer values than `min_events`.
+fn inconclusive(on_inconclusive: &str) -> (Daemon, Hooks, u64) {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b
+        .body(h.config(
+            "",
+            "",
+            &format!("max_wait_s = 1\non_inconclusive = \"{on_inconclusive}\""),
+        ))
+        .start();
+    let retrain = decide_and_retrain(&d, "m1", false);
+    push_acc(&d, "m1", 0.93, 0, 3);
+    (d, h, retrain)
+}
+
+#[test]
+fn max_wait_with_too_few_values_keeps_the_retrain_when_on_inconclusive_is_keep() {
+    let (d, h, retrain) = inconclusive("keep");
+    let r = wait_probation_state(&d, "m1", retrain, "inconclusive");
+    assert_eq!(r["probation"]["cause"], "inconclusive", "{r}");
+    assert!(r["probation"]["candidate"]["n"].as_u64().unwrap() < MIN_EVENTS);
+    settle();
+    assert!(jobs_of(&d, "m1", "rollback").is_empty());
+    assert!(h.rollback().runs().is_empty());
+    assert!(h.escalate.runs().is_empty());
+    assert!(h.promote().runs().is_empty());
+    assert!(d.model("m1").unwrap()["probation"].is_null());
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"inconclusive\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn max_wait_with_too_few_values_rolls_back_when_on_inconclusive_is_rollback() {
+    let (d, h, retrain) = inconclusive("rollback");
+    let runs = d.wait_runs(h.rollback(), 1);
+    assert_eq!(runs[0].input["rollback_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(runs[0].input["probation"]["cause"], "inconclusive");
+    let r = wait_probation_state(&d, "m1", retrain, "rolled_back");
+    assert_eq!(r["probation"]["cause"], "inconclusive", "{r}");
+    let esc = d.wait_runs(&h.escalate, 1);
+    assert_eq!(esc[0].input["escalation"]["cause"], "rollback");
+    settle();
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+    assert_eq!(h.escalate.runs().len(), 1);
+}
+
+#[test]
+fn max_wait_with_too_few_values_escalates_when_on_inconclusive_is_escalate() {
+    let (d, h, retrain) = inconclusive("escalate");
+    let esc = d.wait_runs(&h.escalate, 1);
+    assert_eq!(
+        esc[0].input["escalation"]["cause"], "inconclusive",
+        "{}",
+        esc[0].stdin
+    );
+    let r = wait_probation_state(&d, "m1", retrain, "inconclusive");
+    assert_eq!(r["probation"]["cause"], "inconclusive", "{r}");
+    settle();
+    assert_eq!(h.escalate.runs().len(), 1);
+    assert!(jobs_of(&d, "m1", "rollback").is_empty());
+    assert!(h.rollback().runs().is_empty());
+}
+
+#[test]
+fn a_failing_rollback_hook_is_retried_then_escalated_once() {
+    let b = Daemon::builder();
+    let mut h = Hooks::new(&b);
+    h.rollback = Some(b.recording_hook("rollback-failing", 1));
+    let d = b
+        .body(
+            h.config("", "", "")
+                .replace("retries = 0", "retries = 2\nretry_backoff_s = 0"),
+        )
+        .start();
+    let retrain = decide_and_retrain(&d, "m1", true);
+    push_acc(&d, "m1", 0.85, 0, MIN_EVENTS);
+    let job = d.wait_job(Some("m1"), "the rollback failed", |j| {
+        j["action"] == "rollback" && j["state"] == "failed"
+    });
+    assert_eq!(
+        job["attempts"].as_u64(),
+        Some(3),
+        "1 attempt + 2 retries: {job}"
+    );
+    assert_eq!(job["rollback_of"], retrain, "{job}");
+    let runs = h.rollback().runs();
+    assert_eq!(runs.len(), 3);
+    for (n, run) in (1..).zip(&runs) {
+        assert_eq!(run.var("VISUTILITY_ATTEMPT"), n.to_string());
+        assert_eq!(run.input["rollback_of"], retrain);
+    }
+    let esc = d.wait_runs(&h.escalate, 1);
+    assert_eq!(
+        esc[0].input["escalation"]["cause"], "rollback",
+        "{}",
+        esc[0].stdin
+    );
+    assert!(
+        esc[0].input["reason"].as_str().unwrap().contains("failed"),
+        "{}",
+        esc[0].stdin
+    );
+    settle();
+    assert_eq!(h.escalate.runs().len(), 1, "escalated more than once");
+    assert_eq!(h.rollback().runs().len(), 3);
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+}
+
+#[test]
+fn promote_ends_a_probation_now_and_models_shows_its_progress() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b
+        .body(h.config("", "warmup_events = 3", "fail_fast = false"))
+        .start();
+
+    // Refused before any retrain.
+    push_acc(&d, "m2", 0.9, 0, 1);
+    let o = d.cli(&["promote", "m2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out_text(&o));
+    let text = combined(&o);
+    assert_eq!(text.trim().lines().count(), 1, "{}", out_text(&o));
+    assert!(
+        text.contains("nothing to promote for model m2: it is not on probation"),
+        "{}",
+        out_text(&o)
+    );
+
+    let retrain = decide_and_retrain(&d, "m1", true);
+    let p = on_probation(&d, "m1");
+    assert_eq!(p["warmup_left"], 3, "{p}");
+    assert_eq!(p["events"], EVENTS, "{p}");
+    assert_eq!(p["metric"], "accuracy", "{p}");
+    assert!(p["deadline"].as_f64().unwrap() > p["started_at"].as_f64().unwrap());
+    // Three values of warm-up, then the candidate grows.
+    push_acc(&d, "m1", 0.93, 0, 10);
+    let p = on_probation(&d, "m1");
+    assert_eq!(p["warmup_left"], 0, "{p}");
+    assert_eq!(p["candidate"]["n"], 7, "{p}");
+    assert!(p["z"].is_f64() && p["z_threshold"].is_f64(), "{p}");
+    push_acc(&d, "m1", 0.93, 10, 5);
+    let p = on_probation(&d, "m1");
+    assert_eq!(p["candidate"]["n"], 12, "{p}");
+    assert!(p["z"].as_f64().unwrap().abs() < 1.0, "{p}");
+    let table = d.cli_ok(&["models"]);
+    assert!(
+        table.contains(&format!(
+            "on probation: retrain job {retrain}, accuracy 12/{EVENTS} values"
+        )),
+        "{table}"
+    );
+    assert_eq!(metric(&d, "visutility_models_on_probation"), Some(1.0));
+
+    // Without fail_fast, a policy firing during probation neither retrains nor ends it.
+    d.push_events(&[firing_event("m1", 0.93, 15)]);
+    let p = on_probation(&d, "m1");
+    assert_eq!(p["candidate"]["n"], 13, "{p}");
+    settle();
+    assert_eq!(jobs_of(&d, "m1", "full").len(), 1);
+
+    let out = d.cli_ok(&["promote", "m1"]);
+    assert!(
+        out.contains(&format!("m1: retrain job {retrain} promoted")),
+        "{out}"
+    );
+    let runs = d.wait_runs(h.promote(), 1);
+    assert_eq!(runs[0].var("VISUTILITY_ACTION"), "promote");
+    assert_eq!(runs[0].input["promote_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(runs[0].input["probation"]["cause"], "manual");
+    let r = wait_probation_state(&d, "m1", retrain, "promoted");
+    assert_eq!(r["probation"]["cause"], "manual", "{r}");
+    let promote = jobs_of(&d, "m1", "promote");
+    assert_eq!(promote.len(), 1);
+    assert_eq!(r["probation"]["followed_by"], promote[0]["job_id"], "{r}");
+    d.wait_for("m1 off probation in models --json", || {
+        d.model("m1").unwrap()["probation"].is_null().then_some(())
+    });
+    assert_eq!(metric(&d, "visutility_models_on_probation"), Some(0.0));
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"promoted\"}"),
+        Some(1.0)
+    );
+
+    // Not on probation any more: refused in one line, and the model judges nothing.
+    let o = d.cli(&["promote", "m1"]);
+    assert_eq!(o.status.code(), Some(1), "{}", out_text(&o));
+    let text = combined(&o);
+    assert_eq!(text.trim().lines().count(), 1, "{}", out_text(&o));
+    assert!(
+        text.contains("nothing to promote for model m1: it is not on probation"),
+        "{}",
+        out_text(&o)
+    );
+    push_acc(&d, "m1", 0.80, 0, 40);
+    settle();
+    assert!(
+        h.rollback().runs().is_empty(),
+        "rolled back after a promotion"
+    );
+    assert_eq!(h.promote().runs().len(), 1);
+}
+
+#[test]
+fn a_triggered_retrain_goes_on_probation_too() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b.body(h.config("", "", "")).start();
+    push_acc(&d, "m1", 0.93, 0, EVENTS);
+    d.cli_ok(&["trigger", "m1", "full"]);
+    let job = d.wait_job(Some("m1"), "the triggered retrain succeeded", |j| {
+        j["action"] == "full" && j["state"] == "succeeded"
+    });
+    let retrain = job["job_id"].as_u64().unwrap();
+    let p = on_probation(&d, "m1");
+    assert_eq!(p["job_id"], retrain, "{p}");
+    // The model's own last EVENTS values are the baseline.
+    assert_sample(&p["baseline"], EVENTS, 0.93, "baseline");
+    assert_eq!(
+        job_of(&d, "m1", retrain)["probation"]["state"],
+        "on_probation"
+    );
+    push_acc(&d, "m1", 0.85, 0, MIN_EVENTS);
+    let runs = d.wait_runs(h.rollback(), 1);
+    assert_eq!(runs[0].input["rollback_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(runs[0].input["probation"]["cause"], "degraded");
+    assert_eq!(runs[0].input["receipt"]["version"], format!("v{retrain}"));
+    wait_probation_state(&d, "m1", retrain, "rolled_back");
+    d.wait_runs(&h.escalate, 1);
+}
