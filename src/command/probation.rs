@@ -56,13 +56,19 @@ impl CommandActor {
             });
             if begun.is_some() {
                 if let Some(old) = self.on_probation.insert(r.model_id.clone(), job_id) {
-                    self.close(old.min(job_id), ProbationState::Superseded, None, now.wall);
+                    self.close(
+                        old.min(job_id),
+                        ProbationState::Superseded,
+                        None,
+                        None,
+                        now.wall,
+                    );
                     self.on_probation
                         .insert(r.model_id.clone(), old.max(job_id));
                 }
             } else {
                 tracing::warn!(model_id = %r.model_id, job_id, "the model's rule has no probation any more: its retrain's probation ends inconclusive");
-                self.close(job_id, ProbationState::Inconclusive, None, now.wall);
+                self.close(job_id, ProbationState::Inconclusive, None, None, now.wall);
             }
         }
     }
@@ -109,7 +115,7 @@ impl CommandActor {
         if let Some(old) = self.on_probation.insert(job.model_id.clone(), job.job_id)
             && old != job.job_id
         {
-            self.close(old, ProbationState::Superseded, None, now.wall);
+            self.close(old, ProbationState::Superseded, None, None, now.wall);
         }
         let r = ProbationRecord {
             model_id: job.model_id.clone(),
@@ -132,8 +138,15 @@ impl CommandActor {
     }
 
     /// Ends a probation record without a verdict of the model's (superseded, or an
-    /// operator's), and counts it.
-    fn close(&mut self, job_id: u64, state: ProbationState, cause: Option<Cause>, at: f64) {
+    /// operator's), and counts it; `followed_by` is the job that follows it, if one does.
+    fn close(
+        &mut self,
+        job_id: u64,
+        state: ProbationState,
+        cause: Option<Cause>,
+        followed_by: Option<u64>,
+        at: f64,
+    ) {
         let Ok(Some(mut r)) = self.store.probation(job_id) else {
             return;
         };
@@ -143,6 +156,7 @@ impl CommandActor {
         r.state = state;
         r.cause = cause;
         r.decided_at = Some(at);
+        r.followed_by = followed_by;
         if let Err(error) = self.store.save_probation(job_id, &r) {
             tracing::error!(job_id, error = %error, "cannot record the end of a probation");
         }
@@ -380,8 +394,15 @@ impl CommandActor {
         Ok(job_id)
     }
 
-    /// An operator's `rollback` of the retrain on probation: its probation ends, rolled back.
-    pub(super) fn end_probation_by_rollback(&mut self, model: &str, job_id: u64, now: Now) {
+    /// An operator's `rollback` of the retrain on probation: its probation ends, rolled back,
+    /// followed by the rollback job `rollback` (journaled first, as a verdict's follow-up is).
+    pub(super) fn end_probation_by_rollback(
+        &mut self,
+        model: &str,
+        job_id: u64,
+        rollback: u64,
+        now: Now,
+    ) {
         if self.on_probation.get(model) != Some(&job_id) {
             return;
         }
@@ -397,6 +418,7 @@ impl CommandActor {
             job_id,
             ProbationState::RolledBack,
             Some(Cause::Manual),
+            Some(rollback),
             now.wall,
         );
     }
