@@ -599,3 +599,198 @@ fn a_triggered_retrain_goes_on_probation_too() {
     wait_probation_state(&d, "m1", retrain, "rolled_back");
     d.wait_runs(&h.escalate, 1);
 }
+
+#[test]
+fn without_a_rollback_hook_a_degraded_retrain_is_recorded_skipped_and_escalated_once() {
+    let b = Daemon::builder();
+    let mut h = Hooks::new(&b);
+    h.rollback = None;
+    let d = b.body(h.config("", "", "")).start();
+    let retrain = decide_and_retrain(&d, "m1", true);
+    push_acc(&d, "m1", 0.85, 0, MIN_EVENTS);
+    let job = d.wait_job(Some("m1"), "the rollback recorded", |j| {
+        j["action"] == "rollback"
+    });
+    assert_eq!(job["state"], "skipped", "{job}");
+    assert_eq!(job["rollback_of"], retrain, "{job}");
+    let r = wait_probation_state(&d, "m1", retrain, "rolled_back");
+    assert_eq!(r["probation"]["cause"], "degraded", "{r}");
+    assert_eq!(r["probation"]["followed_by"], job["job_id"], "{r}");
+    let esc = d.wait_runs(&h.escalate, 1);
+    assert_eq!(
+        esc[0].input["escalation"]["cause"], "rollback",
+        "{}",
+        esc[0].stdin
+    );
+    push_acc(&d, "m1", 0.85, MIN_EVENTS, 20);
+    settle();
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+    assert_eq!(h.escalate.runs().len(), 1);
+}
+
+#[test]
+fn an_operators_rollback_during_probation_ends_it_rolled_back_manually() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b.body(h.config("", "", "")).start();
+    let retrain = decide_and_retrain(&d, "m1", true);
+    push_acc(&d, "m1", 0.93, 0, 5);
+    let out = d.cli_ok(&["rollback", "m1"]);
+    assert!(out.contains("rollback for m1"), "{out}");
+    let runs = d.wait_runs(h.rollback(), 1);
+    let input = &runs[0].input;
+    assert_eq!(input["rollback_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(input["probation"]["cause"], "manual", "{}", runs[0].stdin);
+    assert_eq!(
+        input["probation"]["metric"], "accuracy",
+        "{}",
+        runs[0].stdin
+    );
+    assert_eq!(
+        input["probation"]["baseline"]["n"], EVENTS,
+        "{}",
+        runs[0].stdin
+    );
+    let rollback = d.wait_job(Some("m1"), "the rollback succeeded", |j| {
+        j["action"] == "rollback" && j["state"] == "succeeded"
+    });
+    let r = wait_probation_state(&d, "m1", retrain, "rolled_back");
+    assert_eq!(r["probation"]["cause"], "manual", "{r}");
+    assert_eq!(r["probation"]["followed_by"], rollback["job_id"], "{r}");
+    d.wait_for("m1 off probation in models --json", || {
+        d.model("m1").unwrap()["probation"].is_null().then_some(())
+    });
+    d.wait_runs(&h.escalate, 1);
+    // The model's probation ended with it: worse values roll back nothing more.
+    push_acc(&d, "m1", 0.80, 0, 30);
+    settle();
+    assert_eq!(h.rollback().runs().len(), 1);
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+    assert_eq!(h.escalate.runs().len(), 1);
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"rolled_back\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_second_retrain_supersedes_the_probation_of_the_first() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b.body(h.config("", "", "")).start();
+    let first = decide_and_retrain(&d, "m1", true);
+    push_acc(&d, "m1", 0.93, 0, 5);
+    d.cli_ok(&["trigger", "m1", "full"]);
+    let second = d.wait_job(Some("m1"), "the second retrain succeeded", |j| {
+        j["action"] == "full" && j["state"] == "succeeded" && j["job_id"] != first
+    })["job_id"]
+        .as_u64()
+        .unwrap();
+    wait_probation_state(&d, "m1", first, "superseded");
+    d.wait_for("the second retrain on probation", || {
+        let p = d.model("m1")?.get("probation").cloned()?;
+        (p["job_id"] == second).then_some(())
+    });
+    assert_eq!(
+        job_of(&d, "m1", second)["probation"]["state"],
+        "on_probation"
+    );
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"superseded\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&d, "visutility_models_on_probation"), Some(1.0));
+    // The verdict is the second's.
+    push_acc(&d, "m1", 0.85, 0, MIN_EVENTS);
+    let runs = d.wait_runs(h.rollback(), 1);
+    assert_eq!(runs[0].input["rollback_of"], second, "{}", runs[0].stdin);
+    wait_probation_state(&d, "m1", second, "rolled_back");
+    settle();
+    assert_eq!(h.rollback().runs().len(), 1);
+    assert_eq!(job_of(&d, "m1", first)["probation"]["state"], "superseded");
+}
+
+#[test]
+fn the_last_promoted_baseline_is_the_first_values_then_the_promoted_candidate() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b
+        .body(h.config("", "", "baseline = \"last_promoted\""))
+        .start();
+    // Before any promotion: the model's first EVENTS values, not the last ones.
+    push_acc(&d, "m1", 0.93, 0, EVENTS);
+    push_acc(&d, "m1", 0.90, 0, 20);
+    d.cli_ok(&["trigger", "m1", "full"]);
+    let p = on_probation(&d, "m1");
+    assert_sample(&p["baseline"], EVENTS, 0.93, "first values");
+    push_acc(&d, "m1", 0.95, 0, EVENTS);
+    let r = d.wait_runs(h.promote(), 1);
+    let first = r[0].input["promote_of"].as_u64().unwrap();
+    wait_probation_state(&d, "m1", first, "promoted");
+    // After it: the promoted candidate, whatever came since.
+    push_acc(&d, "m1", 0.90, 0, EVENTS);
+    d.cli_ok(&["trigger", "m1", "full"]);
+    let p = d.wait_for("the second retrain on probation", || {
+        let p = d.model("m1")?.get("probation").cloned()?;
+        (p["job_id"] != first && p.is_object()).then_some(p)
+    });
+    assert_sample(&p["baseline"], EVENTS, 0.95, "the promoted candidate");
+}
+
+#[test]
+fn a_retrain_with_no_baseline_is_inconclusive_at_once_and_not_escalated() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b
+        .body(h.config("", "", "on_inconclusive = \"escalate\""))
+        .start();
+    d.cli_ok(&["trigger", "--create", "m1", "full"]);
+    let job = d.wait_job(Some("m1"), "the retrain succeeded", |j| {
+        j["action"] == "full" && j["state"] == "succeeded"
+    });
+    let retrain = job["job_id"].as_u64().unwrap();
+    let r = wait_probation_state(&d, "m1", retrain, "inconclusive");
+    assert!(r["probation"]["cause"].is_null(), "{r}");
+    push_acc(&d, "m1", 0.5, 0, 20);
+    settle();
+    assert!(d.model("m1").unwrap()["probation"].is_null());
+    assert!(h.escalate.runs().is_empty());
+    assert!(h.rollback().runs().is_empty() && h.promote().runs().is_empty());
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"inconclusive\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn in_a_dry_run_a_rollback_verdict_is_recorded_skipped_and_nothing_runs() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let body = h.config("", "", "");
+    let d = b.body(body.clone()).start();
+    let retrain = decide_and_retrain(&d, "m1", true);
+    // dry_run from a reload, with the probation running.
+    d.write_config(&ConfigParts {
+        daemon_extra: String::new(),
+        body: body.replace("[hooks]\n", "[hooks]\ndry_run = true\n"),
+    });
+    d.sighup();
+    d.wait_log_count("the reload", 1, |l| l.contains("config reloaded"));
+    settle();
+    assert_eq!(on_probation(&d, "m1")["job_id"], retrain);
+    push_acc(&d, "m1", 0.85, 0, MIN_EVENTS);
+    let job = d.wait_job(Some("m1"), "the rollback recorded", |j| {
+        j["action"] == "rollback"
+    });
+    assert_eq!(job["state"], "skipped", "{job}");
+    assert!(job["note"].as_str().unwrap().contains("dry run"), "{job}");
+    wait_probation_state(&d, "m1", retrain, "rolled_back");
+    d.wait_job(Some("m1"), "the escalation recorded", |j| {
+        j["action"] == "escalate"
+    });
+    settle();
+    assert!(h.rollback().runs().is_empty());
+    assert!(h.escalate.runs().is_empty());
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+    assert_eq!(jobs_of(&d, "m1", "escalate").len(), 1);
+}
