@@ -11,10 +11,10 @@ impl Config {
     pub fn warnings(&self) -> Vec<KeyError> {
         // Deprecated forms found while loading come first.
         let mut out = self.warnings.clone();
-        if self.hooks.promote.is_some() {
+        if self.hooks.promote.is_some() && self.models.iter().all(|r| r.probation.is_none()) {
             out.push(KeyError::new(
                 "hooks.promote".to_owned(),
-                "this build runs no probation yet, so the promote hook never runs (it is kept for when it does; `visutility rollback` works without it)".to_owned(),
+                "no model rule has a [models.probation] table, so the promote hook never runs (a retrain is promoted at the end of its probation, or by `visutility promote`)".to_owned(),
             ));
         }
         for (j, rule) in self.models.iter().enumerate() {
