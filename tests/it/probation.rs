@@ -794,3 +794,82 @@ fn in_a_dry_run_a_rollback_verdict_is_recorded_skipped_and_nothing_runs() {
     assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
     assert_eq!(jobs_of(&d, "m1", "escalate").len(), 1);
 }
+
+/// A model's state leaves memory when idle and comes back at its next event: the candidate
+/// goes on where it was, and a load after the verdict acts on nothing again.
+#[test]
+fn a_probation_goes_on_after_its_model_left_memory_and_its_verdict_is_acted_on_once() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b
+        .daemon_keys("model_idle_unload_s = 1")
+        .body(h.config("", "", ""))
+        .start();
+    let unloads = || {
+        d.log_lines()
+            .iter()
+            .filter(|l| l.contains("idle model's state unloaded from memory"))
+            .count()
+    };
+    let unloaded = |n: usize| {
+        d.wait_log_count("m1 unloaded from memory", n, |l| {
+            l.contains("idle model's state unloaded from memory") && l.contains("m1")
+        })
+    };
+    let retrain = decide_and_retrain(&d, "m1", true);
+    push_acc(&d, "m1", 0.93, 0, 5);
+    assert_eq!(on_probation(&d, "m1")["candidate"]["n"], 5);
+    let before = unloads();
+    unloaded(before + 1);
+    // The candidate goes on: 5 values at 0.93 then 10 at 0.80 roll back at the second look
+    // (the first, at 10 values, is not sure enough yet of so mixed a sample).
+    push_acc(&d, "m1", 0.80, 0, 10);
+    let runs = d.wait_runs(h.rollback(), 1);
+    let fig = &runs[0].input["probation"];
+    assert_eq!(runs[0].input["rollback_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(fig["candidate"]["n"], 15, "{fig}");
+    let mean = fig["candidate"]["mean"].as_f64().unwrap();
+    assert!(
+        (mean - (5.0 * 0.93 + 10.0 * 0.80) / 15.0).abs() < 1e-9,
+        "{fig}"
+    );
+    assert_sample(&fig["baseline"], EVENTS, 0.93, "baseline");
+    d.wait_job(Some("m1"), "the rollback succeeded", |j| {
+        j["action"] == "rollback" && j["state"] == "succeeded"
+    });
+    d.wait_runs(&h.escalate, 1);
+    // Unloaded again, then loaded by events.
+    unloaded(unloads() + 1);
+    push_acc(&d, "m1", 0.80, 10, 20);
+    settle();
+    assert_eq!(h.rollback().runs().len(), 1);
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+    assert_eq!(h.escalate.runs().len(), 1);
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"rolled_back\"}"),
+        Some(1.0)
+    );
+}
+
+/// `max_wait_s` runs out while the model's state is out of memory: it is loaded to end it.
+#[test]
+fn max_wait_ends_a_probation_whose_model_left_memory() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b
+        .daemon_keys("model_idle_unload_s = 1")
+        .body(h.config("", "", "max_wait_s = 3\non_inconclusive = \"rollback\""))
+        .start();
+    let retrain = decide_and_retrain(&d, "m1", false);
+    push_acc(&d, "m1", 0.93, 0, 4);
+    d.wait_log_count("m1 unloaded from memory", 1, |l| {
+        l.contains("idle model's state unloaded from memory") && l.contains("m1")
+    });
+    let runs = d.wait_runs(h.rollback(), 1);
+    assert_eq!(runs[0].input["rollback_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(runs[0].input["probation"]["cause"], "inconclusive");
+    assert_eq!(runs[0].input["probation"]["candidate"]["n"], 4);
+    wait_probation_state(&d, "m1", retrain, "rolled_back");
+    settle();
+    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
+}
