@@ -139,6 +139,7 @@ impl CommandActor {
 
     /// Ends a probation record without a verdict of the model's (superseded, or an
     /// operator's), and counts it; `followed_by` is the job that follows it, if one does.
+    /// Returns the record it ended.
     fn close(
         &mut self,
         job_id: u64,
@@ -146,12 +147,12 @@ impl CommandActor {
         cause: Option<Cause>,
         followed_by: Option<u64>,
         at: f64,
-    ) {
+    ) -> Option<ProbationRecord> {
         let Ok(Some(mut r)) = self.store.probation(job_id) else {
-            return;
+            return None;
         };
         if r.state != ProbationState::OnProbation {
-            return;
+            return None;
         }
         r.state = state;
         r.cause = cause;
@@ -162,6 +163,7 @@ impl CommandActor {
         }
         self.count_probation(state);
         tracing::info!(model_id = %r.model_id, job_id, probation = state.as_str(), "probation ended");
+        Some(r)
     }
 
     fn count_probation(&mut self, state: ProbationState) {
@@ -414,13 +416,16 @@ impl CommandActor {
             cause: Some(Cause::Manual),
             at: now.wall,
         });
-        self.close(
+        // In `explain` as a verdict, as `visutility promote`'s is.
+        if let Some(r) = self.close(
             job_id,
             ProbationState::RolledBack,
             Some(Cause::Manual),
             Some(rollback),
             now.wall,
-        );
+        ) {
+            self.explain_verdict(model, job_id, &r, now);
+        }
     }
 
     /// The verdict in the model's decision log (`explain`).
@@ -544,7 +549,9 @@ fn probation_input(metric: &str, tolerance: f64, p: &Probation) -> ProbationInpu
         cause: p.cause.map_or("degraded", Cause::as_str).into(),
         metric: Some(metric.into()),
         baseline: Some(SampleInput::of(&p.baseline)),
-        candidate: Some(SampleInput::of(&p.candidate)),
+        // An operator's end (`visutility promote`): the runner knows the baseline, not the
+        // candidate the model was judging, so none is shown rather than an empty one.
+        candidate: (p.cause != Some(Cause::Manual)).then(|| SampleInput::of(&p.candidate)),
         tolerance: Some(tolerance),
         z: p.z.filter(|z| z.is_finite()),
         z_threshold: p.z_threshold.filter(|z| z.is_finite()),
