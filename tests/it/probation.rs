@@ -538,7 +538,12 @@ fn promote_ends_a_probation_now_and_models_shows_its_progress() {
     let runs = d.wait_runs(h.promote(), 1);
     assert_eq!(runs[0].var("VISUTILITY_ACTION"), "promote");
     assert_eq!(runs[0].input["promote_of"], retrain, "{}", runs[0].stdin);
-    assert_eq!(runs[0].input["probation"]["cause"], "manual");
+    let fig = &runs[0].input["probation"];
+    assert_eq!(fig["cause"], "manual", "{fig}");
+    assert_eq!(fig["metric"], "accuracy", "{fig}");
+    assert_sample(&fig["baseline"], EVENTS, 0.93, "baseline");
+    // The runner does not know the candidate the model judged: none, rather than an empty one.
+    assert!(fig.get("candidate").is_none(), "{fig}");
     let r = wait_probation_state(&d, "m1", retrain, "promoted");
     assert_eq!(r["probation"]["cause"], "manual", "{r}");
     let promote = jobs_of(&d, "m1", "promote");
@@ -661,6 +666,20 @@ fn an_operators_rollback_during_probation_ends_it_rolled_back_manually() {
         d.model("m1").unwrap()["probation"].is_null().then_some(())
     });
     d.wait_runs(&h.escalate, 1);
+    let explain = d.cli_json(&["explain", "m1"]);
+    let entry = explain
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["policy"] == "probation")
+        .unwrap_or_else(|| d.fail(format!("no probation entry in explain: {explain}")));
+    assert_eq!(entry["action"], "rollback", "{entry}");
+    assert_eq!(
+        entry["reason"],
+        format!("probation of retrain job {retrain}: rolled_back (manual)"),
+        "{entry}"
+    );
+    assert_eq!(entry["job_id"], rollback["job_id"], "{entry}");
     // The model's probation ended with it: worse values roll back nothing more.
     push_acc(&d, "m1", 0.80, 0, 30);
     settle();
