@@ -892,3 +892,65 @@ fn max_wait_ends_a_probation_whose_model_left_memory() {
     settle();
     assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
 }
+
+/// A reload whose rule has no `[models.probation]` any more ends a running probation
+/// (inconclusive, as a start with such a rule does), and decisions run again; whether the
+/// model's state is in memory or not (`idle`).
+fn reload_without_probation(idle: bool) {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let body = h.config("", "", "");
+    let b = if idle {
+        b.daemon_keys("model_idle_unload_s = 1")
+    } else {
+        b
+    };
+    let d = b.body(body.clone()).start();
+    let retrain = decide_and_retrain(&d, "m1", true);
+    push_acc(&d, "m1", 0.93, 0, 5);
+    assert_eq!(on_probation(&d, "m1")["candidate"]["n"], 5);
+    if idle {
+        d.wait_log_count("m1 unloaded from memory", 1, |l| {
+            l.contains("idle model's state unloaded from memory") && l.contains("m1")
+        });
+    }
+    let cut = body.find("[models.probation]").unwrap();
+    d.write_config(&ConfigParts {
+        daemon_extra: String::new(),
+        body: body[..cut].to_string(),
+    });
+    d.sighup();
+    d.wait_log_count("the reload", 1, |l| l.contains("config reloaded"));
+    let r = wait_probation_state(&d, "m1", retrain, "inconclusive");
+    assert!(r["probation"]["cause"].is_null(), "{r}");
+    assert_eq!(r["probation"]["candidate"]["n"], 5, "{r}");
+    assert_eq!(metric(&d, "visutility_models_on_probation"), Some(0.0));
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"inconclusive\"}"),
+        Some(1.0)
+    );
+    // A decision runs again: a second retrain (and no probation for it).
+    d.push_events(&[firing_event("m1", 0.93, 5)]);
+    let second = d.wait_job(Some("m1"), "a second retrain", |j| {
+        j["action"] == "full" && j["job_id"] != retrain && j["state"] == "succeeded"
+    });
+    assert!(second["probation"].is_null(), "{second}");
+    push_acc(&d, "m1", 0.80, 0, 30);
+    settle();
+    assert!(h.rollback().runs().is_empty());
+    assert!(h.escalate.runs().is_empty());
+    assert_eq!(
+        metric(&d, "visutility_probation_total{outcome=\"inconclusive\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn a_reload_that_drops_the_probation_ends_it_and_decisions_run_again() {
+    reload_without_probation(false);
+}
+
+#[test]
+fn a_reload_that_drops_the_probation_of_a_model_out_of_memory_ends_it_too() {
+    reload_without_probation(true);
+}
