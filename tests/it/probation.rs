@@ -954,3 +954,56 @@ fn a_reload_that_drops_the_probation_ends_it_and_decisions_run_again() {
 fn a_reload_that_drops_the_probation_of_a_model_out_of_memory_ends_it_too() {
     reload_without_probation(true);
 }
+
+/// `fail_fast` counts a policy's firing only past the warm-up that follows the retrain; the
+/// rollback is exempt from the retrain's cooldown, and its success resets the policies with
+/// warm-up again. Decisions during probation leave no entry in `explain`.
+#[test]
+fn fail_fast_waits_for_the_warm_up_and_the_rollback_ignores_the_cooldown() {
+    let b = Daemon::builder();
+    let h = Hooks::new(&b);
+    let d = b
+        .body(
+            h.config("", "warmup_events = 3", "fail_fast = true")
+                .replace("cooldown_s = 0", "cooldown_s = 3600"),
+        )
+        .start();
+    let retrain = decide_and_retrain(&d, "m1", true);
+    assert_eq!(d.model("m1").unwrap()["warmup_left"], 3);
+    // A firing during the warm-up: no rollback.
+    d.push_events(&[firing_event("m1", 0.93, 0)]);
+    let p = on_probation(&d, "m1");
+    assert_eq!(p["warmup_left"], 2, "{p}");
+    push_acc(&d, "m1", 0.93, 1, 3);
+    let p = on_probation(&d, "m1");
+    assert_eq!(
+        (p["warmup_left"].as_u64(), p["candidate"]["n"].as_u64()),
+        (Some(0), Some(1)),
+        "{p}"
+    );
+    settle();
+    assert!(h.rollback().runs().is_empty(), "rolled back in the warm-up");
+    // Past it: the firing rolls back, cooldown or not.
+    d.push_events(&[firing_event("m1", 0.93, 4)]);
+    let runs = d.wait_runs(h.rollback(), 1);
+    assert_eq!(runs[0].input["rollback_of"], retrain, "{}", runs[0].stdin);
+    assert_eq!(runs[0].input["probation"]["cause"], "policy_fired");
+    assert_eq!(runs[0].input["probation"]["candidate"]["n"], 1);
+    d.wait_job(Some("m1"), "the rollback succeeded", |j| {
+        j["action"] == "rollback" && j["state"] == "succeeded"
+    });
+    d.wait_for("the policies reset with warm-up after the rollback", || {
+        (d.model("m1")?["warmup_left"] == 3).then_some(())
+    });
+    d.wait_runs(&h.escalate, 1);
+    settle();
+    assert_eq!(jobs_of(&d, "m1", "full").len(), 1);
+    let explain = d.cli_json(&["explain", "m1"]);
+    let policies: Vec<&str> = explain
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies, ["probation", "limits"], "{explain}");
+}
