@@ -877,7 +877,7 @@ fn max_wait_ends_a_probation_whose_model_left_memory() {
     let h = Hooks::new(&b);
     let d = b
         .daemon_keys("model_idle_unload_s = 1")
-        .body(h.config("", "", "max_wait_s = 3\non_inconclusive = \"rollback\""))
+        .body(h.config("", "", "max_wait_s = 4\non_inconclusive = \"rollback\""))
         .start();
     let retrain = decide_and_retrain(&d, "m1", false);
     push_acc(&d, "m1", 0.93, 0, 4);
