@@ -56,13 +56,19 @@ impl CommandActor {
             });
             if begun.is_some() {
                 if let Some(old) = self.on_probation.insert(r.model_id.clone(), job_id) {
-                    self.close(old.min(job_id), ProbationState::Superseded, None, now.wall);
+                    self.close(
+                        old.min(job_id),
+                        ProbationState::Superseded,
+                        None,
+                        None,
+                        now.wall,
+                    );
                     self.on_probation
                         .insert(r.model_id.clone(), old.max(job_id));
                 }
             } else {
                 tracing::warn!(model_id = %r.model_id, job_id, "the model's rule has no probation any more: its retrain's probation ends inconclusive");
-                self.close(job_id, ProbationState::Inconclusive, None, now.wall);
+                self.close(job_id, ProbationState::Inconclusive, None, None, now.wall);
             }
         }
     }
@@ -110,7 +116,7 @@ impl CommandActor {
         if let Some(old) = self.on_probation.insert(job.model_id.clone(), job.job_id)
             && old != job.job_id
         {
-            self.close(old, ProbationState::Superseded, None, now.wall);
+            self.close(old, ProbationState::Superseded, None, None, now.wall);
         }
         let r = ProbationRecord {
             model_id: job.model_id.clone(),
@@ -133,22 +139,32 @@ impl CommandActor {
     }
 
     /// Ends a probation record without a verdict of the model's (superseded, or an
-    /// operator's), and counts it.
-    fn close(&mut self, job_id: u64, state: ProbationState, cause: Option<Cause>, at: f64) {
+    /// operator's), and counts it; `followed_by` is the job that follows it, if one does.
+    /// Returns the record it ended.
+    fn close(
+        &mut self,
+        job_id: u64,
+        state: ProbationState,
+        cause: Option<Cause>,
+        followed_by: Option<u64>,
+        at: f64,
+    ) -> Option<ProbationRecord> {
         let Ok(Some(mut r)) = self.store.probation(job_id) else {
-            return;
+            return None;
         };
         if r.state != ProbationState::OnProbation {
-            return;
+            return None;
         }
         r.state = state;
         r.cause = cause;
         r.decided_at = Some(at);
+        r.followed_by = followed_by;
         if let Err(error) = self.store.save_probation(job_id, &r) {
             tracing::error!(job_id, error = %error, "cannot record the end of a probation");
         }
         self.count_probation(state);
         tracing::info!(model_id = %r.model_id, job_id, probation = state.as_str(), "probation ended");
+        Some(r)
     }
 
     /// `forget`: a probation of the model ends with its state (inconclusive: nothing judged
@@ -158,6 +174,7 @@ impl CommandActor {
             self.close(
                 job_id,
                 ProbationState::Inconclusive,
+                None,
                 None,
                 crate::clock::wall(),
             );
@@ -396,8 +413,15 @@ impl CommandActor {
         Ok(job_id)
     }
 
-    /// An operator's `rollback` of the retrain on probation: its probation ends, rolled back.
-    pub(super) fn end_probation_by_rollback(&mut self, model: &str, job_id: u64, now: Now) {
+    /// An operator's `rollback` of the retrain on probation: its probation ends, rolled back,
+    /// followed by the rollback job `rollback` (journaled first, as a verdict's follow-up is).
+    pub(super) fn end_probation_by_rollback(
+        &mut self,
+        model: &str,
+        job_id: u64,
+        rollback: u64,
+        now: Now,
+    ) {
         if self.on_probation.get(model) != Some(&job_id) {
             return;
         }
@@ -409,12 +433,16 @@ impl CommandActor {
             cause: Some(Cause::Manual),
             at: now.wall,
         });
-        self.close(
+        // In `explain` as a verdict, as `visutility promote`'s is.
+        if let Some(r) = self.close(
             job_id,
             ProbationState::RolledBack,
             Some(Cause::Manual),
+            Some(rollback),
             now.wall,
-        );
+        ) {
+            self.explain_verdict(model, job_id, &r, now);
+        }
     }
 
     /// The verdict in the model's decision log (`explain`).
@@ -538,7 +566,9 @@ fn probation_input(metric: &str, tolerance: f64, p: &Probation) -> ProbationInpu
         cause: p.cause.map_or("degraded", Cause::as_str).into(),
         metric: Some(metric.into()),
         baseline: Some(SampleInput::of(&p.baseline)),
-        candidate: Some(SampleInput::of(&p.candidate)),
+        // An operator's end (`visutility promote`): the runner knows the baseline, not the
+        // candidate the model was judging, so none is shown rather than an empty one.
+        candidate: (p.cause != Some(Cause::Manual)).then(|| SampleInput::of(&p.candidate)),
         tolerance: Some(tolerance),
         z: p.z.filter(|z| z.is_finite()),
         z_threshold: p.z_threshold.filter(|z| z.is_finite()),

@@ -117,8 +117,9 @@ impl CommandActor {
             figures.tolerance = Some(r.tolerance);
             figures.baseline = r.baseline.as_ref().map(SampleInput::of);
         }
-        self.end_probation_by_rollback(model, target.job_id, now);
-        self.rollback_retrain(model, target.job_id, figures, true, now, ctx)
+        let id = self.rollback_retrain(model, target.job_id, figures, true, now, ctx)?;
+        self.end_probation_by_rollback(model, target.job_id, id, now);
+        Ok(id)
     }
 
     /// The model's latest succeeded retrain that has a receipt, unless a rollback succeeded

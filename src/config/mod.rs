@@ -127,7 +127,7 @@ pub struct HooksConfig {
     pub full: Option<HookSpec>,
     pub fine_tune: Option<HookSpec>,
     pub escalate: Option<HookSpec>,
-    /// Undoes a retrain: `visutility rollback` (and, later, a failed probation).
+    /// Undoes a retrain: a failed probation, or `visutility rollback`.
     pub rollback: Option<HookSpec>,
     /// Confirms a retrain after its probation.
     pub promote: Option<HookSpec>,

@@ -11,11 +11,10 @@ impl Config {
     pub fn warnings(&self) -> Vec<KeyError> {
         // Deprecated forms found while loading come first.
         let mut out = self.warnings.clone();
-        let probations = self.models.iter().any(|r| r.probation.is_some());
-        if self.hooks.promote.is_some() && !probations {
+        if self.hooks.promote.is_some() && self.models.iter().all(|r| r.probation.is_none()) {
             out.push(KeyError::new(
                 "hooks.promote".to_owned(),
-                "no model rule has a [models.probation], so the promote hook never runs (`visutility rollback` works without one)".to_owned(),
+                "no model rule has a [models.probation] table, so the promote hook never runs (a retrain is promoted at the end of its probation, or by `visutility promote`)".to_owned(),
             ));
         }
         for (i, rule) in self.models.iter().enumerate() {

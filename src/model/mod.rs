@@ -320,7 +320,9 @@ impl ModelActor {
         }
         let first_seq = self.record.events + 1;
         let rule = self.rule.clone();
-        let on_probation = self.record.probation.on_probation();
+        // A probation the rule no longer has (a reload dropped it while the state was out
+        // of memory) holds nothing.
+        let on_probation = self.probation_spec().is_some() && self.record.probation.on_probation();
         let (out, notes) = self.decider.apply(&mut self.record, rule.as_deref(), batch);
         let id = &self.id;
         for note in notes {
@@ -774,7 +776,18 @@ impl Handler<Reconfigure> for ModelActor {
         let changed = self.rule.as_deref() != msg.0.as_deref();
         let old = std::mem::replace(&mut self.rule, msg.0);
         if !self.loaded {
-            // The persisted states are bound to the new policies when they are loaded.
+            // The persisted states are bound to the new policies when they are loaded; a
+            // probation the new rule drops ends now, so the state is loaded for it.
+            if old.as_ref().is_some_and(|r| r.probation.is_some())
+                && self.probation_spec().is_none()
+            {
+                match self.ensure_loaded() {
+                    Ok(()) => self.probation_dropped(old.as_deref()),
+                    Err(error) => {
+                        tracing::error!(model_id = %self.id, error = %error, "cannot load the model's state to end its probation")
+                    }
+                }
+            }
             return;
         }
         if !changed {
@@ -791,7 +804,7 @@ impl Handler<Reconfigure> for ModelActor {
             specs,
             std::mem::take(&mut self.record.policies),
         );
-        self.probation_rule_checked();
+        self.probation_dropped(old.as_deref());
         // A checkpoint now, so no replay applies events logged under the old rule with the
         // new one.
         if let Err(error) = self.fold() {

@@ -14,7 +14,7 @@ use actix::prelude::*;
 
 use crate::clock;
 use crate::command::messages::ProbationVerdict;
-use crate::config::{BaselineKind, OnInconclusive, ProbationSpec};
+use crate::config::{BaselineKind, ModelRule, OnInconclusive, ProbationSpec};
 use crate::probation::{Cause, Sample, State};
 
 use super::{EndProbation, ModelActor, StartProbation, log_write_failure};
@@ -58,7 +58,7 @@ impl From<&Sample> for SampleView {
 }
 
 impl ModelActor {
-    fn probation_spec(&self) -> Option<&ProbationSpec> {
+    pub(super) fn probation_spec(&self) -> Option<&ProbationSpec> {
         self.rule.as_deref().and_then(|r| r.probation.as_ref())
     }
 
@@ -173,6 +173,35 @@ impl ModelActor {
         tracing::warn!(model_id = %self.id, job_id, candidate_n = p.candidate.n, events = spec.rule.events, max_wait_s = spec.max_wait_s, on_inconclusive = spec.on_inconclusive.as_str(), "probation ran out of time before its sample was complete");
         self.persist_now();
         self.report_verdict(true);
+    }
+
+    /// A reload left the model's rule without a probation while one runs (`old` is the rule
+    /// before): it ends inconclusive, as the runner ends it at a start with such a rule, and
+    /// the runner hears of it. Without this the model would hold its decisions for good.
+    pub(super) fn probation_dropped(&mut self, old: Option<&ModelRule>) {
+        if self.probation_spec().is_some() {
+            return;
+        }
+        let Some(spec) = old.and_then(|r| r.probation.as_ref()) else {
+            return;
+        };
+        let Some(p) = self.record.probation.current.as_mut() else {
+            return;
+        };
+        if p.state != State::OnProbation {
+            return;
+        }
+        p.end(&spec.rule, State::Inconclusive, None, clock::wall());
+        tracing::warn!(model_id = %self.id, job_id = p.job_id, "the model's rule has no probation any more: its retrain's probation ends inconclusive");
+        let verdict = ProbationVerdict {
+            model_id: self.id.clone(),
+            metric: spec.metric.clone(),
+            tolerance: spec.rule.tolerance,
+            probation: p.clone(),
+            escalate: false,
+        };
+        self.persist_now();
+        self.verdicts.do_send(verdict);
     }
 
     /// A checkpoint now: the probation changed without an event the log could replay.

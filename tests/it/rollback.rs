@@ -156,8 +156,7 @@ fn without_a_rollback_hook_the_rollback_is_recorded_and_escalated() {
 }
 
 #[test]
-fn check_config_accepts_the_rollback_and_promote_hooks_and_says_promote_never_runs_without_a_probation()
- {
+fn check_config_accepts_the_rollback_and_promote_hooks_and_says_promote_needs_a_probation() {
     let sb = Sandbox::new();
     let hook = sb.write_script("h", "#!/bin/sh\nexit 0\n");
     let cfg = sb.write(
@@ -172,6 +171,18 @@ fn check_config_accepts_the_rollback_and_promote_hooks_and_says_promote_never_ru
     assert!(text.contains("hook rollback:"), "{text}");
     assert!(text.contains("hooks.promote"), "{text}");
     assert!(text.contains("promote hook never runs"), "{text}");
+    assert!(
+        text.contains("no model rule has a [models.probation]"),
+        "{text}"
+    );
+    // With a rule that has a probation it runs: no warning.
+    let with_probation = std::fs::read_to_string(&cfg).unwrap()
+        + "[[models]]\nmatch = \"*\"\n[models.probation]\nmetric = \"accuracy\"\n";
+    let cfg = sb.write("c2.toml", &with_probation);
+    let o = sb.run(&["check-config", cfg.to_str().unwrap()]);
+    let text = out_text(&o);
+    assert!(o.status.success(), "{text}");
+    assert!(!text.contains("hooks.promote"), "{text}");
 }
 
 /// The shipped example hooks (systemd/hooks/retrain-versioned.sh and rollback-symlink.sh):
