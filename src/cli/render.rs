@@ -119,6 +119,14 @@ pub fn status(out: &mut impl Write, s: &Status) -> Result<()> {
             format!("{} running, {} queued", s.jobs_running, s.jobs_queued),
         ),
         (
+            "probation",
+            format!(
+                "{} model{} on probation",
+                s.models_on_probation,
+                if s.models_on_probation == 1 { "" } else { "s" }
+            ),
+        ),
+        (
             "paused",
             if s.paused.is_empty() {
                 "none".into()

@@ -185,6 +185,9 @@ pub struct Status {
     pub jobs_queued: usize,
     /// The paused models' ids.
     pub paused: Vec<String>,
+    /// Models whose latest retrain is on probation.
+    #[serde(default)]
+    pub models_on_probation: usize,
     pub store_bytes: u64,
     pub store_ok: bool,
     /// Why the store is not ok (`null` when it is).
@@ -868,6 +871,7 @@ mod tests {
             jobs_running: 0,
             jobs_queued: 1,
             paused: vec!["m".into()],
+            models_on_probation: 1,
             store_bytes: 4096,
             store_ok: false,
             store_error: Some("disk full".into()),

@@ -322,6 +322,7 @@ async fn answer(req: Request, ctx: &ControlCtx) -> Result<Data, Refusal> {
                 jobs_running: runner.running,
                 jobs_queued: runner.queued,
                 paused: runner.paused,
+                models_on_probation: runner.on_probation,
                 store_bytes: ctx.store.size_on_disk(),
                 store_ok: store_error.is_none(),
                 store_error,
