@@ -26,6 +26,7 @@ mod persistence;
 mod powerfs;
 mod powerfs_selftest;
 mod powerloss;
+mod probation_durability;
 mod protocol;
 mod replay;
 mod report;
