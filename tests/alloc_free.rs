@@ -173,6 +173,7 @@ fn probation_observe() {
     for i in 0..4 {
         p.observe(&spec, value(i), i as f64);
     }
+    // (The first plan of this process for this rule: worked out here, and shared from then on.)
     assert!(
         ALLOCS.load(Ordering::Relaxed) > before,
         "the plan is worked out at the first candidate value (the counter counts)"
