@@ -173,7 +173,18 @@ struct WearArgs {
     /// Also print one JSON object per server and run, on its own line of stdout (`grep '^{'`).
     #[arg(long)]
     json: bool,
+    /// Give the models' rule a probation on `accuracy` (`[models.probation]`, 2000 events),
+    /// for visutility's servers: its cost is the metric's recent values each model keeps.
+    #[arg(long)]
+    probation: bool,
 }
+
+/// What `wear --probation` adds to the daemon's config (after the last `[[models]]`).
+const PROBATION_CONFIG: &str = "
+[models.probation]
+metric = \"accuracy\"
+events = 2000
+";
 
 /// A wear load: `models` models, each getting `rate` events per second.
 #[derive(Clone, Copy, Debug)]
@@ -1671,12 +1682,17 @@ fn wear(bins: &Bins, a: &WearArgs) -> io::Result<()> {
     let (probe, mount) = disk_scratch(bins, "wear")?;
     drop(probe);
     println!(
-        "Per profile: a fill of {WEAR_FILL} events to every model as fast as they go and a flush (every window full), then {} s of paced load over {} connection(s) (one write per connection every {} ms of the events due in it; no flush op), then {} s without events with the connections open, of which the first {} s is not measured (a last background flush may finish); one flush at the end, after the counters are read. Default policies + ADWIN on error, 500-event drift window, flush_interval_ms {}, no hooks. Measured on the server process from /proc: `wchar` (bytes passed to write calls: files, sockets, eventfd wakeups, logs) and `write_bytes` (bytes it sent towards the disk) of /proc/PID/io; CPU (utime + stime) as a share of one core; wakeups = voluntary context switches summed over its threads (/proc/PID/task/*/status); VmRSS at the end of the window. Scratch directories on {} ({}); {}; medians of {} run(s).\n",
+        "Per profile: a fill of {WEAR_FILL} events to every model as fast as they go and a flush (every window full), then {} s of paced load over {} connection(s) (one write per connection every {} ms of the events due in it; no flush op), then {} s without events with the connections open, of which the first {} s is not measured (a last background flush may finish); one flush at the end, after the counters are read. Default policies + ADWIN on error, 500-event drift window{}, flush_interval_ms {}, no hooks. Measured on the server process from /proc: `wchar` (bytes passed to write calls: files, sockets, eventfd wakeups, logs) and `write_bytes` (bytes it sent towards the disk) of /proc/PID/io; CPU (utime + stime) as a share of one core; wakeups = voluntary context switches summed over its threads (/proc/PID/task/*/status); VmRSS at the end of the window. Scratch directories on {} ({}); {}; medians of {} run(s).\n",
         a.seconds,
         a.conns,
         WEAR_TICK.as_millis(),
         a.idle_seconds,
         WEAR_IDLE_SKIP.as_secs(),
+        if a.probation {
+            ", a probation on accuracy (events = 2000; no retrain, so none runs: the cost of the values kept)"
+        } else {
+            ""
+        },
         std::env::var("LOADGEN_FLUSH_MS").unwrap_or_else(|_| "200".into()),
         mount.fstype,
         mount.source,
@@ -2089,7 +2105,10 @@ fn wear_run(
     profile: Profile,
     a: &WearArgs,
 ) -> io::Result<WearRun> {
-    let cfg = daemon_config(dir, 500, "", "warn");
+    let mut cfg = daemon_config(dir, 500, "", "warn");
+    if a.probation && kind != Kind::Python {
+        cfg.push_str(PROBATION_CONFIG);
+    }
     let server = Server::start(bins, kind, dir, &cfg)?;
     let names: Vec<String> = (0..profile.models).map(model_name).collect();
     let conns = a.conns.min(profile.models);

@@ -354,7 +354,7 @@ pub struct Probation {
 /// from the rule and the baseline's size. Equal whatever it holds, so that a state rebuilt from
 /// the store compares equal to the live one.
 #[derive(Debug, Clone, Default)]
-pub struct PlanCache(Option<std::sync::Arc<(RuleSpec, Plan)>>);
+pub struct PlanCache(Option<std::sync::Arc<(RuleSpec, u64, Plan)>>);
 
 impl PartialEq for PlanCache {
     fn eq(&self, _: &PlanCache) -> bool {
@@ -362,17 +362,41 @@ impl PartialEq for PlanCache {
     }
 }
 
+/// The plans worked out lately, shared by every probation: a plan depends only on the rule and
+/// the baseline's size (almost always the rule's `events`), so the probations of a fleet's
+/// models, and a model's one after another, work it out once rather than each (a few
+/// milliseconds of the models' thread per probation: a retrain rolled back at once, again and
+/// again, made that the daemon's main cost).
+static PLANS: std::sync::Mutex<Vec<std::sync::Arc<(RuleSpec, u64, Plan)>>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// How many plans [`PLANS`] keeps (one per rule with a probation, and baseline size).
+const PLANS_KEPT: usize = 16;
+
+fn shared_plan(spec: &RuleSpec, n_baseline: u64) -> std::sync::Arc<(RuleSpec, u64, Plan)> {
+    let mut plans = PLANS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = plans.iter().find(|p| p.0 == *spec && p.1 == n_baseline) {
+        return p.clone();
+    }
+    let p = std::sync::Arc::new((spec.clone(), n_baseline, Plan::new(spec, n_baseline)));
+    if plans.len() >= PLANS_KEPT {
+        plans.remove(0);
+    }
+    plans.push(p.clone());
+    p
+}
+
 impl PlanCache {
     /// The plan for `spec` and a baseline of `n_baseline` values.
     pub fn get(&mut self, spec: &RuleSpec, n_baseline: u64) -> &Plan {
-        let stale = !matches!(&self.0, Some(c) if c.0 == *spec);
-        if stale {
+        let fresh = matches!(&self.0, Some(c) if c.0 == *spec && c.1 == n_baseline);
+        if !fresh {
             self.0 = None;
         }
         &self
             .0
-            .get_or_insert_with(|| std::sync::Arc::new((spec.clone(), Plan::new(spec, n_baseline))))
-            .1
+            .get_or_insert_with(|| shared_plan(spec, n_baseline))
+            .2
     }
 }
 

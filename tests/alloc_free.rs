@@ -1,5 +1,7 @@
 //! The hot paths never touch the heap: `update` of the binary detectors (DDM, EDDM, HDDM_A,
-//! HDDM_W), decoding a well-formed line, and framing a stream.
+//! HDDM_W), decoding a well-formed line, framing a stream, and applying events to a model
+//! whose rule has a probation (on probation and not: the metric's ring of recent values is
+//! full, and a probation's plan of looks is computed once, at its first candidate value).
 //!
 //! A counting global allocator wraps the system one; this file holds a single test (running
 //! the checks one after the other) so no other test thread allocates while it counts.
@@ -43,6 +45,8 @@ static GLOBAL: Counting = Counting;
 fn hot_paths_are_allocation_free() {
     detector_updates();
     decode_and_framing();
+    probation_observe();
+    advance_with_a_probation();
 }
 
 fn detector_updates() {
@@ -137,4 +141,136 @@ fn decode_and_framing() {
     let after = ALLOCS.load(Ordering::Relaxed);
     assert_eq!((frames, events), (20_000, 12_000));
     assert_eq!(after - before, 0, "framing allocated in the steady state");
+}
+
+fn probation_observe() {
+    use visutility::probation::{Direction, ModelProbation, RuleSpec, Sample, State};
+    let spec = RuleSpec {
+        events: 200,
+        min_events: 20,
+        tolerance: 0.0,
+        confidence: 0.95,
+        direction: Direction::Higher,
+    };
+    let value = |i: u64| if i.is_multiple_of(7) { 0.0 } else { 1.0 };
+    let mut p = ModelProbation::default();
+    for i in 0..200 {
+        p.observe(&spec, value(i), i as f64);
+    }
+    // Not on probation, the ring full: the oldest value makes room for the newest.
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for i in 200..20_200 {
+        black_box(p.observe(&spec, black_box(value(i)), i as f64));
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed) - before,
+        0,
+        "ModelProbation::observe allocated off probation"
+    );
+    // On probation: the first candidate value works the plan out (it allocates, once).
+    p.start(1, p.recent_sample(), 3, 0.0);
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for i in 0..4 {
+        p.observe(&spec, value(i), i as f64);
+    }
+    // (The first plan of this process for this rule: worked out here, and shared from then on.)
+    assert!(
+        ALLOCS.load(Ordering::Relaxed) > before,
+        "the plan is worked out at the first candidate value (the counter counts)"
+    );
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let mut ended = false;
+    for i in 4..203 {
+        ended |= black_box(p.observe(&spec, black_box(value(i)), i as f64));
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed) - before,
+        0,
+        "ModelProbation::observe allocated on probation (the plan worked out again?)"
+    );
+    let c = p.current.as_ref().unwrap();
+    assert!(ended && c.state == State::Promoted, "{c:?}");
+    assert_eq!(c.candidate.n, 200);
+    // A probation rolled back at a look: no allocation either.
+    p.start(2, Sample::of((0..200).map(value)), 0, 0.0);
+    p.observe(&spec, 1.0, 0.0);
+    let before = ALLOCS.load(Ordering::Relaxed);
+    let mut n = 1;
+    while !p.observe(&spec, black_box(0.0), 0.0) {
+        n += 1;
+        assert!(n < 200, "never rolled back");
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed) - before,
+        0,
+        "a rollback allocated"
+    );
+    assert_eq!(p.current.as_ref().unwrap().state, State::RolledBack);
+}
+
+/// `model::advance` (what the model actor and the replay apply events with) for a rule with
+/// a policy and a probation, on a calm stream (no policy fires: a decision's reason is a
+/// string).
+fn advance_with_a_probation() {
+    use visutility::config::{Config, Env};
+    use visutility::model::advance;
+    use visutility::policy::{Obs, bind_states};
+    use visutility::probation::Sample;
+    use visutility::store::ModelRecord;
+    let config = Config::from_toml(
+        "[[models]]\nmatch = \"*\"\n\
+         [[models.policies]]\nkind = \"static_threshold\"\nmax_drift = 0.9\n\
+         [[models.policies]]\nkind = \"drift_window\"\nwindow = 50\nthreshold = 0.8\n\
+         [models.probation]\nmetric = \"accuracy\"\nevents = 300\nmin_events = 30\n",
+        &Env::default(),
+    )
+    .unwrap();
+    let rule = &config.models[0];
+    let lines: Vec<String> = (0..2_000)
+        .map(|i| {
+            format!(
+                r#"{{"model_id":"m","drift_score":{},"accuracy":{}}}"#,
+                0.1 + (i % 10) as f64 / 100.0,
+                0.9 + (i % 3) as f64 / 20.0
+            )
+        })
+        .collect();
+    let obs: Vec<Obs> = lines
+        .iter()
+        .map(|l| match decode_line(l.as_bytes()) {
+            Ok(Line::Event(e)) => Obs::from_event(&e, 1.0),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let mut record = ModelRecord {
+        policies: bind_states(&rule.policies, Vec::new()),
+        ..ModelRecord::default()
+    };
+    // Windows and the ring fill first.
+    advance(&mut record, Some(rule), &obs[..500], |_| {});
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for batch in obs[500..].chunks(64) {
+        advance(&mut record, Some(rule), batch, |_| {});
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed) - before,
+        0,
+        "advance allocated (rule with a probation, not on probation)"
+    );
+    // On probation (judged on every value, looks every 30, promoted at 300).
+    let baseline: Sample = record.probation.recent_sample();
+    record.probation.start(9, baseline, 0, 1.0);
+    advance(&mut record, Some(rule), &obs[..1], |_| {});
+    let before = ALLOCS.load(Ordering::Relaxed);
+    for batch in obs[1..400].chunks(64) {
+        advance(&mut record, Some(rule), batch, |_| {});
+    }
+    assert_eq!(
+        ALLOCS.load(Ordering::Relaxed) - before,
+        0,
+        "advance allocated (on probation)"
+    );
+    let p = record.probation.current.as_ref().unwrap();
+    assert_eq!(p.candidate.n, 300, "{p:?}");
+    assert_eq!(record.decisions, 0, "the stream is calm");
 }

@@ -219,14 +219,17 @@ impl CommandActor {
                 _ => return,
             }
         }
-        if let Some(follow) = self.follow_up(model, job_id) {
+        // Its job in the journal and the record still open: a kill came between the two
+        // writes. The job is not made again; the record is completed below (else it would
+        // stay on probation for good, and resume as such at every start).
+        let follow = self.follow_up(model, job_id);
+        if let Some(follow) = follow {
             tracing::debug!(
                 model_id = model,
                 job_id,
                 follow_up = follow,
                 "probation verdict acted on already (its job is in the journal)"
             );
-            return;
         }
         let state = ProbationState::of(p.state);
         let mut r = record.unwrap_or_else(|| ProbationRecord {
@@ -259,6 +262,7 @@ impl CommandActor {
         }
         self.count_probation(state);
         let followed = match state {
+            _ if follow.is_some() => follow,
             ProbationState::RolledBack => {
                 let figures = probation_input(&v.metric, v.tolerance, p);
                 self.rollback_retrain(model, job_id, figures, false, now, ctx)

@@ -27,6 +27,7 @@ mod powerfs;
 mod powerfs_selftest;
 mod powerloss;
 mod probation;
+mod probation_durability;
 mod protocol;
 mod replay;
 mod report;

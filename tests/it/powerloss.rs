@@ -13,7 +13,16 @@
 //! - every job whose id `trigger` returned is in `history`;
 //! - each model's state, read through the library from the store the cut left, is exactly
 //!   what applying the first `events` events it was sent gives (every field, detector states
-//!   and KSWIN's random state included).
+//!   and KSWIN's random state included);
+//! - probation (`[models.probation]` on `value`; retrains succeed, so probations start, are
+//!   rolled back when a policy fires during one, promoted after 60 calm values): the metric's
+//!   recent values (kept in the checkpoint's probation extension) are exactly the last ones
+//!   kept; the running probation's candidate is exactly the values since it started, a
+//!   decided one's a run of consecutive kept values, the last promoted sample too (where a
+//!   probation starts is the runner's doing, not an event's, so that is what can be checked);
+//! - every rollback job seen in `history` before an `ok` flush is still there, and no retrain
+//!   has two rollback jobs (a verdict acted on twice); a job retried after a restart
+//!   (`retry_of`) is the same rollback.
 //!
 //! `VISUTILITY_POWERLOSS_SEED=N` replays a run; the seed is printed.
 
@@ -42,6 +51,7 @@ cooldown_s = 0
 retries = 0
 full = { command = ["/bin/true"], timeout_s = 30 }
 fine_tune = { command = ["/bin/true"], timeout_s = 30 }
+rollback = { command = ["/bin/true"], timeout_s = 30 }
 
 [[models]]
 match = "*"
@@ -73,6 +83,12 @@ seed = 7
 name = "cu"
 kind = "cusum"
 metric = "value"
+
+[models.probation]
+metric = "value"
+direction = "lower"
+events = 60
+min_events = 12
 "#;
 
 /// The events of one model, in the order sent, as the daemon's decoder reads them.
@@ -89,6 +105,8 @@ struct Ledger {
     acked: BTreeMap<&'static str, usize>,
     /// Job ids `trigger` answered with.
     jobs: BTreeSet<u64>,
+    /// Rollback jobs seen in `history` before an `ok` flush (which synced the journal).
+    rollbacks: BTreeSet<u64>,
 }
 
 impl Ledger {
@@ -235,6 +253,8 @@ fn check_store(state_dir: &Path, rule: &ModelRule, ledger: &mut Ledger, round: u
             );
             expected.last_seen = rec.last_seen;
         }
+        check_probation(&rec, &expected, rule, &sent[..n], round, m);
+        rec.probation = expected.probation.clone();
         if rec != expected {
             let diff: Vec<String> = rec
                 .policies
@@ -263,6 +283,74 @@ fn check_store(state_dir: &Path, rule: &ModelRule, ledger: &mut Ledger, round: u
         }
     }
     kept
+}
+
+/// A model's probation state after a cut against the events it kept (see the module's doc):
+/// the replay from the first event cannot start probations (the runner does, between events),
+/// so the running probation and the last promoted sample are checked for what they must be.
+fn check_probation(
+    rec: &ModelRecord,
+    expected: &ModelRecord,
+    rule: &ModelRule,
+    kept: &[Obs],
+    round: usize,
+    m: &str,
+) {
+    use visutility::probation::{Sample, State};
+    let spec = rule.probation.as_ref().expect("the rule has a probation");
+    let values: Vec<f64> = kept.iter().filter_map(|o| o.metric(&spec.metric)).collect();
+    let p = &rec.probation;
+    assert_eq!(
+        p.recent, expected.probation.recent,
+        "round {round}: {m}: the probation metric's recent values differ from the last kept"
+    );
+    let same = |a: &Sample, b: &Sample| {
+        a.n == b.n && a.mean.to_bits() == b.mean.to_bits() && a.m2.to_bits() == b.m2.to_bits()
+    };
+    let a_run = |s: &Sample| {
+        let k = s.n as usize;
+        k == 0 || (k..=values.len()).any(|j| same(&Sample::of(values[j - k..j].iter().copied()), s))
+    };
+    if let Some(lp) = &p.last_promoted {
+        assert_eq!(lp.n, spec.rule.events, "round {round}: {m}: {lp:?}");
+        assert!(
+            a_run(lp),
+            "round {round}: {m}: the last promoted sample {lp:?} is no run of kept values"
+        );
+    }
+    if let Some(c) = &p.current {
+        assert_eq!(c.warmup_left, 0, "round {round}: {m}: {c:?}");
+        if c.state == State::OnProbation {
+            let k = c.candidate.n as usize;
+            assert!(k <= values.len(), "round {round}: {m}: {c:?}");
+            let tail = Sample::of(values[values.len() - k..].iter().copied());
+            assert!(
+                same(&tail, &c.candidate),
+                "round {round}: {m}: the running probation's candidate {:?} is not its last {k} kept values {tail:?}",
+                c.candidate
+            );
+        } else {
+            assert!(
+                a_run(&c.candidate),
+                "round {round}: {m}: a decided probation's candidate {:?} is no run of kept values",
+                c.candidate
+            );
+        }
+    }
+}
+
+/// Rollback jobs by the retrain they roll back, from `history --json` (ids, and whether the
+/// job retries another).
+fn rollbacks(history: &[Value]) -> BTreeMap<u64, Vec<(u64, bool)>> {
+    let mut by: BTreeMap<u64, Vec<(u64, bool)>> = BTreeMap::new();
+    for j in history.iter().filter(|j| j["action"] == "rollback") {
+        if let (Some(of), Some(id)) = (j["rollback_of"].as_u64(), j["job_id"].as_u64()) {
+            by.entry(of)
+                .or_default()
+                .push((id, !j["retry_of"].is_null()));
+        }
+    }
+    by
 }
 
 #[test]
@@ -304,7 +392,7 @@ fn acknowledged_events_and_jobs_survive_power_cuts() {
     ];
     let mut d = b.start();
     let mut early_cuts = 0;
-    let mut totals = (0usize, 0u64, 0u64);
+    let mut totals = (0usize, 0u64, 0u64, 0usize);
     for round in 0..rounds {
         // Traffic from two connections, triggers and reloads, then a kill at a random moment.
         let stop = Arc::new(AtomicBool::new(false));
@@ -338,6 +426,24 @@ fn acknowledged_events_and_jobs_survive_power_cuts() {
             d.sighup();
         }
         std::thread::sleep(run_for.saturating_sub(t0.elapsed()));
+        if !early && rng.below(2) == 0 {
+            // The rollback jobs in the journal now, then a flush: once it is answered `ok`,
+            // the journal is synced, and they must survive the cut.
+            let o = d.cli(&["history", "--json", "--limit", "100000"]);
+            let seen: Vec<u64> = serde_json::from_slice::<Value>(&o.stdout)
+                .unwrap_or_default()
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|j| j["action"] == "rollback")
+                .filter_map(|j| j["job_id"].as_u64())
+                .collect();
+            if let Ok(mut c) = d.try_connect()
+                && c.flush()["ok"] == Value::Bool(true)
+            {
+                ledger.lock().unwrap().rollbacks.extend(seen);
+            }
+        }
         d.kill();
         stop.store(true, Ordering::Relaxed);
         for s in senders {
@@ -355,27 +461,42 @@ fn acknowledged_events_and_jobs_survive_power_cuts() {
         drop(l);
         d.restart();
         let o = d.cli(&["history", "--json", "--limit", "100000"]);
-        let history: BTreeSet<u64> = serde_json::from_slice::<Value>(&o.stdout)
-            .unwrap_or_default()
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|j| j["job_id"].as_u64())
-            .collect();
+        let listed: Vec<Value> = serde_json::from_slice::<Value>(&o.stdout)
+            .ok()
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default();
+        let history: BTreeSet<u64> = listed.iter().filter_map(|j| j["job_id"].as_u64()).collect();
         for id in &jobs {
             assert!(
                 history.contains(id),
                 "round {round}: job {id} returned by trigger is missing from history"
             );
         }
+        for id in &ledger.lock().unwrap().rollbacks {
+            assert!(
+                history.contains(id),
+                "round {round}: rollback job {id}, in the journal before an ok flush, is missing from history"
+            );
+        }
+        let by_retrain = rollbacks(&listed);
+        for (retrain, jobs) in &by_retrain {
+            let originals = jobs.iter().filter(|(_, retry)| !retry).count();
+            assert!(
+                originals <= 1,
+                "round {round}: retrain {retrain} has {originals} rollback jobs: {jobs:?}"
+            );
+        }
+        totals.3 = by_retrain.len();
     }
     let l = ledger.lock().unwrap();
     let kept: usize = l.sent.values().map(|s| s.obs.len()).sum();
     let acked: usize = l.acked.values().sum();
     let stats = fs.stats();
     eprintln!(
-        "powerloss: {rounds} cuts ({early_cuts} within 30 ms of start, during the start-up folds): {kept} events kept, every one of the {acked} acknowledged among them, {} jobs kept; the cuts dropped {} pages ({} bytes) and undid {} directory operations; {} fsyncs, {} fdatasyncs, {} directory fsyncs",
+        "powerloss: {rounds} cuts ({early_cuts} within 30 ms of start, during the start-up folds): {kept} events kept, every one of the {acked} acknowledged among them, {} jobs kept; {} retrains rolled back after probation, {} rollback jobs acknowledged and kept; the cuts dropped {} pages ({} bytes) and undid {} directory operations; {} fsyncs, {} fdatasyncs, {} directory fsyncs",
         l.jobs.len(),
+        totals.3,
+        l.rollbacks.len(),
         totals.0,
         totals.1,
         totals.2,
