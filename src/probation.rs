@@ -473,11 +473,75 @@ impl Probation {
 /// the current (or last decided) probation.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ModelProbation {
-    /// The last values of the metric, at most the rule's `events`, oldest first.
+    /// The last values of the metric, at most the rule's `events`, oldest first. Stored as
+    /// the observation log stores numbers (a short decimal in 1 to 3 bytes, bit-exact), not
+    /// as 8 bytes each: every checkpoint carries them.
+    #[serde(with = "compact_values")]
     pub recent: std::collections::VecDeque<f64>,
     /// The candidate of the last promoted retrain; before any, the first `events` values.
     pub last_promoted: Option<Sample>,
     pub current: Option<Probation>,
+}
+
+/// A sequence of numbers as one byte string: the count, then each number as
+/// [`crate::store::wal::put_num`] writes it (bit-exact).
+mod compact_values {
+    use std::collections::VecDeque;
+
+    use serde::de::{Error, SeqAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    use crate::store::wal::{get_num, get_varint, put_num, put_varint};
+
+    pub fn serialize<S: Serializer>(values: &VecDeque<f64>, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = Vec::with_capacity(values.len() * 3 + 4);
+        put_varint(&mut out, values.len() as u64);
+        for &v in values {
+            put_num(&mut out, v);
+        }
+        s.serialize_bytes(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<VecDeque<f64>, D::Error> {
+        d.deserialize_byte_buf(Bytes)
+    }
+
+    struct Bytes;
+
+    impl<'de> Visitor<'de> for Bytes {
+        type Value = VecDeque<f64>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a byte string of numbers")
+        }
+
+        fn visit_bytes<E: Error>(self, b: &[u8]) -> Result<VecDeque<f64>, E> {
+            let mut pos = 0;
+            let n = get_varint(b, &mut pos).ok_or_else(|| E::custom("no count"))?;
+            // Each number takes a byte at least: a count beyond that is damage, not a reason
+            // to reserve memory.
+            if n > b.len() as u64 {
+                return Err(E::custom("count beyond the bytes"));
+            }
+            let mut out = VecDeque::with_capacity(n as usize);
+            for _ in 0..n {
+                out.push_back(get_num(b, &mut pos).ok_or_else(|| E::custom("cut short"))?);
+            }
+            Ok(out)
+        }
+
+        fn visit_byte_buf<E: Error>(self, b: Vec<u8>) -> Result<VecDeque<f64>, E> {
+            self.visit_bytes(&b)
+        }
+
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<VecDeque<f64>, A::Error> {
+            let mut b = Vec::new();
+            while let Some(x) = seq.next_element::<u8>()? {
+                b.push(x);
+            }
+            self.visit_bytes(&b)
+        }
+    }
 }
 
 impl ModelProbation {
@@ -946,5 +1010,40 @@ mod tests {
             .unwrap()
             .end(&spec, State::Promoted, Some(Cause::Manual), 9.0);
         assert_eq!(m.current.as_ref().unwrap(), &before);
+    }
+
+    #[test]
+    fn the_recent_values_are_stored_short_and_bit_exact() {
+        let mut m = ModelProbation::default();
+        let spec = RuleSpec {
+            events: 2000,
+            ..spec()
+        };
+        for i in 0..2000 {
+            m.observe(&spec, if i % 13 == 0 { 0.0 } else { 1.0 }, 0.0);
+        }
+        let bytes = crate::store::encode_record(&m).unwrap();
+        // 2,000 values of 0 or 1: a byte each (not 8), and the rest of the state.
+        assert!(bytes.len() < 2_100, "{} bytes", bytes.len());
+        let back: ModelProbation = crate::store::decode_record(&bytes).unwrap();
+        assert_eq!(back, m);
+        let odd = [
+            0.93,
+            1.0 / 3.0,
+            -2.5e-310,
+            f64::MAX,
+            1e-7,
+            -0.0,
+            123_456.789,
+        ];
+        m.recent = odd.into_iter().collect();
+        let back: ModelProbation =
+            crate::store::decode_record(&crate::store::encode_record(&m).unwrap()).unwrap();
+        let bits = |q: &ModelProbation| q.recent.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&back), bits(&m));
+        // A count beyond the bytes is damage, refused without reserving memory.
+        let mut cut = crate::store::encode_record(&m).unwrap();
+        cut.truncate(cut.len() - 3);
+        assert!(crate::store::decode_record::<ModelProbation>(&cut).is_err());
     }
 }
