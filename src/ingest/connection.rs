@@ -267,7 +267,13 @@ struct Conn {
     rate_events: u64,
     /// A dispatch since the last move held at least [`BULK_EVENTS`]: a bulk load.
     bulk: bool,
+    /// `now` at the last read before the latest dispatch.
+    last_read: f64,
 }
+
+/// A read this soon after the one before the last dispatch (seconds) marks a client writing
+/// back to back.
+const BUSY_GAP_S: f64 = 0.002;
 
 /// Which thread a connection runs on. A connection starts on the models' thread: at a low or
 /// moderate rate its reads, decoding and dispatch cost little there, and its events reach
@@ -483,6 +489,7 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         rate_since: crate::clock::wall(),
         rate_events: 0,
         bulk: false,
+        last_read: 0.0,
     };
     let mut parts = Parts {
         conn,
@@ -625,6 +632,9 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
             conn.now = crate::clock::wall();
             op = conn.frame(frame);
         }
+        // Whether the client writes back to back (this read came within `BUSY_GAP_S` of the
+        // last one): only then can a yield find more to read.
+        let busy = conn.now - conn.last_read < BUSY_GAP_S;
         // Everything else readable without waiting, up to an op (its barrier covers exactly
         // the lines before it) or a full dispatch. An error or EOF here is met again by the
         // next wait, which handles it.
@@ -633,8 +643,10 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
         // until the runtime next polls for I/O it reports "not ready" without trying. Under
         // load the sender has usually written more by then, so a drained-looking socket gets
         // one yield (the runtime polls for I/O before resuming this task) before the batch
-        // goes: batches then fill to `DISPATCH_EVENTS` instead of ending with each read.
-        let mut yielded = false;
+        // goes: batches then fill to `DISPATCH_EVENTS` instead of ending with each read. A
+        // client that writes now and then (a paced load: one write every 10 ms) gets no
+        // yield: it has nothing more on the way, and the yield would cost a poll for I/O.
+        let mut yielded = !busy;
         while op.is_none() {
             if let Some(frame) = reader.try_next_buffered() {
                 op = conn.frame(frame);
@@ -659,6 +671,7 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
                 None => break,
             }
         }
+        conn.last_read = conn.now;
         // Backpressure: wait for the models to finish an earlier dispatch of this connection.
         while conn.in_flight >= MAX_IN_FLIGHT {
             let back = tokio::select! {
