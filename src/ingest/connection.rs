@@ -5,13 +5,16 @@
 //! waiting, [`DISPATCH_EVENTS`] are pending, the oldest has waited [`DISPATCH_DELAY_S`], or an
 //! op arrives. Then the array is sorted by
 //! model (stably, so each model's events keep their order) and shared: each model gets one
-//! `ApplyBatch` naming its range of it, however many events each model got: for a few models
-//! the messages go as one task handed to the models' thread (one wake-up of it, however many
-//! models), for one model or very many they are sent from the connection's thread. The array
-//! comes back to the connection when the last model is done with it and is reused. Order per
-//! model is preserved because the models' thread runs its tasks in order, a direct send is
-//! taken only while none of the connection's tasks waits, an actor's mailbox is FIFO, and
-//! dispatches leave in read order.
+//! `ApplyBatch` naming its range of it, however many events each model got. A connection
+//! runs on the models' thread while its rate is low or moderate (then every message goes
+//! straight into its actor's mailbox, and a client's write wakes one thread, not two) and on
+//! the main thread beside the models under a heavy load (see [`Home`]). There, for a few
+//! models the messages go as one task handed to the models' thread (one wake-up of it,
+//! however many models), for one model or very many they are sent from the connection's
+//! thread. The array comes back to the connection when the last model is done with it and is
+//! reused. Order per model is preserved because the models' thread runs its tasks in order, a
+//! direct send is taken only while none of the connection's tasks waits, an actor's mailbox
+//! is FIFO, and dispatches leave in read order.
 //!
 //! Backpressure: at most [`MAX_IN_FLIGHT`] dispatches of a connection are being applied at a
 //! time; beyond that the connection stops reading until the models catch up, so a client that
@@ -275,11 +278,12 @@ struct Conn {
 /// back to back.
 const BUSY_GAP_S: f64 = 0.002;
 
-/// Which thread a connection runs on. A connection starts on the models' thread: at a low or
-/// moderate rate its reads, decoding and dispatch cost little there, and its events reach
-/// the models without waking a second thread (a paced load's every write would otherwise
-/// wake two threads: the connection's, then the models'). Once it sends more than
-/// [`HEAVY_EVENTS_PER_S`] it moves to the main thread, so that decoding runs beside the models
+/// Which thread a connection runs on. A connection starts on the models' thread (where the
+/// listener accepts it): at a low or moderate rate its reads, decoding and dispatch cost
+/// little there, and its events reach the models without waking a second thread (a paced
+/// load's every write would otherwise wake two threads: the connection's, then the
+/// models'). Once it sends more than [`HEAVY_EVENTS_PER_S`] (or one dispatch holds
+/// [`BULK_EVENTS`]) it moves to the main thread, so that decoding runs beside the models
 /// instead of taking their time; below [`LIGHT_EVENTS_PER_S`] for a whole second it moves
 /// back. A move happens between two dispatches, with nothing pending, and keeps every
 /// model's order: on the models' thread every batch goes straight into its actor's mailbox
@@ -445,7 +449,7 @@ struct Parts {
 }
 
 /// Serves one connection until it closes, on the models' thread or the main thread (see
-/// [`Home`]). Called on the main thread.
+/// [`Home`]). Called on the models' thread.
 pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
     let Ok(std_stream) = stream.into_std() else {
         return;
@@ -501,16 +505,16 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
     let mut at = Home::Models;
     loop {
         let next = match at {
-            Home::Main => serve(parts, Home::Main).await,
-            Home::Models => {
+            Home::Models => serve(parts, Home::Models).await,
+            Home::Main => {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let queued = ctx.registry.arbiter().spawn_fn(move || {
+                let queued = actix::System::current().arbiter().spawn_fn(move || {
                     actix::spawn(async move {
-                        let _ = tx.send(serve(parts, Home::Models).await);
+                        let _ = tx.send(serve(parts, Home::Main).await);
                     });
                 });
                 if !queued {
-                    // The models' thread is gone (shutdown): the connection goes with it.
+                    // The main thread is gone (shutdown): the connection goes with it.
                     return;
                 }
                 rx.await.ok().flatten()
