@@ -190,15 +190,31 @@ async fn serve(
         refusals: ingest_refusals.clone(),
     };
     let (probe, probes) = tokio::sync::mpsc::channel(1);
-    let ingest_task = actix::spawn(ingest::serve(
-        ingest_socket,
-        ingest_ctx,
-        ingest::Limits {
-            max_connections: max_connections(config.daemon.max_connections),
-            per_uid: config.daemon.max_connections_per_uid,
-        },
-        probes,
-    ));
+    // The listener and the connections it accepts are served on the models' thread: a
+    // connection's events then reach the models without waking another thread, and a
+    // connection that closes gives its place back before a later one is accepted (both on
+    // one thread, in order). A connection under heavy load moves to this thread by itself
+    // (see `ingest::connection`).
+    let limits = ingest::Limits {
+        max_connections: max_connections(config.daemon.max_connections),
+        per_uid: config.daemon.max_connections_per_uid,
+    };
+    let moved = ingest_socket.detach()?;
+    let (served_tx, served) = tokio::sync::oneshot::channel::<()>();
+    registry.arbiter().spawn_fn(move || match moved.attach() {
+        Ok(socket) => {
+            actix::spawn(async move {
+                ingest::serve(socket, ingest_ctx, limits, probes).await;
+                let _ = served_tx.send(());
+            });
+        }
+        Err(error) => {
+            tracing::error!(error = %error, "cannot serve the ingest socket");
+        }
+    });
+    let ingest_task = actix::spawn(async move {
+        let _ = served.await;
+    });
     let control_ctx = ControlCtx {
         registry: registry.clone(),
         store: store.clone(),

@@ -5,13 +5,16 @@
 //! waiting, [`DISPATCH_EVENTS`] are pending, the oldest has waited [`DISPATCH_DELAY_S`], or an
 //! op arrives. Then the array is sorted by
 //! model (stably, so each model's events keep their order) and shared: each model gets one
-//! `ApplyBatch` naming its range of it, however many events each model got: for a few models
-//! the messages go as one task handed to the models' thread (one wake-up of it, however many
-//! models), for one model or very many they are sent from the connection's thread. The array
-//! comes back to the connection when the last model is done with it and is reused. Order per
-//! model is preserved because the models' thread runs its tasks in order, a direct send is
-//! taken only while none of the connection's tasks waits, an actor's mailbox is FIFO, and
-//! dispatches leave in read order.
+//! `ApplyBatch` naming its range of it, however many events each model got. A connection
+//! runs on the models' thread while its rate is low or moderate (then every message goes
+//! straight into its actor's mailbox, and a client's write wakes one thread, not two) and on
+//! the main thread beside the models under a heavy load (see [`Home`]). There, for a few
+//! models the messages go as one task handed to the models' thread (one wake-up of it,
+//! however many models), for one model or very many they are sent from the connection's
+//! thread. The array comes back to the connection when the last model is done with it and is
+//! reused. Order per model is preserved because the models' thread runs its tasks in order, a
+//! direct send is taken only while none of the connection's tasks waits, an actor's mailbox
+//! is FIFO, and dispatches leave in read order.
 //!
 //! Backpressure: at most [`MAX_IN_FLIGHT`] dispatches of a connection are being applied at a
 //! time; beyond that the connection stops reading until the models catch up, so a client that
@@ -30,9 +33,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use tokio::io::AsyncWriteExt;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
-use tokio::net::unix::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -116,12 +118,12 @@ impl ByteBudget {
 }
 
 /// One connection's part of a [`ByteBudget`].
-struct Share<'a> {
-    budget: &'a ByteBudget,
+struct Share {
+    budget: Arc<ByteBudget>,
     held: usize,
 }
 
-impl Share<'_> {
+impl Share {
     /// Records that this connection now holds `bytes`; true when that takes all connections
     /// over the budget.
     fn hold(&mut self, bytes: usize) -> bool {
@@ -140,7 +142,7 @@ impl Share<'_> {
     }
 }
 
-impl Drop for Share<'_> {
+impl Drop for Share {
     fn drop(&mut self) {
         self.hold(0);
     }
@@ -215,8 +217,8 @@ struct Slot {
     count: u32,
 }
 
-struct Conn<'a> {
-    ctx: &'a IngestCtx,
+struct Conn {
+    ctx: IngestCtx,
     line_no: u64,
     accepted: u64,
     rejected: u64,
@@ -251,9 +253,9 @@ struct Conn<'a> {
     /// Error replies not queued because the client was not reading ([`REPLY_BUFFER`]).
     replies_dropped: u64,
     /// This connection's unfinished line, counted against the budget of all connections.
-    partial: Share<'a>,
+    partial: Share,
     /// This connection's unsent replies, counted against [`REPLY_BUDGET`].
-    queued: Share<'a>,
+    queued: Share,
     /// Time of receipt of the current read (Unix seconds).
     now: f64,
     /// `now` when the oldest event in `pending` was read.
@@ -261,16 +263,204 @@ struct Conn<'a> {
     /// Dispatches and messages sent, for the log line at close (batching at a glance).
     dispatches: u64,
     messages: u64,
+    /// Whether this connection runs on the models' thread now (see [`Home`]).
+    on_models: bool,
+    /// Events accepted since `rate_since` (Unix seconds): the rate that picks the thread.
+    rate_since: f64,
+    rate_events: u64,
+    /// A dispatch since the last move held at least [`BULK_EVENTS`]: a bulk load.
+    bulk: bool,
+    /// `now` at the last read before the latest dispatch.
+    last_read: f64,
 }
 
+/// A read this soon after the one before the last dispatch (seconds) marks a client writing
+/// back to back.
+const BUSY_GAP_S: f64 = 0.002;
+
+/// Which thread a connection runs on. A connection starts on the models' thread (where the
+/// listener accepts it): at a low or moderate rate its reads, decoding and dispatch cost
+/// little there, and its events reach the models without waking a second thread (a paced
+/// load's every write would otherwise wake two threads: the connection's, then the
+/// models'). Once it sends more than [`HEAVY_EVENTS_PER_S`] (or one dispatch holds
+/// [`BULK_EVENTS`]) it moves to the main thread, so that decoding runs beside the models
+/// instead of taking their time; below [`LIGHT_EVENTS_PER_S`] for a whole second it moves
+/// back. A move happens between two dispatches, with nothing pending, and keeps every
+/// model's order: on the models' thread every batch goes straight into its actor's mailbox
+/// before the connection reads on, and the connection resumes there as a task queued behind
+/// any batches it handed over from the main thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Home {
+    Models,
+    Main,
+}
+
+/// Events per second past which a connection on the models' thread moves to the main thread.
+pub const HEAVY_EVENTS_PER_S: u64 = 50_000;
+
+/// A dispatch of this many events (the socket held them all at once) moves a connection on
+/// the models' thread to the main thread at once, without waiting for the rate.
+pub const BULK_EVENTS: usize = DISPATCH_EVENTS / 2;
+
+/// Events per second (over a whole second) below which a connection on the main thread moves
+/// back to the models' thread.
+pub const LIGHT_EVENTS_PER_S: u64 = 10_000;
+
+/// The connection's socket, registered with the reactor of the thread the connection runs
+/// on, and taken off it when the connection moves.
+enum SockState {
+    Attached(AsyncFd<std::os::unix::net::UnixStream>),
+    Detached(std::os::unix::net::UnixStream),
+    Gone,
+}
+
+type Sock = Arc<std::sync::Mutex<SockState>>;
+
+fn lock_sock(s: &Sock) -> std::sync::MutexGuard<'_, SockState> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn not_attached() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "socket not registered on this thread",
+    )
+}
+
+/// Registers the socket with this thread's reactor.
+fn attach(sock: &Sock) -> std::io::Result<()> {
+    let mut st = lock_sock(sock);
+    match std::mem::replace(&mut *st, SockState::Gone) {
+        SockState::Detached(s) => {
+            // SAFETY: the descriptor is the stream's own, which the `AsyncFd` owns from now on
+            // (it is valid and open for as long as the registration).
+            let fd = unsafe { AsyncFd::register(s) }
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            *st = SockState::Attached(fd);
+            Ok(())
+        }
+        other => {
+            *st = other;
+            Ok(())
+        }
+    }
+}
+
+/// Takes the socket off this thread's reactor, so another thread can register it.
+fn detach(sock: &Sock) {
+    let mut st = lock_sock(sock);
+    if let SockState::Attached(fd) = std::mem::replace(&mut *st, SockState::Gone) {
+        *st = SockState::Detached(fd.into_inner());
+    }
+}
+
+/// The read side, for the [`LineReader`]. Like tokio's own stream, a short read means the
+/// socket is drained until the reactor says otherwise.
+struct SockRead(Sock);
+
+impl tokio::io::AsyncRead for SockRead {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        use std::io::Read;
+        let st = lock_sock(&self.0);
+        let SockState::Attached(fd) = &*st else {
+            return Poll::Ready(Err(not_attached()));
+        };
+        loop {
+            let mut guard = match fd.poll_read_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            let unfilled = buf.initialize_unfilled();
+            let want = unfilled.len();
+            match guard.try_io(|s| s.get_ref().read(unfilled)) {
+                Ok(Ok(n)) => {
+                    if n > 0 && n < want {
+                        guard.clear_ready();
+                    }
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
+
+/// The write side: replies.
+struct SockWrite(Sock);
+
+impl SockWrite {
+    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
+    fn try_write(&self, b: &[u8]) -> std::io::Result<usize> {
+        use std::io::Write;
+        let st = lock_sock(&self.0);
+        let SockState::Attached(fd) = &*st else {
+            return Err(not_attached());
+        };
+        let mut cx = Context::from_waker(Waker::noop());
+        match fd.poll_write_ready(&mut cx) {
+            Poll::Ready(Ok(mut guard)) => match guard.try_io(|s| s.get_ref().write(b)) {
+                Ok(r) => r,
+                Err(_would_block) => Err(std::io::ErrorKind::WouldBlock.into()),
+            },
+            Poll::Ready(Err(e)) => Err(e),
+            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    /// Waits until the socket takes more.
+    async fn writable(&self) -> std::io::Result<()> {
+        std::future::poll_fn(|cx| {
+            let st = lock_sock(&self.0);
+            let SockState::Attached(fd) = &*st else {
+                return Poll::Ready(Err(not_attached()));
+            };
+            fd.poll_write_ready(cx).map_ok(drop)
+        })
+        .await
+    }
+
+    async fn write_all(&self, mut b: &[u8]) -> std::io::Result<()> {
+        while !b.is_empty() {
+            match self.try_write(b) {
+                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                Ok(n) => b = &b[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.writable().await?,
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A connection between two stretches on one thread: everything it holds.
+struct Parts {
+    conn: Conn,
+    reader: LineReader<SockRead>,
+    wr: SockWrite,
+    settings: ConnSettings,
+    partial_since: Option<Instant>,
+}
+
+/// Serves one connection until it closes, on the models' thread or the main thread (see
+/// [`Home`]). Called on the models' thread.
 pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
+    let Ok(std_stream) = stream.into_std() else {
+        return;
+    };
     let settings = ctx.settings.borrow().clone();
-    let (rd, mut wr) = stream.into_split();
-    let mut reader = LineReader::new(rd, settings.max_line_bytes);
-    let mut shutdown = ctx.shutdown.clone();
+    let sock: Sock = Arc::new(std::sync::Mutex::new(SockState::Detached(std_stream)));
+    let reader = LineReader::new(SockRead(sock.clone()), settings.max_line_bytes);
+    let wr = SockWrite(sock);
     let (home, returned) = mpsc::unbounded_channel();
-    let mut conn = Conn {
-        ctx,
+    let conn = Conn {
+        ctx: ctx.clone(),
         line_no: 0,
         accepted: 0,
         rejected: 0,
@@ -288,20 +478,75 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         sent: 0,
         replies_dropped: 0,
         partial: Share {
-            budget: &ctx.partial,
+            budget: ctx.partial.clone(),
             held: 0,
         },
         queued: Share {
-            budget: &ctx.replies,
+            budget: ctx.replies.clone(),
             held: 0,
         },
         now: 0.0,
         first_pending: 0.0,
         dispatches: 0,
         messages: 0,
+        on_models: false,
+        rate_since: crate::clock::wall(),
+        rate_events: 0,
+        bulk: false,
+        last_read: 0.0,
     };
-    // When the line now buffered unfinished began (for `partial_line_timeout_s`).
-    let mut partial_since: Option<Instant> = None;
+    let mut parts = Parts {
+        conn,
+        reader,
+        wr,
+        settings,
+        partial_since: None,
+    };
+    let mut at = Home::Models;
+    loop {
+        let next = match at {
+            Home::Models => serve(parts, Home::Models).await,
+            Home::Main => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let queued = actix::System::current().arbiter().spawn_fn(move || {
+                    actix::spawn(async move {
+                        let _ = tx.send(serve(parts, Home::Main).await);
+                    });
+                });
+                if !queued {
+                    // The main thread is gone (shutdown): the connection goes with it.
+                    return;
+                }
+                rx.await.ok().flatten()
+            }
+        };
+        match next {
+            Some((p, to)) => {
+                parts = p;
+                at = to;
+            }
+            None => return,
+        }
+    }
+}
+
+/// Serves the connection on this thread until it closes (`None`) or should move (its parts
+/// and where to).
+async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
+    let Parts {
+        mut conn,
+        mut reader,
+        mut wr,
+        settings,
+        mut partial_since,
+    } = parts;
+    if let Err(error) = attach(&wr.0) {
+        tracing::warn!(error = %error, "cannot register a connection's socket");
+        return None;
+    }
+    conn.on_models = here == Home::Models;
+    let ctx = conn.ctx.clone();
+    let mut shutdown = ctx.shutdown.clone();
     // Why the connection is closed by the daemon, if it is: the reply says so.
     let mut closing: Option<(ErrorCode, String)> = None;
     'conn: loop {
@@ -391,6 +636,9 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
             conn.now = crate::clock::wall();
             op = conn.frame(frame);
         }
+        // Whether the client writes back to back (this read came within `BUSY_GAP_S` of the
+        // last one): only then can a yield find more to read.
+        let busy = conn.now - conn.last_read < BUSY_GAP_S;
         // Everything else readable without waiting, up to an op (its barrier covers exactly
         // the lines before it) or a full dispatch. An error or EOF here is met again by the
         // next wait, which handles it.
@@ -399,8 +647,10 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         // until the runtime next polls for I/O it reports "not ready" without trying. Under
         // load the sender has usually written more by then, so a drained-looking socket gets
         // one yield (the runtime polls for I/O before resuming this task) before the batch
-        // goes: batches then fill to `DISPATCH_EVENTS` instead of ending with each read.
-        let mut yielded = false;
+        // goes: batches then fill to `DISPATCH_EVENTS` instead of ending with each read. A
+        // client that writes now and then (a paced load: one write every 10 ms) gets no
+        // yield: it has nothing more on the way, and the yield would cost a poll for I/O.
+        let mut yielded = !busy;
         while op.is_none() {
             if let Some(frame) = reader.try_next_buffered() {
                 op = conn.frame(frame);
@@ -425,6 +675,7 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
                 None => break,
             }
         }
+        conn.last_read = conn.now;
         // Backpressure: wait for the models to finish an earlier dispatch of this connection.
         while conn.in_flight >= MAX_IN_FLIGHT {
             let back = tokio::select! {
@@ -446,6 +697,19 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         }
         if conn.send_replies(&mut wr).await.is_err() {
             break;
+        }
+        if let Some(to) = conn.move_to(here) {
+            detach(&wr.0);
+            return Some((
+                Parts {
+                    conn,
+                    reader,
+                    wr,
+                    settings,
+                    partial_since,
+                },
+                to,
+            ));
         }
     }
     conn.dispatch();
@@ -478,6 +742,7 @@ pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
         replies_dropped = conn.replies_dropped,
         "connection closed"
     );
+    None
 }
 
 /// Polls `f` once: its output if it is ready now, without waiting. Only for cancel-safe
@@ -491,7 +756,37 @@ fn poll_once<F: Future>(f: F) -> Option<F::Output> {
     }
 }
 
-impl Conn<'_> {
+impl Conn {
+    /// Where this connection should run from now on, if elsewhere (see [`Home`]).
+    fn move_to(&mut self, here: Home) -> Option<Home> {
+        let elapsed = self.now - self.rate_since;
+        if std::mem::take(&mut self.bulk) && here == Home::Models {
+            self.rate_since = self.now;
+            self.rate_events = 0;
+            return Some(Home::Main);
+        }
+        match here {
+            Home::Models if self.rate_events > HEAVY_EVENTS_PER_S => {
+                let fast = elapsed < 1.0;
+                self.rate_since = self.now;
+                self.rate_events = 0;
+                fast.then_some(Home::Main)
+            }
+            Home::Models if elapsed >= 1.0 => {
+                self.rate_since = self.now;
+                self.rate_events = 0;
+                None
+            }
+            Home::Main if elapsed >= 1.0 => {
+                let slow = (self.rate_events as f64) < LIGHT_EVENTS_PER_S as f64 * elapsed;
+                self.rate_since = self.now;
+                self.rate_events = 0;
+                slow.then_some(Home::Models)
+            }
+            _ => None,
+        }
+    }
+
     /// Handles one frame; returns an op that needs the async path (flush, ping).
     fn frame(&mut self, frame: Frame<'_>) -> Option<Op> {
         self.line_no += 1;
@@ -597,7 +892,7 @@ impl Conn<'_> {
     /// Writes what the socket takes now, without waiting. Only op replies (flush, ping) can
     /// push the queue past [`REPLY_BUFFER`]: a client asks for those, so past
     /// [`REPLY_HARD_CAP`] of them the connection waits for it to read.
-    async fn send_replies(&mut self, wr: &mut OwnedWriteHalf) -> std::io::Result<()> {
+    async fn send_replies(&mut self, wr: &mut SockWrite) -> std::io::Result<()> {
         while self.sent < self.replies.len() {
             match wr.try_write(&self.replies[self.sent..]) {
                 Ok(n) => self.sent += n,
@@ -672,7 +967,7 @@ impl Conn<'_> {
         // order holds either way: a direct send is taken only while no task of this
         // connection is waiting to run (the thread runs its tasks in order), and a barrier
         // (see `barrier`) waits for a task queued behind the dispatches first.
-        let direct = (active.len() <= 1 || active.len() > FANOUT_MAX_MODELS)
+        let direct = (self.on_models || active.len() <= 1 || active.len() > FANOUT_MAX_MODELS)
             && self.fanouts.load(Ordering::Acquire) == 0;
         let mut start = 0;
         let mut batches = Vec::with_capacity(if direct { 0 } else { active.len() });
@@ -712,6 +1007,8 @@ impl Conn<'_> {
                 self.fanouts.fetch_sub(1, Ordering::AcqRel);
             }
         }
+        self.rate_events += n as u64;
+        self.bulk |= n >= BULK_EVENTS;
         self.ctx
             .stats
             .accepted

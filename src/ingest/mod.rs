@@ -62,6 +62,8 @@ pub enum IngestError {
     },
     #[error("cannot use the socket passed by systemd")]
     Inherited(#[source] std::io::Error),
+    #[error("cannot hand the ingest socket to the models' thread")]
+    Handover(#[source] std::io::Error),
 }
 
 /// Counters shared by every connection, for `status` and `metrics`.
@@ -182,6 +184,23 @@ impl SocketFile {
         })
     }
 
+    /// Takes the listener off this thread's reactor, to be served on another thread (see
+    /// [`MovedSocket::attach`]); the socket file goes with it.
+    pub fn detach(mut self) -> Result<MovedSocket, IngestError> {
+        let path = self.path.take();
+        let me = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `me` is never dropped nor used again, so the listener is moved out exactly
+        // once; its other field, `path`, was taken above and holds nothing to drop.
+        let listener = unsafe { std::ptr::read(&me.listener) };
+        // Made first, so that a failure below still removes the socket file.
+        let mut moved = MovedSocket {
+            listener: None,
+            path,
+        };
+        moved.listener = Some(listener.into_std().map_err(IngestError::Handover)?);
+        Ok(moved)
+    }
+
     /// Wraps a listener systemd passed in; its file is not ours to remove.
     pub fn inherited(l: std::os::unix::net::UnixListener) -> Result<SocketFile, IngestError> {
         l.set_nonblocking(true).map_err(IngestError::Inherited)?;
@@ -190,6 +209,33 @@ impl SocketFile {
             listener,
             path: None,
         })
+    }
+}
+
+/// A listening socket between two threads: registered with no reactor. Its file is removed
+/// when it is dropped unattached (when we created it).
+pub struct MovedSocket {
+    listener: Option<std::os::unix::net::UnixListener>,
+    path: Option<PathBuf>,
+}
+
+impl MovedSocket {
+    /// Registers the listener with this thread's reactor.
+    pub fn attach(mut self) -> Result<SocketFile, IngestError> {
+        let path = self.path.take();
+        let listener = match self.listener.take() {
+            Some(l) => UnixListener::from_std(l).map_err(IngestError::Handover)?,
+            None => return Err(IngestError::Handover(std::io::ErrorKind::NotFound.into())),
+        };
+        Ok(SocketFile { listener, path })
+    }
+}
+
+impl Drop for MovedSocket {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
     }
 }
 

@@ -190,12 +190,21 @@ impl Store {
 /// write is durable within it even without a flush barrier), or at once when a flush is
 /// waiting; with nothing to write it sleeps until woken. While the database is failed it
 /// tries to reopen it once a second. It stops when the last handle on the store is dropped.
+///
+/// After a round that worked it *lingers*: it keeps the store marked dirty for one more
+/// interval, so writers in that interval find the mark set and neither take the lock nor
+/// wake it (under a steady load that was one wake-up of this thread, and a futex call on the
+/// writer's, per round), and at its end it runs a round only if something was written
+/// meanwhile; if nothing was, it clears the mark and sleeps until woken. The mark is cleared
+/// before that check, under the lock: a write the check misses sees the mark clear and wakes
+/// it as usual. A write is still durable within the interval.
 pub(super) fn spawn_flusher(shared: Weak<Shared>, sync: Arc<SyncShared>) {
     let spawned =
         std::thread::Builder::new()
             .name("store-flusher".into())
             .spawn(move || {
                 let mut last_reopen = Instant::now();
+                let mut lingering = false;
                 loop {
                     let waiters = {
                         let mut st = lock(&sync.state);
@@ -224,7 +233,16 @@ pub(super) fn spawn_flusher(shared: Weak<Shared>, sync: Arc<SyncShared>) {
                                 return;
                             };
                             match st.dirty_since {
-                                Some(t) if t.elapsed() >= every => break,
+                                Some(t) if t.elapsed() >= every => {
+                                    if std::mem::take(&mut lingering) {
+                                        sync.dirty.store(false, Ordering::Release);
+                                        st.dirty_since = None;
+                                        if !shared.upgrade().is_some_and(|s| has_work(&s)) {
+                                            continue;
+                                        }
+                                    }
+                                    break;
+                                }
                                 Some(t) => {
                                     let left = every.saturating_sub(t.elapsed());
                                     st = sync
@@ -278,6 +296,14 @@ pub(super) fn spawn_flusher(shared: Weak<Shared>, sync: Arc<SyncShared>) {
                     }
                     e
                 });
+                    if result.is_ok() {
+                        let mut st = lock(&sync.state);
+                        if st.dirty_since.is_none() {
+                            st.dirty_since = Some(Instant::now());
+                            sync.dirty.store(true, Ordering::Release);
+                            lingering = true;
+                        }
+                    }
                     for w in waiters {
                         w(result.clone());
                     }
@@ -286,6 +312,21 @@ pub(super) fn spawn_flusher(shared: Weak<Shared>, sync: Arc<SyncShared>) {
     if let Err(error) = spawned {
         tracing::error!(error = %error, "cannot start the state store's flusher thread");
     }
+}
+
+/// Whether a flush round has anything to do: events waiting for a frame, sled writes not yet
+/// flushed, or an error to retry.
+/// The log's and the pending map's locks order this check after any write the writer's flag
+/// test did not see (writers number their sled writes under the pending map's lock).
+fn has_work(s: &Shared) -> bool {
+    if lock(&s.wal).has_pending() {
+        return true;
+    }
+    let unflushed = {
+        let _pending = lock(&s.pending);
+        s.seq.load(Ordering::SeqCst) > s.flushed_seq.load(Ordering::SeqCst)
+    };
+    unflushed || lock(&s.last_error).is_some()
 }
 
 /// Forgets the writes a flush made durable (numbered up to `upto`). The map gives back its

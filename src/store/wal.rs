@@ -651,6 +651,11 @@ impl Wal {
         self.copy_forward(u64::MAX)
     }
 
+    /// Whether events wait for the next frame.
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
     /// The oldest segment still needed by a tail (or the current one).
     pub fn oldest_needed(&self) -> u64 {
         self.tails
