@@ -17,7 +17,10 @@
 //!   reference decoder ([`protocol::fallback`]); codes in [`protocol::error`], decoded lines
 //!   and the id rules in [`protocol::event`], [`protocol::reply`], [`protocol::framing`].
 //! - [`ingest`]: the Unix socket listener and one task per connection. Lines are decoded,
-//!   grouped per model and sent to model actors in batches.
+//!   grouped per model and sent to model actors in batches. A connection runs on the models'
+//!   thread while it is light (its batches go straight into the actors' mailboxes, one thread
+//!   woken per write) and moves to the main thread under a heavy load; its socket moves with
+//!   it (`ingest::sock`).
 //! - [`model`]: one supervised actor per `model_id`, wrapping the model's policy state (dropped
 //!   from memory while the model is idle, loaded again from the store by its next event).
 //!   What a batch makes it decide (one decision per action per batch, counts, when a policy

@@ -8,7 +8,7 @@
 //! `ApplyBatch` naming its range of it, however many events each model got. A connection
 //! runs on the models' thread while its rate is low or moderate (then every message goes
 //! straight into its actor's mailbox, and a client's write wakes one thread, not two) and on
-//! the main thread beside the models under a heavy load (see [`Home`]). There, for a few
+//! the main thread beside the models under a heavy load (see `Home`). There, for a few
 //! models the messages go as one task handed to the models' thread (one wake-up of it,
 //! however many models), for one model or very many they are sent from the connection's
 //! thread. The array comes back to the connection when the last model is done with it and is
@@ -33,7 +33,6 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rustc_hash::FxHashMap;
-use tokio::io::unix::AsyncFd;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -44,6 +43,10 @@ use crate::policy::Obs;
 use crate::protocol::{self, ErrorCode, Frame, Line, LineReader, Op};
 
 use super::IngestCtx;
+pub use super::budget::ByteBudget;
+use super::budget::Share;
+use super::ids::IdKey;
+use super::sock::{Sock, SockRead, SockState, SockWrite, attach, detach};
 
 /// Most events decoded before they are sent, even while the socket has more: bounds the
 /// memory held per connection, and is large enough that under load each of a thousand models
@@ -100,111 +103,9 @@ pub struct ConnSettings {
     pub partial_line_timeout: Option<Duration>,
 }
 
-/// Bytes held by all connections together against a limit: unfinished lines
-/// (`daemon.partial_line_budget_bytes`) or queued replies ([`REPLY_BUDGET`]).
-#[derive(Debug)]
-pub struct ByteBudget {
-    pub budget: usize,
-    pub held: std::sync::atomic::AtomicUsize,
-}
-
-impl ByteBudget {
-    pub fn new(budget: usize) -> ByteBudget {
-        ByteBudget {
-            budget,
-            held: std::sync::atomic::AtomicUsize::new(0),
-        }
-    }
-}
-
-/// One connection's part of a [`ByteBudget`].
-struct Share {
-    budget: Arc<ByteBudget>,
-    held: usize,
-}
-
-impl Share {
-    /// Records that this connection now holds `bytes`; true when that takes all connections
-    /// over the budget.
-    fn hold(&mut self, bytes: usize) -> bool {
-        if bytes == self.held {
-            return false;
-        }
-        let total = if bytes > self.held {
-            let add = bytes - self.held;
-            self.budget.held.fetch_add(add, Ordering::Relaxed) + add
-        } else {
-            let sub = self.held - bytes;
-            self.budget.held.fetch_sub(sub, Ordering::Relaxed) - sub
-        };
-        self.held = bytes;
-        bytes > 0 && total > self.budget.budget
-    }
-}
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        self.hold(0);
-    }
-}
-
 /// How far ahead of the time of receipt an event's `ts` may be (clock skew); beyond it the
 /// line is `bad_field` (a `ts` in milliseconds is the usual cause).
 pub const MAX_TS_AHEAD_S: f64 = 86_400.0;
-
-/// Longest model id kept inside the index's table entry rather than behind a pointer.
-const ID_INLINE: usize = 30;
-
-/// A model id as a connection's index keeps it: short ids (all that real deployments use)
-/// inline in the table entry, so a lookup compares bytes in the entry it probes instead of
-/// following a pointer to a separate allocation per id (with a thousand models, that chase
-/// missed the cache on most events: about a tenth of the connection thread's time).
-/// Borrows as the id's bytes, with the same hash and equality.
-enum IdKey {
-    Inline { len: u8, bytes: [u8; ID_INLINE] },
-    Heap(Box<[u8]>),
-}
-
-impl IdKey {
-    fn new(id: &str) -> IdKey {
-        let b = id.as_bytes();
-        match u8::try_from(b.len()) {
-            Ok(len) if b.len() <= ID_INLINE => {
-                let mut bytes = [0; ID_INLINE];
-                bytes[..b.len()].copy_from_slice(b);
-                IdKey::Inline { len, bytes }
-            }
-            _ => IdKey::Heap(b.into()),
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            IdKey::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or(bytes),
-            IdKey::Heap(b) => b,
-        }
-    }
-}
-
-impl std::borrow::Borrow<[u8]> for IdKey {
-    fn borrow(&self) -> &[u8] {
-        self.bytes()
-    }
-}
-
-impl std::hash::Hash for IdKey {
-    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
-        self.bytes().hash(h)
-    }
-}
-
-impl PartialEq for IdKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.bytes() == other.bytes()
-    }
-}
-
-impl Eq for IdKey {}
 
 /// A model this connection has sent to.
 struct Slot {
@@ -263,7 +164,7 @@ struct Conn {
     /// Dispatches and messages sent, for the log line at close (batching at a glance).
     dispatches: u64,
     messages: u64,
-    /// Whether this connection runs on the models' thread now (see [`Home`]).
+    /// Whether this connection runs on the models' thread now (see `Home`).
     on_models: bool,
     /// Events accepted since `rate_since` (Unix seconds): the rate that picks the thread.
     rate_since: f64,
@@ -306,139 +207,6 @@ pub const BULK_EVENTS: usize = DISPATCH_EVENTS / 2;
 /// back to the models' thread.
 pub const LIGHT_EVENTS_PER_S: u64 = 10_000;
 
-/// The connection's socket, registered with the reactor of the thread the connection runs
-/// on, and taken off it when the connection moves.
-enum SockState {
-    Attached(AsyncFd<std::os::unix::net::UnixStream>),
-    Detached(std::os::unix::net::UnixStream),
-    Gone,
-}
-
-type Sock = Arc<std::sync::Mutex<SockState>>;
-
-fn lock_sock(s: &Sock) -> std::sync::MutexGuard<'_, SockState> {
-    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn not_attached() -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::NotConnected,
-        "socket not registered on this thread",
-    )
-}
-
-/// Registers the socket with this thread's reactor.
-fn attach(sock: &Sock) -> std::io::Result<()> {
-    let mut st = lock_sock(sock);
-    match std::mem::replace(&mut *st, SockState::Gone) {
-        SockState::Detached(s) => {
-            // SAFETY: the descriptor is the stream's own, which the `AsyncFd` owns from now on
-            // (it is valid and open for as long as the registration).
-            let fd = unsafe { AsyncFd::register(s) }
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
-            *st = SockState::Attached(fd);
-            Ok(())
-        }
-        other => {
-            *st = other;
-            Ok(())
-        }
-    }
-}
-
-/// Takes the socket off this thread's reactor, so another thread can register it.
-fn detach(sock: &Sock) {
-    let mut st = lock_sock(sock);
-    if let SockState::Attached(fd) = std::mem::replace(&mut *st, SockState::Gone) {
-        *st = SockState::Detached(fd.into_inner());
-    }
-}
-
-/// The read side, for the [`LineReader`]. Like tokio's own stream, a short read means the
-/// socket is drained until the reactor says otherwise.
-struct SockRead(Sock);
-
-impl tokio::io::AsyncRead for SockRead {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        use std::io::Read;
-        let st = lock_sock(&self.0);
-        let SockState::Attached(fd) = &*st else {
-            return Poll::Ready(Err(not_attached()));
-        };
-        loop {
-            let mut guard = match fd.poll_read_ready(cx) {
-                Poll::Ready(Ok(g)) => g,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
-            };
-            let unfilled = buf.initialize_unfilled();
-            let want = unfilled.len();
-            match guard.try_io(|s| s.get_ref().read(unfilled)) {
-                Ok(Ok(n)) => {
-                    if n > 0 && n < want {
-                        guard.clear_ready();
-                    }
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(Err(e)) => return Poll::Ready(Err(e)),
-                Err(_would_block) => continue,
-            }
-        }
-    }
-}
-
-/// The write side: replies.
-struct SockWrite(Sock);
-
-impl SockWrite {
-    /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
-    fn try_write(&self, b: &[u8]) -> std::io::Result<usize> {
-        use std::io::Write;
-        let st = lock_sock(&self.0);
-        let SockState::Attached(fd) = &*st else {
-            return Err(not_attached());
-        };
-        let mut cx = Context::from_waker(Waker::noop());
-        match fd.poll_write_ready(&mut cx) {
-            Poll::Ready(Ok(mut guard)) => match guard.try_io(|s| s.get_ref().write(b)) {
-                Ok(r) => r,
-                Err(_would_block) => Err(std::io::ErrorKind::WouldBlock.into()),
-            },
-            Poll::Ready(Err(e)) => Err(e),
-            Poll::Pending => Err(std::io::ErrorKind::WouldBlock.into()),
-        }
-    }
-
-    /// Waits until the socket takes more.
-    async fn writable(&self) -> std::io::Result<()> {
-        std::future::poll_fn(|cx| {
-            let st = lock_sock(&self.0);
-            let SockState::Attached(fd) = &*st else {
-                return Poll::Ready(Err(not_attached()));
-            };
-            fd.poll_write_ready(cx).map_ok(drop)
-        })
-        .await
-    }
-
-    async fn write_all(&self, mut b: &[u8]) -> std::io::Result<()> {
-        while !b.is_empty() {
-            match self.try_write(b) {
-                Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-                Ok(n) => b = &b[n..],
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => self.writable().await?,
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
-    }
-}
-
 /// A connection between two stretches on one thread: everything it holds.
 struct Parts {
     conn: Conn,
@@ -449,7 +217,7 @@ struct Parts {
 }
 
 /// Serves one connection until it closes, on the models' thread or the main thread (see
-/// [`Home`]). Called on the models' thread.
+/// `Home`). Called on the models' thread.
 pub async fn run(stream: UnixStream, ctx: &IngestCtx) {
     let Ok(std_stream) = stream.into_std() else {
         return;
@@ -757,7 +525,7 @@ fn poll_once<F: Future>(f: F) -> Option<F::Output> {
 }
 
 impl Conn {
-    /// Where this connection should run from now on, if elsewhere (see [`Home`]).
+    /// Where this connection should run from now on, if elsewhere (see `Home`).
     fn move_to(&mut self, here: Home) -> Option<Home> {
         let elapsed = self.now - self.rate_since;
         if std::mem::take(&mut self.bulk) && here == Home::Models {
@@ -1103,31 +871,5 @@ impl Conn {
                 protocol::write_flush_error_reply(&mut self.replies, ErrorCode::Internal, &detail)
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Inline and heap keys find the same ids as the plain strings would, and never each
-    /// other's: lengths around the inline limit, ids that share a prefix, the empty id.
-    #[test]
-    fn id_keys_look_up_like_strings() {
-        let ids: Vec<String> = (0..=ID_INLINE + 3)
-            .flat_map(|n| ["a".repeat(n), format!("{}b", "a".repeat(n))])
-            .chain(["model-00042".into(), "model-00042x".into(), "x".repeat(128)])
-            .collect();
-        let mut index: FxHashMap<IdKey, u32> = FxHashMap::default();
-        for (i, id) in ids.iter().enumerate() {
-            let key = IdKey::new(id);
-            assert_eq!(key.bytes(), id.as_bytes());
-            assert!(index.insert(key, i as u32).is_none(), "{id:?} collided");
-        }
-        for (i, id) in ids.iter().enumerate() {
-            assert_eq!(index.get(id.as_bytes()), Some(&(i as u32)), "{id:?}");
-        }
-        assert_eq!(index.get(&b"model-0004"[..]), None);
-        assert_eq!(index.get("a".repeat(ID_INLINE + 9).as_bytes()), None);
     }
 }

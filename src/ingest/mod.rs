@@ -8,7 +8,10 @@
 //! (see [`crate::peer`]): a writer not allowed gets one `permission_denied` error
 //! line and is closed, and the attempt is logged.
 
+mod budget;
 pub mod connection;
+mod ids;
+mod sock;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -87,12 +90,15 @@ pub struct IngestStats {
 /// A bound Unix socket whose file is removed on drop (when we created it).
 pub struct SocketFile {
     pub listener: UnixListener,
-    path: Option<PathBuf>,
+    file: SocketPath,
 }
 
-impl Drop for SocketFile {
+/// The socket file we created, removed when dropped (a listener systemd passed has none).
+struct SocketPath(Option<PathBuf>);
+
+impl Drop for SocketPath {
     fn drop(&mut self) {
-        if let Some(p) = &self.path {
+        if let Some(p) = &self.0 {
             let _ = std::fs::remove_file(p);
         }
     }
@@ -180,25 +186,17 @@ impl SocketFile {
         let listener = UnixListener::from_std(std_listener).map_err(bind_err)?;
         Ok(SocketFile {
             listener,
-            path: Some(path.to_owned()),
+            file: SocketPath(Some(path.to_owned())),
         })
     }
 
     /// Takes the listener off this thread's reactor, to be served on another thread (see
     /// [`MovedSocket::attach`]); the socket file goes with it.
-    pub fn detach(mut self) -> Result<MovedSocket, IngestError> {
-        let path = self.path.take();
-        let me = std::mem::ManuallyDrop::new(self);
-        // SAFETY: `me` is never dropped nor used again, so the listener is moved out exactly
-        // once; its other field, `path`, was taken above and holds nothing to drop.
-        let listener = unsafe { std::ptr::read(&me.listener) };
-        // Made first, so that a failure below still removes the socket file.
-        let mut moved = MovedSocket {
-            listener: None,
-            path,
-        };
-        moved.listener = Some(listener.into_std().map_err(IngestError::Handover)?);
-        Ok(moved)
+    pub fn detach(self) -> Result<MovedSocket, IngestError> {
+        // A failure below drops `file`, which removes the socket file.
+        let SocketFile { listener, file } = self;
+        let listener = listener.into_std().map_err(IngestError::Handover)?;
+        Ok(MovedSocket { listener, file })
     }
 
     /// Wraps a listener systemd passed in; its file is not ours to remove.
@@ -207,7 +205,7 @@ impl SocketFile {
         let listener = UnixListener::from_std(l).map_err(IngestError::Inherited)?;
         Ok(SocketFile {
             listener,
-            path: None,
+            file: SocketPath(None),
         })
     }
 }
@@ -215,27 +213,16 @@ impl SocketFile {
 /// A listening socket between two threads: registered with no reactor. Its file is removed
 /// when it is dropped unattached (when we created it).
 pub struct MovedSocket {
-    listener: Option<std::os::unix::net::UnixListener>,
-    path: Option<PathBuf>,
+    listener: std::os::unix::net::UnixListener,
+    file: SocketPath,
 }
 
 impl MovedSocket {
-    /// Registers the listener with this thread's reactor.
-    pub fn attach(mut self) -> Result<SocketFile, IngestError> {
-        let path = self.path.take();
-        let listener = match self.listener.take() {
-            Some(l) => UnixListener::from_std(l).map_err(IngestError::Handover)?,
-            None => return Err(IngestError::Handover(std::io::ErrorKind::NotFound.into())),
-        };
-        Ok(SocketFile { listener, path })
-    }
-}
-
-impl Drop for MovedSocket {
-    fn drop(&mut self) {
-        if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
-        }
+    /// Registers the listener with this thread's reactor (a failure still removes the file).
+    pub fn attach(self) -> Result<SocketFile, IngestError> {
+        let MovedSocket { listener, file } = self;
+        let listener = UnixListener::from_std(listener).map_err(IngestError::Handover)?;
+        Ok(SocketFile { listener, file })
     }
 }
 
