@@ -19,13 +19,13 @@
 //! - [`run_observed`] shows each policy's every step and each job to an [`Observer`]: the
 //!   [`report`] draws them.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 
 use crate::clock::Now;
 use crate::command::rules::Runner;
 use crate::command::rules::{self, Verdict};
-use crate::config::{BaselineKind, Config, ModelRule, OnInconclusive, ProbationSpec};
+use crate::config::{Config, ModelRule, OnInconclusive};
 use crate::model::advance;
 use crate::policy::detect::Signal;
 use crate::policy::{Action, Fire, Obs, PolicySpec, PolicyState, Reason, StateKind, bind_states};
@@ -34,6 +34,10 @@ use crate::protocol::{self, Line};
 use crate::store::ModelRecord;
 
 pub mod report;
+mod simulated;
+
+use simulated::{Ending, Open, Trial};
+pub use simulated::{Judged, Verdicts};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BacktestError {
@@ -153,24 +157,6 @@ impl Row {
     }
 }
 
-/// Probation verdicts by outcome.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Verdicts {
-    pub promoted: u64,
-    pub rolled_back: u64,
-    pub inconclusive: u64,
-}
-
-impl Verdicts {
-    fn count(&mut self, outcome: State) {
-        match outcome {
-            State::Promoted => self.promoted += 1,
-            State::RolledBack => self.rolled_back += 1,
-            _ => self.inconclusive += 1,
-        }
-    }
-}
-
 /// Sees a replay step by step, for those who draw it ([`report`]). Both methods do nothing by
 /// default; [`run`] replays with `()`, which sees nothing.
 pub trait Observer {
@@ -217,69 +203,6 @@ pub struct Job<'a> {
     pub reason: &'a str,
 }
 
-/// A probation's verdict in the simulation (one `--simulate` line, see [`Judged::to_json`]).
-pub struct Judged<'a> {
-    /// The row of the policy whose decision started the retrain.
-    pub row: usize,
-    /// The event at which the verdict fell.
-    pub index: u64,
-    /// The event's 0-based place among its model's events.
-    pub nth: u64,
-    pub ts: f64,
-    /// The retrain's job number (the job line's `job`).
-    pub job: u64,
-    /// `Promoted`, `RolledBack` or `Inconclusive`.
-    pub outcome: State,
-    /// Why it was rolled back (`None` unless rolled back).
-    pub cause: Option<Cause>,
-    pub z: Option<f64>,
-    pub z_threshold: Option<f64>,
-    pub baseline: Sample,
-    pub candidate: Sample,
-    /// `on_inconclusive = "escalate"`: a person is told.
-    pub escalation: bool,
-    pub metric: &'a str,
-}
-
-impl Judged<'_> {
-    /// The verdict's line: `index`, `model_id`, `policy`, `job`, `ts`, `metric`, `probation`
-    /// (`promoted`, `rolled_back` or `inconclusive`), `cause` (`degraded`, `policy_fired`,
-    /// `inconclusive` or null), `z` and `z_threshold` (null when there is none, or when z is
-    /// infinite: a sample without variance), `baseline` and `candidate` (`n`, `mean`, `std`),
-    /// and `escalation` (`{"cause": "inconclusive"}`) when one is called.
-    pub fn to_json(&self, model_id: &str, policy: &str) -> serde_json::Value {
-        let sample = |s: &Sample| serde_json::json!({"n": s.n, "mean": s.mean, "std": s.std()});
-        let mut v = serde_json::json!({
-            "index": self.index,
-            "model_id": model_id,
-            "policy": policy,
-            "job": self.job,
-            "ts": self.ts,
-            "metric": self.metric,
-            "probation": self.outcome.as_str(),
-            "cause": self.cause.map(cause_str),
-            "z": self.z,
-            "z_threshold": self.z_threshold,
-            "baseline": sample(&self.baseline),
-            "candidate": sample(&self.candidate),
-        });
-        if self.escalation {
-            v["escalation"] = serde_json::json!({"cause": "inconclusive"});
-        }
-        v
-    }
-}
-
-/// A rollback's cause as the contract names it.
-pub fn cause_str(cause: Cause) -> &'static str {
-    match cause {
-        Cause::Degraded => "degraded",
-        Cause::PolicyFired => "policy_fired",
-        Cause::Inconclusive => "inconclusive",
-        Cause::Manual => "manual",
-    }
-}
-
 /// A model's replay state.
 struct ModelRun {
     /// Index of its first row in `Summary::rows` (one per policy, in the rule's order).
@@ -309,56 +232,6 @@ struct Busy {
     job: u64,
     /// A retrain under `[models.probation]`: the baseline, frozen at the decision.
     baseline: Option<Sample>,
-}
-
-/// A model's probation in the simulation: where its baselines come from, and the retrain on
-/// probation.
-#[derive(Default)]
-struct Trial {
-    /// The last `events` finite values of the metric, every event's.
-    ring: VecDeque<f64>,
-    /// The first `events` values after the model was first seen (`last_promoted`'s baseline
-    /// before any promotion).
-    first_full: Option<Sample>,
-    /// The candidate of the last promoted probation.
-    last_promoted: Option<Sample>,
-    open: Option<Open>,
-}
-
-/// A retrain on probation.
-struct Open {
-    probation: Probation,
-    plan: Plan,
-    /// When the retrain succeeded: `max_wait_s` counts from here.
-    start: f64,
-    /// As [`Busy::row`].
-    row: usize,
-}
-
-impl Trial {
-    /// The baseline of a retrain decided now.
-    fn baseline(&self, spec: &ProbationSpec) -> Sample {
-        let ring = || Sample::of(self.ring.iter().copied());
-        match spec.baseline {
-            BaselineKind::BeforeDecision => ring(),
-            BaselineKind::LastPromoted => {
-                self.last_promoted.or(self.first_full).unwrap_or_else(ring)
-            }
-        }
-    }
-
-    /// Keeps the event's value in the ring (after the event's decisions: a decision's
-    /// baseline is the values before it).
-    fn keep(&mut self, spec: &ProbationSpec, v: f64) {
-        let cap = spec.rule.events as usize;
-        if self.ring.len() == cap {
-            self.ring.pop_front();
-        }
-        self.ring.push_back(v);
-        if self.first_full.is_none() && self.ring.len() == cap {
-            self.first_full = Some(Sample::of(self.ring.iter().copied()));
-        }
-    }
 }
 
 /// Replays `input` and writes signals (or, with `simulate`, jobs) to `out`. `index` is the
@@ -791,27 +664,6 @@ fn simulate(
 fn reset(ctx: &SimCtx<'_>, sim: &mut SimState) {
     sim.record.policies = ctx.rule.policies.iter().map(PolicyState::new).collect();
     sim.record.warmup_left = ctx.rule.warmup_events;
-}
-
-/// How a probation ends.
-struct Ending {
-    outcome: State,
-    cause: Option<Cause>,
-    z: Option<f64>,
-    z_threshold: Option<f64>,
-    escalation: bool,
-}
-
-impl Ending {
-    fn new(outcome: State, cause: Option<Cause>, z: Option<f64>, z_threshold: Option<f64>) -> Self {
-        Ending {
-            outcome,
-            cause,
-            z,
-            z_threshold,
-            escalation: false,
-        }
-    }
 }
 
 /// Ends the model's open probation at this event: counts and prints the verdict; a promotion

@@ -537,7 +537,7 @@ impl Observer for Collector {
                 when(v.ts)
             );
             if let Some(c) = v.cause {
-                let _ = write!(t, ", {}", super::cause_str(c));
+                let _ = write!(t, ", {}", c.as_str());
             }
             if v.escalation {
                 t.push_str(", escalated");
