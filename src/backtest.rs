@@ -687,7 +687,7 @@ fn end_probation(
     };
     let policy = &ctx.rule.policies[open.row].name;
     match ending.outcome {
-        State::Promoted => trial.last_promoted = Some(open.probation.candidate),
+        State::Promoted => trial.values.last_promoted = Some(open.probation.candidate),
         State::RolledBack => {
             rules::job_ended(
                 &ctx.config.hooks,

@@ -68,6 +68,43 @@ impl Sample {
     }
 }
 
+/// A sample as views and hooks show it: its size, mean and standard deviation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    pub n: u64,
+    pub mean: f64,
+    pub std: f64,
+}
+
+impl From<&Sample> for Summary {
+    fn from(s: &Sample) -> Summary {
+        Summary {
+            n: s.n,
+            mean: s.mean,
+            std: s.std(),
+        }
+    }
+}
+
+/// What a probation's candidate is compared with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaselineKind {
+    /// The last `events` values before the decision that started the retrain.
+    BeforeDecision,
+    /// The candidate sample of the last promoted retrain (before any: the first `events`
+    /// values after the model was first seen).
+    LastPromoted,
+}
+
+impl BaselineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BaselineKind::BeforeDecision => "before_decision",
+            BaselineKind::LastPromoted => "last_promoted",
+        }
+    }
+}
+
 /// Which way the metric is better.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -593,7 +630,14 @@ impl ModelProbation {
                 }
             }
         }
-        let cap = spec.events.max(1) as usize;
+        self.keep(spec.events, value);
+        ended
+    }
+
+    /// Keeps a value among the last `events` (the first `events` are `last_promoted`'s
+    /// baseline until a retrain is promoted). No allocation once the values reached their size.
+    pub fn keep(&mut self, events: u64, value: f64) {
+        let cap = events.max(1) as usize;
         while self.recent.len() >= cap {
             self.recent.pop_front();
         }
@@ -601,7 +645,16 @@ impl ModelProbation {
         if self.last_promoted.is_none() && self.recent.len() == cap {
             self.last_promoted = Some(self.recent_sample());
         }
-        ended
+    }
+
+    /// The baseline a decision freezes now, by the rule's `baseline`.
+    pub fn baseline(&self, kind: BaselineKind) -> Sample {
+        match kind {
+            BaselineKind::BeforeDecision => self.recent_sample(),
+            BaselineKind::LastPromoted => {
+                self.last_promoted.unwrap_or_else(|| self.recent_sample())
+            }
+        }
     }
 
     /// Starts judging retrain `job_id` against `baseline`, after `warmup` values; a probation

@@ -1,10 +1,8 @@
 //! Probation in the simulation (`--simulate` with `[models.probation]`): the verdicts, their
 //! lines, and a model's baselines and open probation.
 
-use std::collections::VecDeque;
-
-use crate::config::{BaselineKind, ProbationSpec};
-use crate::probation::{Cause, Plan, Probation, Sample, State};
+use crate::config::ProbationSpec;
+use crate::probation::{Cause, ModelProbation, Plan, Probation, Sample, State, Summary};
 
 /// Probation verdicts by outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,7 +53,6 @@ impl Judged<'_> {
     /// infinite: a sample without variance), `baseline` and `candidate` (`n`, `mean`, `std`),
     /// and `escalation` (`{"cause": "inconclusive"}`) when one is called.
     pub fn to_json(&self, model_id: &str, policy: &str) -> serde_json::Value {
-        let sample = |s: &Sample| serde_json::json!({"n": s.n, "mean": s.mean, "std": s.std()});
         let mut v = serde_json::json!({
             "index": self.index,
             "model_id": model_id,
@@ -67,8 +64,8 @@ impl Judged<'_> {
             "cause": self.cause.map(Cause::as_str),
             "z": self.z,
             "z_threshold": self.z_threshold,
-            "baseline": sample(&self.baseline),
-            "candidate": sample(&self.candidate),
+            "baseline": Summary::from(&self.baseline),
+            "candidate": Summary::from(&self.candidate),
         });
         if self.escalation {
             v["escalation"] = serde_json::json!({"cause": "inconclusive"});
@@ -77,17 +74,11 @@ impl Judged<'_> {
     }
 }
 
-/// A model's probation in the simulation: where its baselines come from, and the retrain on
-/// probation.
+/// A model's probation in the simulation: the metric's last values and the last promoted
+/// candidate (as the daemon keeps them), and the retrain on probation.
 #[derive(Default)]
 pub(super) struct Trial {
-    /// The last `events` finite values of the metric, every event's.
-    pub(super) ring: VecDeque<f64>,
-    /// The first `events` values after the model was first seen (`last_promoted`'s baseline
-    /// before any promotion).
-    pub(super) first_full: Option<Sample>,
-    /// The candidate of the last promoted probation.
-    pub(super) last_promoted: Option<Sample>,
+    pub(super) values: ModelProbation,
     pub(super) open: Option<Open>,
 }
 
@@ -104,26 +95,13 @@ pub(super) struct Open {
 impl Trial {
     /// The baseline of a retrain decided now.
     pub(super) fn baseline(&self, spec: &ProbationSpec) -> Sample {
-        let ring = || Sample::of(self.ring.iter().copied());
-        match spec.baseline {
-            BaselineKind::BeforeDecision => ring(),
-            BaselineKind::LastPromoted => {
-                self.last_promoted.or(self.first_full).unwrap_or_else(ring)
-            }
-        }
+        self.values.baseline(spec.baseline)
     }
 
-    /// Keeps the event's value in the ring (after the event's decisions: a decision's
-    /// baseline is the values before it).
+    /// Keeps the event's value (after the event's decisions: a decision's baseline is the
+    /// values before it).
     pub(super) fn keep(&mut self, spec: &ProbationSpec, v: f64) {
-        let cap = spec.rule.events as usize;
-        if self.ring.len() == cap {
-            self.ring.pop_front();
-        }
-        self.ring.push_back(v);
-        if self.first_full.is_none() && self.ring.len() == cap {
-            self.first_full = Some(Sample::of(self.ring.iter().copied()));
-        }
+        self.values.keep(spec.rule.events, v);
     }
 }
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::policy::{Action, Obs};
+use crate::probation::Summary;
 
 /// A hook's stdin.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -47,9 +48,9 @@ pub struct HookInput {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProbationInput {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<SampleInput>,
+    pub baseline: Option<Summary>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub candidate: Option<SampleInput>,
+    pub candidate: Option<Summary>,
     /// `degraded`, `policy_fired`, `inconclusive` or `manual`.
     pub cause: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -60,24 +61,6 @@ pub struct ProbationInput {
     pub z: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub z_threshold: Option<f64>,
-}
-
-/// A sample's size, mean and standard deviation.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
-pub struct SampleInput {
-    pub n: u64,
-    pub mean: f64,
-    pub std: f64,
-}
-
-impl SampleInput {
-    pub fn of(s: &crate::probation::Sample) -> SampleInput {
-        SampleInput {
-            n: s.n,
-            mean: s.mean,
-            std: s.std(),
-        }
-    }
 }
 
 impl ProbationInput {

@@ -23,7 +23,7 @@ use crate::policy::Action;
 use crate::probation::{Cause, Probation, Sample, State};
 use crate::store::{DecisionOutcome, Job, JobState, ProbationRecord, ProbationState};
 
-use super::input::{HookInput, ProbationInput, SampleInput};
+use super::input::{HookInput, ProbationInput};
 use super::messages::{Decision, ProbationVerdict};
 use super::{CommandActor, CommandError, ModelNotice};
 
@@ -323,35 +323,16 @@ impl CommandActor {
         ctx: &mut Context<Self>,
     ) -> Option<u64> {
         let spec = self.hooks().promote.clone()?;
-        let receipt = self.store.receipt(job_id).ok().flatten();
         let result = (|| -> Result<Option<u64>, CommandError> {
-            let id = self.store.next_job_id()?;
-            let reason = format!("promoted after its probation: job {job_id}");
-            let input = HookInput {
-                action: Action::Promote,
-                at: now.wall,
-                escalation: None,
-                event: None,
-                job_id: id,
-                manual: v.probation.cause == Some(Cause::Manual),
-                model_id: model.into(),
-                policy: "probation".into(),
-                probation: Some(probation_input(&v.metric, v.tolerance, &v.probation)),
-                promote_of: Some(job_id),
-                reason: reason.clone(),
-                receipt: receipt.and_then(|r| serde_json::value::RawValue::from_string(r).ok()),
-                retry_of: None,
-                rollback_of: None,
-            };
-            let job = Job::new(
-                id,
+            let job = self.follow_up_job(
                 model,
+                job_id,
                 Action::Promote,
-                "probation",
-                &reason,
-                input.to_json(),
-                now.wall,
-            );
+                format!("promoted after its probation: job {job_id}"),
+                v.probation.cause == Some(Cause::Manual),
+                probation_input(&v.metric, v.tolerance, &v.probation),
+                now,
+            )?;
             self.ensure_runner(model, now);
             self.submit(job, spec.command, now, ctx)
         })();
@@ -497,8 +478,6 @@ impl CommandActor {
         now: Now,
         ctx: &mut Context<Self>,
     ) -> Result<u64, CommandError> {
-        let receipt = self.store.receipt(target)?;
-        let job_id = self.store.next_job_id()?;
         let reason = if manual {
             format!("rolled back by an operator: job {target}")
         } else {
@@ -507,31 +486,16 @@ impl CommandActor {
                 probation.cause
             )
         };
-        let input = HookInput {
-            action: Action::Rollback,
-            at: now.wall,
-            escalation: None,
-            event: None,
-            job_id,
-            manual,
-            model_id: model.into(),
-            policy: if manual { "manual" } else { "probation" }.into(),
-            probation: Some(probation),
-            promote_of: None,
-            reason: reason.clone(),
-            receipt: receipt.and_then(|r| serde_json::value::RawValue::from_string(r).ok()),
-            retry_of: None,
-            rollback_of: Some(target),
-        };
-        let mut job = Job::new(
-            job_id,
+        let mut job = self.follow_up_job(
             model,
+            target,
             Action::Rollback,
-            &input.policy,
-            &reason,
-            input.to_json(),
-            now.wall,
-        );
+            reason,
+            manual,
+            probation,
+            now,
+        )?;
+        let job_id = job.job_id;
         self.ensure_runner(model, now);
         let Some(spec) = self.hooks().rollback.clone() else {
             job.note = "no rollback hook configured: recorded only".into();
@@ -564,15 +528,64 @@ impl CommandActor {
     }
 }
 
+impl CommandActor {
+    /// A rollback or promote job for retrain `target`: its stdin names the retrain
+    /// (`rollback_of`, `promote_of`) and carries the retrain's receipt and the probation.
+    #[allow(clippy::too_many_arguments)]
+    fn follow_up_job(
+        &self,
+        model: &str,
+        target: u64,
+        action: Action,
+        reason: String,
+        manual: bool,
+        probation: ProbationInput,
+        now: Now,
+    ) -> Result<Job, CommandError> {
+        let receipt = self.store.receipt(target)?;
+        let job_id = self.store.next_job_id()?;
+        let policy = if manual && action == Action::Rollback {
+            "manual"
+        } else {
+            "probation"
+        };
+        let input = HookInput {
+            action,
+            at: now.wall,
+            escalation: None,
+            event: None,
+            job_id,
+            manual,
+            model_id: model.into(),
+            policy: policy.into(),
+            probation: Some(probation),
+            promote_of: (action == Action::Promote).then_some(target),
+            reason: reason.clone(),
+            receipt: receipt.and_then(|r| serde_json::value::RawValue::from_string(r).ok()),
+            retry_of: None,
+            rollback_of: (action == Action::Rollback).then_some(target),
+        };
+        Ok(Job::new(
+            job_id,
+            model,
+            action,
+            policy,
+            &reason,
+            input.to_json(),
+            now.wall,
+        ))
+    }
+}
+
 /// What a rollback (or promote) hook reads of a probation.
 fn probation_input(metric: &str, tolerance: f64, p: &Probation) -> ProbationInput {
     ProbationInput {
         cause: p.cause.map_or("degraded", Cause::as_str).into(),
         metric: Some(metric.into()),
-        baseline: Some(SampleInput::of(&p.baseline)),
+        baseline: Some((&p.baseline).into()),
         // An operator's end (`visutility promote`): the runner knows the baseline, not the
         // candidate the model was judging, so none is shown rather than an empty one.
-        candidate: (p.cause != Some(Cause::Manual)).then(|| SampleInput::of(&p.candidate)),
+        candidate: (p.cause != Some(Cause::Manual)).then(|| (&p.candidate).into()),
         tolerance: Some(tolerance),
         z: p.z.filter(|z| z.is_finite()),
         z_threshold: p.z_threshold.filter(|z| z.is_finite()),

@@ -23,7 +23,7 @@ use crate::clock::Now;
 use crate::policy::Action;
 use crate::store::{Job, JobState, ProbationState};
 
-use super::input::{ProbationInput, SampleInput};
+use super::input::ProbationInput;
 use super::{CommandActor, CommandError, Decision, JOURNAL_KEEP};
 
 /// The largest receipt kept, in bytes.
@@ -108,14 +108,14 @@ impl CommandActor {
                 state,
             });
         }
-        let (target, _receipt) = self.rollback_target(model)?;
+        let target = self.rollback_target(model)?;
         let mut figures = ProbationInput::manual();
         if let Ok(Some(r)) = self.store.probation(target.job_id)
             && r.state == ProbationState::OnProbation
         {
             figures.metric = Some(r.metric.clone());
             figures.tolerance = Some(r.tolerance);
-            figures.baseline = r.baseline.as_ref().map(SampleInput::of);
+            figures.baseline = r.baseline.as_ref().map(Into::into);
         }
         let id = self.rollback_retrain(model, target.job_id, figures, true, now, ctx)?;
         self.end_probation_by_rollback(model, target.job_id, id, now);
@@ -124,7 +124,7 @@ impl CommandActor {
 
     /// The model's latest succeeded retrain that has a receipt, unless a rollback succeeded
     /// after it.
-    fn rollback_target(&self, model: &str) -> Result<(Job, String), CommandError> {
+    fn rollback_target(&self, model: &str) -> Result<Job, CommandError> {
         let nothing = |why: String| CommandError::NothingToRollBack {
             model: model.into(),
             why,
@@ -142,8 +142,8 @@ impl CommandActor {
             if !job.action.is_retrain() {
                 continue;
             }
-            if let Some(receipt) = self.store.receipt(job.job_id)? {
-                return Ok((job, receipt));
+            if self.store.receipt(job.job_id)?.is_some() {
+                return Ok(job);
             }
         }
         Err(nothing(

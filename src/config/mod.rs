@@ -177,6 +177,8 @@ pub struct ModelRule {
     pub probation: Option<ProbationSpec>,
 }
 
+pub use crate::probation::BaselineKind;
+
 /// A model rule's `[models.probation]` (contract section 7).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProbationSpec {
@@ -191,16 +193,6 @@ pub struct ProbationSpec {
     /// How long a probation may wait for its `events` values.
     pub max_wait_s: u64,
     pub on_inconclusive: OnInconclusive,
-}
-
-/// What a probation's candidate is compared with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BaselineKind {
-    /// The last `events` values before the decision that started the retrain.
-    BeforeDecision,
-    /// The candidate sample of the last promoted retrain (before any: the first `events`
-    /// values after the model was first seen).
-    LastPromoted,
 }
 
 /// What `max_wait_s` passing before the sample is complete leads to.

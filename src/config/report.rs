@@ -150,10 +150,7 @@ impl Config {
                         crate::probation::Direction::Lower => "lower",
                     },
                     p.rule.events,
-                    match p.baseline {
-                        super::BaselineKind::BeforeDecision => "before_decision",
-                        super::BaselineKind::LastPromoted => "last_promoted",
-                    },
+                    p.baseline.as_str(),
                     p.rule.confidence,
                     p.rule.tolerance,
                 ));

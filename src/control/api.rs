@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::probation::Summary;
 use crate::store::StoreStats;
 
 /// One request line.
@@ -232,22 +233,14 @@ pub struct ModelInfo {
     pub probation: Option<ModelProbationInfo>,
 }
 
-/// A sample's size, mean and standard deviation.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct SampleInfo {
-    pub n: u64,
-    pub mean: f64,
-    pub std: f64,
-}
-
 /// `models`: a model's running probation, with its progress and current z.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ModelProbationInfo {
     /// The retrain on probation.
     pub job_id: u64,
     pub metric: String,
-    pub baseline: SampleInfo,
-    pub candidate: SampleInfo,
+    pub baseline: Summary,
+    pub candidate: Summary,
     /// Candidate values the verdict waits for.
     pub events: u64,
     /// Values still skipped before the candidate counts.
@@ -268,8 +261,8 @@ pub struct JobProbationInfo {
     pub metric: String,
     /// `degraded`, `policy_fired`, `inconclusive` or `manual`, once there is one.
     pub cause: Option<String>,
-    pub baseline: Option<SampleInfo>,
-    pub candidate: Option<SampleInfo>,
+    pub baseline: Option<Summary>,
+    pub candidate: Option<Summary>,
     pub tolerance: f64,
     pub z: Option<f64>,
     pub z_threshold: Option<f64>,
@@ -277,16 +270,6 @@ pub struct JobProbationInfo {
     pub decided_at: Option<f64>,
     /// The rollback or promote job the verdict started.
     pub followed_by: Option<u64>,
-}
-
-impl SampleInfo {
-    pub fn of(s: &crate::probation::Sample) -> SampleInfo {
-        SampleInfo {
-            n: s.n,
-            mean: s.mean,
-            std: s.std(),
-        }
-    }
 }
 
 impl JobProbationInfo {
@@ -309,8 +292,8 @@ impl JobProbationInfo {
             state: state.as_str().to_owned(),
             metric: metric.clone(),
             cause: cause.map(|c| c.as_str().to_owned()),
-            baseline: baseline.as_ref().map(SampleInfo::of),
-            candidate: candidate.as_ref().map(SampleInfo::of),
+            baseline: baseline.as_ref().map(Summary::from),
+            candidate: candidate.as_ref().map(Summary::from),
             tolerance: *tolerance,
             z: z.filter(|z| z.is_finite()),
             z_threshold: z_threshold.filter(|z| z.is_finite()),
@@ -587,16 +570,11 @@ impl ModelInfo {
                     started_at,
                     deadline,
                 } = p;
-                let sample = |s: crate::model::SampleView| SampleInfo {
-                    n: s.n,
-                    mean: s.mean,
-                    std: s.std,
-                };
                 ModelProbationInfo {
                     job_id,
                     metric,
-                    baseline: sample(baseline),
-                    candidate: sample(candidate),
+                    baseline,
+                    candidate,
                     events,
                     warmup_left,
                     z: z.filter(|z| z.is_finite()),

@@ -43,7 +43,7 @@ use crate::store::{DecisionRecord, ModelRecord, Store, StoreError};
 
 pub use decide::{Decider, Note};
 pub use messages::*;
-pub use verdicts::{ProbationView, SampleView};
+pub use verdicts::ProbationView;
 pub use view::{DecisionCount, DecisionView, ModelView, PolicyView};
 
 /// How many recent values the sparklines keep.

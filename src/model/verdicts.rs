@@ -14,8 +14,8 @@ use actix::prelude::*;
 
 use crate::clock;
 use crate::command::messages::ProbationVerdict;
-use crate::config::{BaselineKind, ModelRule, OnInconclusive, ProbationSpec};
-use crate::probation::{Cause, Sample, State};
+use crate::config::{ModelRule, OnInconclusive, ProbationSpec};
+use crate::probation::{Cause, Sample, State, Summary};
 
 use super::{EndProbation, ModelActor, StartProbation, log_write_failure};
 
@@ -25,8 +25,8 @@ pub struct ProbationView {
     /// The retrain on probation.
     pub job_id: u64,
     pub metric: String,
-    pub baseline: SampleView,
-    pub candidate: SampleView,
+    pub baseline: Summary,
+    pub candidate: Summary,
     /// Candidate values the verdict waits for.
     pub events: u64,
     /// Values still skipped (the rule's `warmup_events`) before the candidate counts.
@@ -39,24 +39,6 @@ pub struct ProbationView {
     pub deadline: f64,
 }
 
-/// A sample's size, mean and standard deviation, as the contract names them.
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct SampleView {
-    pub n: u64,
-    pub mean: f64,
-    pub std: f64,
-}
-
-impl From<&Sample> for SampleView {
-    fn from(s: &Sample) -> SampleView {
-        SampleView {
-            n: s.n,
-            mean: s.mean,
-            std: s.std(),
-        }
-    }
-}
-
 impl ModelActor {
     pub(super) fn probation_spec(&self) -> Option<&ProbationSpec> {
         self.rule.as_deref().and_then(|r| r.probation.as_ref())
@@ -65,11 +47,7 @@ impl ModelActor {
     /// The baseline a decision freezes for the retrain it may start, by the rule's `baseline`.
     pub(super) fn decision_baseline(&self) -> Option<Sample> {
         let spec = self.probation_spec()?;
-        let p = &self.record.probation;
-        Some(match spec.baseline {
-            BaselineKind::BeforeDecision => p.recent_sample(),
-            BaselineKind::LastPromoted => p.last_promoted.unwrap_or_else(|| p.recent_sample()),
-        })
+        Some(self.record.probation.baseline(spec.baseline))
     }
 
     /// Sends the verdict the model's probation holds, if it holds one (`fresh`: reached just
@@ -107,23 +85,8 @@ impl ModelActor {
             return;
         }
         self.report_verdict(false);
-        self.probation_rule_checked();
+        self.probation_dropped(None);
         self.arm_max_wait(ctx);
-    }
-
-    /// A probation running under a rule that has none any more (a reload took it away) ends
-    /// `inconclusive`: nothing would ever judge it.
-    pub(super) fn probation_rule_checked(&mut self) {
-        if self.probation_spec().is_some() || !self.record.probation.on_probation() {
-            return;
-        }
-        if let Some(p) = self.record.probation.current.as_mut() {
-            p.state = State::Inconclusive;
-            p.decided_at = Some(clock::wall());
-            tracing::warn!(model_id = %self.id, job_id = p.job_id, "the model's rule has no probation any more: its retrain's probation ends inconclusive");
-        }
-        self.persist_now();
-        self.report_verdict(true);
     }
 
     /// One timer for the running probation's `max_wait_s` (what is left of it).
@@ -175,33 +138,33 @@ impl ModelActor {
         self.report_verdict(true);
     }
 
-    /// A reload left the model's rule without a probation while one runs (`old` is the rule
-    /// before): it ends inconclusive, as the runner ends it at a start with such a rule, and
-    /// the runner hears of it. Without this the model would hold its decisions for good.
+    /// The model's rule has no probation any more while one runs: a reload took it away
+    /// (`old` is the rule before), or it went while the daemon was down (`None`). The
+    /// probation ends inconclusive, as the runner ends it at a start with such a rule, and the
+    /// runner hears of it; without this the model would hold its decisions for good.
     pub(super) fn probation_dropped(&mut self, old: Option<&ModelRule>) {
         if self.probation_spec().is_some() {
             return;
         }
-        let Some(spec) = old.and_then(|r| r.probation.as_ref()) else {
-            return;
-        };
         let Some(p) = self.record.probation.current.as_mut() else {
             return;
         };
         if p.state != State::OnProbation {
             return;
         }
-        p.end(&spec.rule, State::Inconclusive, None, clock::wall());
+        let now = clock::wall();
+        match old.and_then(|r| r.probation.as_ref()) {
+            Some(spec) => p.end(&spec.rule, State::Inconclusive, None, now),
+            None => {
+                p.state = State::Inconclusive;
+                p.decided_at = Some(now);
+            }
+        }
         tracing::warn!(model_id = %self.id, job_id = p.job_id, "the model's rule has no probation any more: its retrain's probation ends inconclusive");
-        let verdict = ProbationVerdict {
-            model_id: self.id.clone(),
-            metric: spec.metric.clone(),
-            tolerance: spec.rule.tolerance,
-            probation: p.clone(),
-            escalate: false,
-        };
         self.persist_now();
-        self.verdicts.do_send(verdict);
+        // With no probation in the rule the metric goes empty: the runner keeps the one it
+        // recorded.
+        self.report_verdict(true);
     }
 
     /// A checkpoint now: the probation changed without an event the log could replay.

@@ -351,7 +351,6 @@ impl Store {
         key: &[u8],
         value: &T,
     ) -> Result<u64, StoreError> {
-        self.check_fault()?;
         self.put_bytes(tree, key, encode(value)?)
     }
 
