@@ -562,6 +562,8 @@ fn conn_settings(config: &Config) -> ConnSettings {
             .then(|| Duration::from_secs(config.daemon.idle_timeout_s)),
         partial_line_timeout: (config.daemon.partial_line_timeout_s > 0)
             .then(|| Duration::from_secs(config.daemon.partial_line_timeout_s)),
+        tick: (config.daemon.ingest_tick_ms > 0)
+            .then(|| Duration::from_millis(config.daemon.ingest_tick_ms)),
     }
 }
 

@@ -71,6 +71,9 @@ pub struct DaemonConfig {
     pub partial_line_timeout_s: u64,
     /// Bytes of unfinished lines all ingest connections together may hold.
     pub partial_line_budget_bytes: usize,
+    /// The tick (ms) a light connection that streams events is read on, all such connections
+    /// together, instead of at each write; 0 reads every write as it arrives.
+    pub ingest_tick_ms: u64,
     /// A model without events this long has its state dropped from memory (it stays in the
     /// store and is loaded again by its next event); 0 keeps every model loaded.
     pub model_idle_unload_s: u64,

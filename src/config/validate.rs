@@ -49,6 +49,7 @@ impl Config {
                 partial_line_budget_bytes: w
                     .int("partial_line_budget_bytes", 65_536, 1 << 40)
                     .unwrap_or(16 << 20) as usize,
+                ingest_tick_ms: w.int("ingest_tick_ms", 0, 1000).unwrap_or(25),
                 model_idle_unload_s: w.int("model_idle_unload_s", 0, 86_400 * 365).unwrap_or(600),
                 log_level: w.string("log_level").filter(|l| match check_log_filter(l) {
                     Ok(()) => true,
@@ -758,6 +759,7 @@ mod tests {
             [daemon]
             max_modles = 3
             flush_interval_ms = -1
+            ingest_tick_ms = 5000
             [hooks]
             full = { command = [], timeout_s = 5 }
             [[models]]
@@ -775,6 +777,7 @@ mod tests {
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         assert!(paths.contains(&"daemon.max_modles"), "{paths:?}");
         assert!(paths.contains(&"daemon.flush_interval_ms"), "{paths:?}");
+        assert!(paths.contains(&"daemon.ingest_tick_ms"), "{paths:?}");
         assert!(paths.contains(&"hooks.full.command"), "{paths:?}");
         assert!(paths.contains(&"models[0].policies[0].wat"), "{paths:?}");
         assert!(paths.contains(&"models[0].policies[1].kind"), "{paths:?}");

@@ -16,6 +16,11 @@
 //! direct send is taken only while none of the connection's tasks waits, an actor's mailbox
 //! is FIFO, and dispatches leave in read order.
 //!
+//! At low rates a connection on the models' thread that streams events (no op in its reads)
+//! rests: it is taken off the reactor and read at each tick of the thread's ingest tick,
+//! together with every other resting connection, so its writes do not wake the thread one by
+//! one (see [`tick`]).
+//!
 //! Backpressure: at most [`MAX_IN_FLIGHT`] dispatches of a connection are being applied at a
 //! time; beyond that the connection stops reading until the models catch up, so a client that
 //! sends faster than the models apply is slowed down (its writes block) instead of the daemon
@@ -46,7 +51,10 @@ use super::IngestCtx;
 pub use super::budget::ByteBudget;
 use super::budget::Share;
 use super::ids::IdKey;
-use super::sock::{Sock, SockRead, SockState, SockWrite, attach, detach};
+use super::sock::{Sock, SockRead, SockState, SockWrite, attach, detach, rest};
+use super::tick;
+
+mod dispatch;
 
 /// Most events decoded before they are sent, even while the socket has more: bounds the
 /// memory held per connection, and is large enough that under load each of a thousand models
@@ -101,6 +109,9 @@ pub struct ConnSettings {
     pub idle_timeout: Option<Duration>,
     /// `daemon.partial_line_timeout_s`: longest a line may stay unfinished (`None`: no limit).
     pub partial_line_timeout: Option<Duration>,
+    /// `daemon.ingest_tick_ms`: the tick a light, streaming connection is read on (`None`:
+    /// every write is read as it arrives); see [`tick`].
+    pub tick: Option<Duration>,
 }
 
 /// How far ahead of the time of receipt an event's `ts` may be (clock skew); beyond it the
@@ -317,9 +328,67 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
     let mut shutdown = ctx.shutdown.clone();
     // Why the connection is closed by the daemon, if it is: the reply says so.
     let mut closing: Option<(ErrorCode, String)> = None;
+    // Read on the ingest tick, off the reactor (see `tick`), and the empty ticks since the
+    // last that found data.
+    let mut resting = false;
+    let mut empty_ticks = 0u32;
+    // Shutdown came while resting: what the socket holds is read once more, then it closes.
+    let mut final_read = false;
     'conn: loop {
         let mut op;
-        {
+        let accepted_before = conn.accepted;
+        // Whether a whole line is buffered already (read at the tick).
+        let mut ready = false;
+        if resting {
+            let ticked = tokio::select! {
+                biased;
+                _ = shutdown.wait_for(|s| *s) => {
+                    final_read = true;
+                    Ok(())
+                }
+                r = tick::next(settings.tick.unwrap_or_default()) => r,
+            };
+            // Without a tick the connection waits for its data again, after this read.
+            let stay = match ticked {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::debug!(error = %error, "no ingest tick; the connection is read as its data arrives");
+                    false
+                }
+            };
+            match poll_once(reader.fill_step()) {
+                Some(Ok(Some(true))) => {
+                    empty_ticks = 0;
+                    ready = true;
+                    resting = stay;
+                }
+                _ if final_read => break 'conn,
+                Some(Ok(Some(false))) => break 'conn,
+                Some(Err(error)) => {
+                    tracing::debug!(error = %error, "connection read failed");
+                    break 'conn;
+                }
+                // Part of a line: the rest is waited for on the reactor, with its timeout.
+                Some(Ok(None)) => resting = false,
+                None => {
+                    empty_ticks += 1;
+                    if stay && empty_ticks < tick::TICK_EMPTY_LIMIT {
+                        continue 'conn;
+                    }
+                    // Quiet for several ticks: its batch buffers go now, rather than after
+                    // another timer (an idle daemon's wake-up).
+                    resting = false;
+                    if conn.holds_batch_memory() {
+                        conn.release_batch_memory();
+                    }
+                }
+            }
+            if !resting && let Err(error) = attach(&wr.0) {
+                tracing::warn!(error = %error, "cannot register a connection's socket");
+                break 'conn;
+            }
+        }
+        if !ready {
             // About to wait for more input. A busy connection's batch buffers (a few MiB) are
             // kept across the short gaps of a burst, and let go once it has been quiet for
             // a while, so an idle connection keeps only a little room.
@@ -398,12 +467,18 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
                     }
                 }
             }
-            let Some(frame) = reader.try_next_buffered() else {
-                continue;
-            };
-            conn.now = crate::clock::wall();
-            op = conn.frame(frame);
         }
+        let Some(frame) = reader.try_next_buffered() else {
+            continue;
+        };
+        conn.now = crate::clock::wall();
+        let others_read = if here == Home::Models {
+            tick::note_read(conn.now)
+        } else {
+            f64::NEG_INFINITY
+        };
+        let gap = conn.now - conn.last_read;
+        op = conn.frame(frame);
         // Whether the client writes back to back (this read came within `BUSY_GAP_S` of the
         // last one): only then can a yield find more to read.
         let busy = conn.now - conn.last_read < BUSY_GAP_S;
@@ -458,6 +533,12 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
             }
         }
         conn.dispatch();
+        if conn.rate_events as f64
+            > tick::TICK_MAX_EVENTS_PER_S * (conn.now - conn.rate_since).max(0.2)
+        {
+            tick::note_heavy(conn.now);
+        }
+        let plain = op.is_none();
         match op {
             Some(Op::Flush) => conn.barrier().await,
             Some(Op::Ping) => conn.replies.extend_from_slice(protocol::PING_REPLY),
@@ -465,6 +546,36 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
         }
         if conn.send_replies(&mut wr).await.is_err() {
             break;
+        }
+        if final_read {
+            break;
+        }
+        if here == Home::Models
+            && let Some(every) = settings.tick
+        {
+            let plain = plain && reader.partial_len() == 0 && conn.unsent() == 0;
+            let events = conn.accepted - accepted_before;
+            let busy = tick::busy(conn.now);
+            let next = tick::rests(
+                every,
+                resting,
+                plain,
+                busy,
+                events,
+                gap,
+                conn.now - others_read,
+            );
+            if next && !resting {
+                rest(&wr.0);
+                empty_ticks = 0;
+            } else if !next
+                && resting
+                && let Err(error) = attach(&wr.0)
+            {
+                tracing::warn!(error = %error, "cannot register a connection's socket");
+                break;
+            }
+            resting = next;
         }
         if let Some(to) = conn.move_to(here) {
             detach(&wr.0);
@@ -682,194 +793,5 @@ impl Conn {
         }
         self.queued.hold(self.unsent());
         Ok(())
-    }
-
-    /// Sends every pending event to its model: one shared array sorted by model, one message
-    /// per model.
-    fn dispatch(&mut self) {
-        let n = self.pending.len();
-        if n == 0 {
-            return;
-        }
-        while let Ok(array) = self.returned.try_recv() {
-            self.take_back(array);
-        }
-        let Conn {
-            slots,
-            pending,
-            active,
-            touched,
-            ..
-        } = self;
-        // A stable counting sort by slot.
-        for &(s, _) in pending.iter() {
-            let slot = &mut slots[s as usize];
-            if slot.count == 0 {
-                active.push(s);
-            }
-            slot.count += 1;
-        }
-        let mut at = 0;
-        for &s in active.iter() {
-            let slot = &mut slots[s as usize];
-            let c = slot.count;
-            slot.count = at;
-            at += c;
-        }
-        let mut sorted = self.spare.pop().unwrap_or_default();
-        sorted.resize_with(n, Obs::default);
-        for (s, obs) in pending.drain(..) {
-            let slot = &mut slots[s as usize];
-            sorted[slot.count as usize] = obs;
-            slot.count += 1;
-        }
-        let events = Arc::new(EventArray::new(sorted, self.home.clone()));
-        self.in_flight += 1;
-        self.dispatches += 1;
-        self.messages += active.len() as u64;
-        // A few models' batches go to the models' thread as one task, which puts each in its
-        // actor's mailbox there: one wake-up of that thread per dispatch, where a message per
-        // model from this thread could wake it once per model (a paced load of a few models).
-        // Many models' batches (a bulk load) are sent from here, so this thread, not the
-        // models' thread, spends the time on the mailboxes; so is a single batch. Per-model
-        // order holds either way: a direct send is taken only while no task of this
-        // connection is waiting to run (the thread runs its tasks in order), and a barrier
-        // (see `barrier`) waits for a task queued behind the dispatches first.
-        let direct = (self.on_models || active.len() <= 1 || active.len() > FANOUT_MAX_MODELS)
-            && self.fanouts.load(Ordering::Acquire) == 0;
-        let mut start = 0;
-        let mut batches = Vec::with_capacity(if direct { 0 } else { active.len() });
-        for s in active.drain(..) {
-            let slot = &mut slots[s as usize];
-            // `count` is now the end of this model's range, which starts where the last ended.
-            let end = slot.count as usize;
-            slot.count = 0;
-            if slot.touched.is_none() {
-                slot.touched = Some(slot.handle.epoch.load(Ordering::SeqCst));
-                touched.push(s);
-            }
-            if direct {
-                slot.handle.addr.do_send(ApplyBatch {
-                    events: events.clone(),
-                    range: start..end,
-                });
-            } else {
-                batches.push((slot.handle.addr.clone(), start..end));
-            }
-            start = end;
-        }
-        if !direct {
-            let fanouts = self.fanouts.clone();
-            fanouts.fetch_add(1, Ordering::AcqRel);
-            let queued = self.ctx.registry.arbiter().spawn_fn(move || {
-                for (addr, range) in batches {
-                    addr.do_send(ApplyBatch {
-                        events: events.clone(),
-                        range,
-                    });
-                }
-                fanouts.fetch_sub(1, Ordering::AcqRel);
-            });
-            if !queued {
-                // The models' thread is gone (shutdown): nothing will run the task.
-                self.fanouts.fetch_sub(1, Ordering::AcqRel);
-            }
-        }
-        self.rate_events += n as u64;
-        self.bulk |= n >= BULK_EVENTS;
-        self.ctx
-            .stats
-            .accepted
-            .fetch_add(n as u64, Ordering::Relaxed);
-    }
-
-    /// A dispatch array came back from the models.
-    fn take_back(&mut self, array: Vec<Obs>) {
-        self.in_flight = self.in_flight.saturating_sub(1);
-        if self.spare.len() < SPARE_ARRAYS {
-            self.spare.push(array);
-        }
-    }
-
-    fn holds_batch_memory(&self) -> bool {
-        !self.spare.is_empty() || self.pending.capacity() > IDLE_EVENTS
-    }
-
-    fn release_batch_memory(&mut self) {
-        self.spare.clear();
-        self.pending.shrink_to(IDLE_EVENTS);
-    }
-
-    /// The flush barrier; appends the reply line to `replies`.
-    async fn barrier(&mut self) {
-        self.dispatch();
-        // The batches go through the models' thread's task queue (see `dispatch`): a task
-        // queued behind them has run only once every one is in its actor's mailbox, so each
-        // barrier below arrives after this connection's events.
-        if !self.touched.is_empty() && self.fanouts.load(Ordering::Acquire) > 0 {
-            self.ctx.registry.models_caught_up().await;
-        }
-        // Every barrier is in its model's mailbox before the first is awaited, so the models
-        // write their state in parallel with the waiting rather than one round trip each.
-        let requests: Vec<_> = self
-            .touched
-            .drain(..)
-            .map(|s| {
-                let slot = &mut self.slots[s as usize];
-                let seen = slot.touched.take();
-                let h = &slot.handle;
-                (s, h.id.clone(), h.epoch.clone(), seen, h.addr.send(Barrier))
-            })
-            .collect();
-        let mut failure: Option<String> = None;
-        // Models whose state may not be durable stay touched, so the next flush on this
-        // connection asks them again instead of answering a false ok.
-        let mut retry = Vec::new();
-        for (s, id, epoch, seen, request) in requests {
-            match request.await {
-                Ok(Ok(())) if Some(epoch.load(Ordering::SeqCst)) != seen => {
-                    tracing::error!(model_id = %id, "model actor restarted since this connection's last barrier");
-                    failure.get_or_insert_with(|| {
-                        format!("model {id}: {}", crate::model::ModelError::Restarted)
-                    });
-                }
-                Ok(Ok(())) => retry.push((s, seen)),
-                Ok(Err(e)) => {
-                    tracing::error!(model_id = %id, error = %e, "flush barrier failed for a model");
-                    failure.get_or_insert_with(|| format!("model {id}: {e}"));
-                    retry.push((s, seen));
-                }
-                Err(e) => {
-                    tracing::error!(model_id = %id, error = %e, "model actor unreachable at a flush barrier");
-                    failure.get_or_insert_with(|| format!("model {id}: actor unreachable"));
-                }
-            }
-        }
-        if failure.is_none()
-            && let Err(e) = self.ctx.store.flush().await
-        {
-            tracing::error!(error = %e, "state store flush failed");
-            failure = Some(format!("state store flush failed: {e}"));
-        }
-        if failure.is_some() {
-            for (s, seen) in retry {
-                let slot = &mut self.slots[s as usize];
-                if slot.touched.is_none() {
-                    slot.touched = seen;
-                    self.touched.push(s);
-                }
-            }
-        }
-        match failure {
-            None => protocol::write_flush_reply_dropped(
-                &mut self.replies,
-                self.accepted,
-                self.rejected,
-                self.replies_dropped,
-            ),
-            Some(detail) => {
-                protocol::write_flush_error_reply(&mut self.replies, ErrorCode::Internal, &detail)
-            }
-        }
     }
 }

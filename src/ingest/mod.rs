@@ -12,6 +12,7 @@ mod budget;
 pub mod connection;
 mod ids;
 mod sock;
+pub mod tick;
 
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};

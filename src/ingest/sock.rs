@@ -1,6 +1,7 @@
 //! A connection's socket that can move between threads (see `connection`'s `Home`): it is
 //! registered with the reactor of the thread the connection runs on, and taken off it when
-//! the connection moves. Reads and writes go through it only while it is attached here.
+//! the connection moves. Reads and writes go through it only while it is attached here, or
+//! while it rests (read on the ingest tick, see `tick`).
 
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -11,6 +12,10 @@ use tokio::io::unix::AsyncFd;
 /// on, and taken off it when the connection moves.
 pub(super) enum SockState {
     Attached(AsyncFd<std::os::unix::net::UnixStream>),
+    /// Off the reactor but on this thread: read and written without waiting, at the ingest
+    /// tick (its data does not wake the thread). A read that finds nothing is `Pending`
+    /// without a waker, so it is only ever polled once (`connection::poll_once`).
+    Resting(std::os::unix::net::UnixStream),
     Detached(std::os::unix::net::UnixStream),
     Gone,
 }
@@ -32,7 +37,7 @@ pub(super) fn not_attached() -> std::io::Error {
 pub(super) fn attach(sock: &Sock) -> std::io::Result<()> {
     let mut st = lock_sock(sock);
     match std::mem::replace(&mut *st, SockState::Gone) {
-        SockState::Detached(s) => {
+        SockState::Detached(s) | SockState::Resting(s) => {
             // SAFETY: the descriptor is the stream's own, which the `AsyncFd` owns from now on
             // (it is valid and open for as long as the registration).
             let fd = unsafe { AsyncFd::register(s) }
@@ -50,8 +55,21 @@ pub(super) fn attach(sock: &Sock) -> std::io::Result<()> {
 /// Takes the socket off this thread's reactor, so another thread can register it.
 pub(super) fn detach(sock: &Sock) {
     let mut st = lock_sock(sock);
+    *st = match std::mem::replace(&mut *st, SockState::Gone) {
+        SockState::Attached(fd) => SockState::Detached(fd.into_inner()),
+        SockState::Resting(s) => SockState::Detached(s),
+        other => other,
+    };
+}
+
+/// Takes the socket off this thread's reactor and keeps it here, to be read at the ingest
+/// tick: data that arrives meanwhile no longer wakes the thread. [`attach`] puts it back
+/// (data that arrived in between is reported at once: registering a readable socket makes it
+/// ready).
+pub(super) fn rest(sock: &Sock) {
+    let mut st = lock_sock(sock);
     if let SockState::Attached(fd) = std::mem::replace(&mut *st, SockState::Gone) {
-        *st = SockState::Detached(fd.into_inner());
+        *st = SockState::Resting(fd.into_inner());
     }
 }
 
@@ -66,9 +84,21 @@ impl tokio::io::AsyncRead for SockRead {
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         use std::io::Read;
-        let st = lock_sock(&self.0);
-        let SockState::Attached(fd) = &*st else {
-            return Poll::Ready(Err(not_attached()));
+        let mut st = lock_sock(&self.0);
+        let fd = match &mut *st {
+            SockState::Attached(fd) => fd,
+            SockState::Resting(s) => {
+                let unfilled = buf.initialize_unfilled();
+                return match s.read(unfilled) {
+                    Ok(n) => {
+                        buf.advance(n);
+                        Poll::Ready(Ok(()))
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Poll::Pending,
+                    Err(e) => Poll::Ready(Err(e)),
+                };
+            }
+            _ => return Poll::Ready(Err(not_attached())),
         };
         loop {
             let mut guard = match fd.poll_read_ready(cx) {
@@ -100,9 +130,11 @@ impl SockWrite {
     /// Writes what the socket takes now; `WouldBlock` when it takes nothing.
     pub(super) fn try_write(&self, b: &[u8]) -> std::io::Result<usize> {
         use std::io::Write;
-        let st = lock_sock(&self.0);
-        let SockState::Attached(fd) = &*st else {
-            return Err(not_attached());
+        let mut st = lock_sock(&self.0);
+        let fd = match &mut *st {
+            SockState::Attached(fd) => fd,
+            SockState::Resting(s) => return s.write(b),
+            _ => return Err(not_attached()),
         };
         let mut cx = Context::from_waker(Waker::noop());
         match fd.poll_write_ready(&mut cx) {
@@ -115,8 +147,11 @@ impl SockWrite {
         }
     }
 
-    /// Waits until the socket takes more.
+    /// Waits until the socket takes more (a resting socket goes back on the reactor first).
     pub(super) async fn writable(&self) -> std::io::Result<()> {
+        if matches!(*lock_sock(&self.0), SockState::Resting(_)) {
+            attach(&self.0)?;
+        }
         std::future::poll_fn(|cx| {
             let st = lock_sock(&self.0);
             let SockState::Attached(fd) = &*st else {

@@ -38,4 +38,5 @@ mod security_peers;
 mod signals;
 mod supervision;
 mod systemd;
+mod tick;
 mod upgrade;
