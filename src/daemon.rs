@@ -259,6 +259,7 @@ async fn serve(
         actix::spawn(async move {
             let mut last = u64::MAX;
             let mut since_status = Duration::ZERO;
+            let sleeper = crate::timer::Sleeper::new();
             loop {
                 let accepted = stats.accepted.load(std::sync::atomic::Ordering::Relaxed);
                 let every = if accepted == last {
@@ -280,7 +281,7 @@ async fn serve(
                 }
                 tokio::select! {
                     _ = shutdown.wait_for(|s| *s) => break,
-                    _ = tokio::time::sleep(every) => {}
+                    () = sleeper.sleep(every) => {}
                 }
             }
         });
@@ -297,16 +298,17 @@ async fn serve(
         let registry = registry.clone();
         let mut shutdown = shutdown_rx.clone();
         actix::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
+            // A heartbeat at once, then one every interval (one wake-up each, see `timer`).
+            let sleeper = crate::timer::Sleeper::new();
             loop {
-                tokio::select! {
-                    _ = shutdown.wait_for(|s| *s) => break,
-                    _ = tick.tick() => {}
-                }
                 if heartbeat(&commander, &registry, &probe).await {
                     systemd::notify_watchdog();
                 } else {
                     tracing::error!("watchdog heartbeat failed; not pinging systemd");
+                }
+                tokio::select! {
+                    _ = shutdown.wait_for(|s| *s) => break,
+                    () = sleeper.sleep(interval) => {}
                 }
             }
         });

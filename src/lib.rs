@@ -112,3 +112,4 @@ pub mod shutdown;
 pub mod store;
 pub mod strict_modes;
 pub mod systemd;
+pub mod timer;

@@ -25,14 +25,13 @@
 //! such events.
 
 use std::cell::{Cell, RefCell};
-use std::fs::File;
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::io::unix::AsyncFd;
 use tokio::sync::Notify;
+
+use crate::timer::Timer;
 
 /// A connection sending more events per second than this is read as its data arrives, never
 /// on the tick: its reads bring enough events that a wake-up costs little beside them, and a
@@ -64,10 +63,10 @@ thread_local! {
     static TICKER: RefCell<Option<Rc<Ticker>>> = const { RefCell::new(None) };
 }
 
-/// One thread's tick: a periodic `timerfd` on the thread's reactor, so that every resting
-/// connection wakes at the same instant, once. (tokio's own timers would not do: its wheel
-/// wakes the thread a second time whenever a deadline lies past the current 64 ms block, at
-/// the block's start, which a 25 ms tick does about 15 times a second.)
+/// One thread's tick: a periodic [`Timer`] (a `timerfd`), so that every resting connection
+/// wakes at the same instant, once. (tokio's own timers would not do: its wheel wakes the
+/// thread a second time whenever a deadline lies past the current 64 ms block, at the block's
+/// start, which a 25 ms tick does about 15 times a second.)
 struct Ticker {
     every: Duration,
     tick: Notify,
@@ -111,11 +110,7 @@ fn ticker(every: Duration) -> Result<Rc<Ticker>, TickError> {
     {
         return Ok(t);
     }
-    let timer = periodic_timer(every).map_err(TickError::Timer)?;
-    // SAFETY: the descriptor is the timer's own, which the `AsyncFd` owns from now on (it is
-    // valid and open for as long as the registration).
-    let fd = unsafe { AsyncFd::register(timer) }
-        .map_err(|e| TickError::Timer(std::io::Error::other(e.to_string())))?;
+    let timer = Timer::periodic(every).map_err(TickError::Timer)?;
     let t = Rc::new(Ticker {
         every,
         tick: Notify::new(),
@@ -123,23 +118,16 @@ fn ticker(every: Duration) -> Result<Rc<Ticker>, TickError> {
         stopped: Cell::new(false),
     });
     TICKER.with(|c| *c.borrow_mut() = Some(t.clone()));
-    actix::spawn(drive(t.clone(), fd));
+    actix::spawn(drive(t.clone(), timer));
     Ok(t)
 }
 
 /// Wakes the waiters at every expiry of the timer, until none waited for a while or the timer
 /// fails.
-async fn drive(t: Rc<Ticker>, fd: AsyncFd<File>) {
+async fn drive(t: Rc<Ticker>, timer: Timer) {
     let mut unused = 0;
     loop {
-        let read = match fd.readable().await {
-            Ok(mut guard) => match guard.try_io(|fd| read_expiries(fd.get_ref())) {
-                Ok(r) => r,
-                Err(_would_block) => continue,
-            },
-            Err(e) => Err(e),
-        };
-        if let Err(error) = read {
+        if let Err(error) = timer.expired().await {
             tracing::warn!(error = %error, "the ingest tick's timer failed; connections are read as their data arrives");
             break;
         }
@@ -162,53 +150,6 @@ async fn drive(t: Rc<Ticker>, fd: AsyncFd<File>) {
         }
     });
     tracing::trace!(every_ms = t.every.as_millis() as u64, "ingest tick stopped");
-}
-
-/// A non-blocking `timerfd` on the monotonic clock that expires every `every`.
-fn periodic_timer(every: Duration) -> std::io::Result<File> {
-    // SAFETY: timerfd_create takes two flags and returns a new descriptor or -1.
-    let raw = unsafe {
-        libc::timerfd_create(
-            libc::CLOCK_MONOTONIC,
-            libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-        )
-    };
-    if raw < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a descriptor just created here and owned by nothing else.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    let every = every.max(Duration::from_millis(1));
-    let spec = libc::timespec {
-        tv_sec: every.as_secs() as libc::time_t,
-        tv_nsec: every.subsec_nanos() as libc::c_long,
-    };
-    let value = libc::itimerspec {
-        it_interval: spec,
-        it_value: spec,
-    };
-    // SAFETY: the descriptor is a timerfd; `value` is a valid itimerspec and the old value is
-    // not asked for (null).
-    let rc = unsafe {
-        libc::timerfd_settime(
-            std::os::fd::AsRawFd::as_raw_fd(&fd),
-            0,
-            &value,
-            std::ptr::null_mut(),
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(File::from(fd))
-}
-
-/// Reads a timerfd's expiry count (8 bytes), `WouldBlock` if none is due.
-fn read_expiries(mut fd: &File) -> std::io::Result<u64> {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    fd.read_exact(&mut b)?;
-    Ok(u64::from_ne_bytes(b))
 }
 
 /// Records a read at `now` (Unix seconds) on this thread; returns the time of the one before

@@ -261,3 +261,54 @@ fn a_streaming_client_wakes_the_daemon_per_tick_not_per_write() {
         "{woke} wake-ups in {secs:.1} s for {writes} writes"
     );
 }
+
+/// `(wchar, voluntary switches of the daemon's own threads)`: sled's I/O pool and jemalloc's
+/// background threads are left out (their waits are theirs; see the README's idle figures).
+fn own_activity(pid: i32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let wchar = io
+        .lines()
+        .find_map(|l| l.strip_prefix("wchar:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    let mut switches = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if comm.starts_with("sled-io") || comm.starts_with("jemalloc") {
+            continue;
+        }
+        let status = std::fs::read_to_string(path.join("status")).unwrap_or_default();
+        for line in status.lines() {
+            if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:") {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    (wchar, switches)
+}
+
+#[test]
+fn an_idle_daemon_neither_writes_nor_wakes_itself_after_a_stream() {
+    let d = daemon(25);
+    let mut c = d.connect();
+    // A stream that rests on the tick, then silence with the connection open.
+    for i in 0..200 {
+        c.send_line(&event("quiet", i));
+        thread::sleep(Duration::from_millis(2));
+    }
+    assert_flush(&c.flush(), 200, 0);
+    // Settling: the connection leaves the tick after 8 empty ticks, the tick's timer closes,
+    // the rate sample goes from every second to every ten, the flusher's last round ends.
+    thread::sleep(Duration::from_millis(2500));
+    let (w0, s0) = own_activity(d.pid());
+    thread::sleep(Duration::from_secs(10));
+    let (w1, s1) = own_activity(d.pid());
+    assert_eq!(w1 - w0, 0, "bytes written in 10 s of idle");
+    // The ten-second rate sample, once or twice: one wake-up each.
+    assert!(
+        s1 - s0 <= 2,
+        "{} wake-ups of the daemon's own threads in 10 s of idle",
+        s1 - s0
+    );
+}
