@@ -76,6 +76,28 @@ pub struct Summary {
     pub std: f64,
 }
 
+/// A running probation's progress, as `models` shows it (contract section 7): built by the
+/// model, sent on the control socket as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// The retrain on probation.
+    pub job_id: u64,
+    pub metric: String,
+    pub baseline: Summary,
+    pub candidate: Summary,
+    /// Candidate values the verdict waits for.
+    pub events: u64,
+    /// Values still skipped (the rule's `warmup_events`) before the candidate counts.
+    pub warmup_left: u64,
+    /// z of the candidate so far (`null` before two values, or when not finite) and the
+    /// boundary of the next look.
+    pub z: Option<f64>,
+    pub z_threshold: Option<f64>,
+    pub started_at: f64,
+    /// When `max_wait_s` runs out.
+    pub deadline: f64,
+}
+
 impl From<&Sample> for Summary {
     fn from(s: &Sample) -> Summary {
         Summary {

@@ -234,24 +234,7 @@ pub struct ModelInfo {
 }
 
 /// `models`: a model's running probation, with its progress and current z.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelProbationInfo {
-    /// The retrain on probation.
-    pub job_id: u64,
-    pub metric: String,
-    pub baseline: Summary,
-    pub candidate: Summary,
-    /// Candidate values the verdict waits for.
-    pub events: u64,
-    /// Values still skipped before the candidate counts.
-    pub warmup_left: u64,
-    /// z so far (`null` before two candidate values) and the boundary of the next look.
-    pub z: Option<f64>,
-    pub z_threshold: Option<f64>,
-    pub started_at: f64,
-    /// When `max_wait_s` runs out.
-    pub deadline: f64,
-}
+pub type ModelProbationInfo = crate::probation::Progress;
 
 /// `history --json`: a retrain's probation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -557,32 +540,7 @@ impl ModelInfo {
                 })
                 .collect(),
             paused,
-            probation: probation.map(|p| {
-                let crate::model::ProbationView {
-                    job_id,
-                    metric,
-                    baseline,
-                    candidate,
-                    events,
-                    warmup_left,
-                    z,
-                    z_threshold,
-                    started_at,
-                    deadline,
-                } = p;
-                ModelProbationInfo {
-                    job_id,
-                    metric,
-                    baseline,
-                    candidate,
-                    events,
-                    warmup_left,
-                    z: z.filter(|z| z.is_finite()),
-                    z_threshold: z_threshold.filter(|z| z.is_finite()),
-                    started_at,
-                    deadline,
-                }
-            }),
+            probation,
         }
     }
 }

@@ -51,7 +51,7 @@ use super::IngestCtx;
 pub use super::budget::ByteBudget;
 use super::budget::Share;
 use super::ids::IdKey;
-use super::sock::{Sock, SockRead, SockState, SockWrite, attach, detach, rest};
+use super::sock::{Sock, SockRead, SockState, SockWrite, attach_or_log, detach, rest};
 use super::tick;
 
 mod dispatch;
@@ -319,8 +319,7 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
         settings,
         mut partial_since,
     } = parts;
-    if let Err(error) = attach(&wr.0) {
-        tracing::warn!(error = %error, "cannot register a connection's socket");
+    if !attach_or_log(&wr.0) {
         return None;
     }
     conn.on_models = here == Home::Models;
@@ -383,8 +382,7 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
                     }
                 }
             }
-            if !resting && let Err(error) = attach(&wr.0) {
-                tracing::warn!(error = %error, "cannot register a connection's socket");
+            if !resting && !attach_or_log(&wr.0) {
                 break 'conn;
             }
         }
@@ -568,11 +566,7 @@ async fn serve(parts: Parts, here: Home) -> Option<(Parts, Home)> {
             if next && !resting {
                 rest(&wr.0);
                 empty_ticks = 0;
-            } else if !next
-                && resting
-                && let Err(error) = attach(&wr.0)
-            {
-                tracing::warn!(error = %error, "cannot register a connection's socket");
+            } else if !next && resting && !attach_or_log(&wr.0) {
                 break;
             }
             resting = next;

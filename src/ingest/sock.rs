@@ -52,6 +52,18 @@ pub(super) fn attach(sock: &Sock) -> std::io::Result<()> {
     }
 }
 
+/// [`attach`], logging a failure: `false` when the socket could not be registered (the
+/// connection cannot go on).
+pub(super) fn attach_or_log(sock: &Sock) -> bool {
+    match attach(sock) {
+        Ok(()) => true,
+        Err(error) => {
+            tracing::warn!(error = %error, "cannot register a connection's socket");
+            false
+        }
+    }
+}
+
 /// Takes the socket off this thread's reactor, so another thread can register it.
 pub(super) fn detach(sock: &Sock) {
     let mut st = lock_sock(sock);

@@ -43,7 +43,6 @@ use crate::store::{DecisionRecord, ModelRecord, Store, StoreError};
 
 pub use decide::{Decider, Note};
 pub use messages::*;
-pub use verdicts::ProbationView;
 pub use view::{DecisionCount, DecisionView, ModelView, PolicyView};
 
 /// How many recent values the sparklines keep.
@@ -365,13 +364,7 @@ impl ModelActor {
                 .policies
                 .iter()
                 .zip(states)
-                .map(|(spec, st)| PolicyView {
-                    name: spec.name.clone(),
-                    kind: spec.kind.kind_name().into(),
-                    state: st.state(spec),
-                    summary: st.summary(spec),
-                    values_rejected: st.values_rejected.0,
-                })
+                .map(|(spec, st)| PolicyView::new(spec, st))
                 .collect();
         }
         v

@@ -15,29 +15,9 @@ use actix::prelude::*;
 use crate::clock;
 use crate::command::messages::ProbationVerdict;
 use crate::config::{ModelRule, OnInconclusive, ProbationSpec};
-use crate::probation::{Cause, Sample, State, Summary};
+use crate::probation::{Cause, Progress, Sample, State};
 
 use super::{EndProbation, ModelActor, StartProbation, log_write_failure};
-
-/// What `models --json` shows of a model on probation.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct ProbationView {
-    /// The retrain on probation.
-    pub job_id: u64,
-    pub metric: String,
-    pub baseline: Summary,
-    pub candidate: Summary,
-    /// Candidate values the verdict waits for.
-    pub events: u64,
-    /// Values still skipped (the rule's `warmup_events`) before the candidate counts.
-    pub warmup_left: u64,
-    /// z of the candidate so far (from two values on) and the boundary of the next look.
-    pub z: Option<f64>,
-    pub z_threshold: Option<f64>,
-    pub started_at: f64,
-    /// When `max_wait_s` runs out.
-    pub deadline: f64,
-}
 
 impl ModelActor {
     pub(super) fn probation_spec(&self) -> Option<&ProbationSpec> {
@@ -176,28 +156,26 @@ impl ModelActor {
     }
 
     /// What `models` shows of the probation, while one runs.
-    pub(super) fn probation_view(
-        &self,
-        record: &crate::store::ModelRecord,
-    ) -> Option<ProbationView> {
+    pub(super) fn probation_view(&self, record: &crate::store::ModelRecord) -> Option<Progress> {
         let spec = self.probation_spec()?;
         let p = record.probation.current.as_ref()?;
         if p.state != State::OnProbation {
             return None;
         }
         let mut plan = p.plan.clone();
-        Some(ProbationView {
+        Some(Progress {
             job_id: p.job_id,
             metric: spec.metric.clone(),
             baseline: (&p.baseline).into(),
             candidate: (&p.candidate).into(),
             events: spec.rule.events,
             warmup_left: p.warmup_left,
-            z: p.current_z(&spec.rule),
+            z: p.current_z(&spec.rule).filter(|z| z.is_finite()),
             z_threshold: Some(
                 plan.get(&spec.rule, p.baseline.n)
                     .next_boundary(p.candidate.n + 1),
-            ),
+            )
+            .filter(|z| z.is_finite()),
             started_at: p.started_at,
             deadline: p.started_at + spec.max_wait_s as f64,
         })

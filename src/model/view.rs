@@ -7,7 +7,7 @@ use crate::config::ModelRule;
 use crate::policy::bind_states;
 use crate::store::ModelRecord;
 
-use super::ProbationView;
+use crate::probation::Progress;
 
 /// What the control socket shows of a model.
 #[derive(Debug, Clone, Serialize)]
@@ -28,7 +28,7 @@ pub struct ModelView {
     pub decision_counts: Vec<DecisionCount>,
     /// The running probation, for a model on probation.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub probation: Option<ProbationView>,
+    pub probation: Option<Progress>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -59,6 +59,19 @@ pub struct PolicyView {
     pub values_rejected: u64,
 }
 
+impl PolicyView {
+    /// The view of one policy's state under its spec.
+    pub fn new(spec: &crate::policy::PolicySpec, st: &crate::policy::PolicyState) -> PolicyView {
+        PolicyView {
+            name: spec.name.clone(),
+            kind: spec.kind.kind_name().into(),
+            state: st.state(spec),
+            summary: st.summary(spec),
+            values_rejected: st.values_rejected.0,
+        }
+    }
+}
+
 impl ModelView {
     /// The view of a persisted record (a model not loaded in this run).
     pub fn from_record(model_id: &str, rec: &ModelRecord, rule: Option<&ModelRule>) -> ModelView {
@@ -67,13 +80,7 @@ impl ModelView {
                 .policies
                 .iter()
                 .zip(bind_states(&rule.policies, rec.policies.clone()))
-                .map(|(spec, st)| PolicyView {
-                    name: spec.name.clone(),
-                    kind: spec.kind.kind_name().into(),
-                    state: st.state(spec),
-                    summary: st.summary(spec),
-                    values_rejected: st.values_rejected.0,
-                })
+                .map(|(spec, st)| PolicyView::new(spec, &st))
                 .collect(),
             None => Vec::new(),
         };

@@ -167,6 +167,19 @@ fn jobs_of(d: &Daemon, model: &str, action: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Exactly one verdict's worth of rollback: one rollback hook run and job, one escalation,
+/// and the metric counting one.
+#[track_caller]
+fn assert_rolled_back_once(d: &Daemon, h: &Hooks, model: &str) {
+    assert_eq!(h.rollback().runs().len(), 1);
+    assert_eq!(jobs_of(d, model, "rollback").len(), 1);
+    assert_eq!(h.escalate.runs().len(), 1);
+    assert_eq!(
+        metric(d, "visutility_probation_total{outcome=\"rolled_back\"}"),
+        Some(1.0)
+    );
+}
+
 /// A sample's n, mean and std as the hooks and `history --json` show it.
 #[track_caller]
 fn assert_sample(s: &Value, n: u64, mean: f64, what: &str) {
@@ -683,13 +696,7 @@ fn an_operators_rollback_during_probation_ends_it_rolled_back_manually() {
     // The model's probation ended with it: worse values roll back nothing more.
     push_acc(&d, "m1", 0.80, 0, 30);
     settle();
-    assert_eq!(h.rollback().runs().len(), 1);
-    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
-    assert_eq!(h.escalate.runs().len(), 1);
-    assert_eq!(
-        metric(&d, "visutility_probation_total{outcome=\"rolled_back\"}"),
-        Some(1.0)
-    );
+    assert_rolled_back_once(&d, &h, "m1");
 }
 
 #[test]
@@ -861,13 +868,7 @@ fn a_probation_goes_on_after_its_model_left_memory_and_its_verdict_is_acted_on_o
     unloaded(unloads() + 1);
     push_acc(&d, "m1", 0.80, 10, 20);
     settle();
-    assert_eq!(h.rollback().runs().len(), 1);
-    assert_eq!(jobs_of(&d, "m1", "rollback").len(), 1);
-    assert_eq!(h.escalate.runs().len(), 1);
-    assert_eq!(
-        metric(&d, "visutility_probation_total{outcome=\"rolled_back\"}"),
-        Some(1.0)
-    );
+    assert_rolled_back_once(&d, &h, "m1");
 }
 
 /// `max_wait_s` runs out while the model's state is out of memory: it is loaded to end it.
